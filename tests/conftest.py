@@ -1,0 +1,61 @@
+"""Shared fixtures: offline mode, a private embedding cache, and tiny real CLIP models."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Each test session caches embeddings in its own folder, never in ~/.cache."""
+    monkeypatch.setenv("XBT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xbt-cache"))
+
+
+def tiny_open_clip(embed_dim: int, seed: int, width: int = 32):
+    """A randomly initialised open_clip CLIP small enough for CPU tests."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=embed_dim,
+        vision_cfg={"image_size": 32, "layers": 1, "width": width, "head_width": 16, "patch_size": 16},
+        text_cfg={"context_length": 24, "vocab_size": 49408, "width": width, "heads": 2, "layers": 1},
+    )
+    return model.eval()
+
+
+def tiny_hf_clip(embed_dim: int, seed: int):
+    """A randomly initialised transformers CLIPModel small enough for CPU tests."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "max_position_embeddings": 24, "vocab_size": 49408},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 16},
+        projection_dim=embed_dim,
+    )
+    return CLIPModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def old_new():
+    """Two tiny random open_clip models of different embed dims (old 32-d, new 48-d)."""
+    import xbt.encoders as enc
+
+    return enc.as_encoder(tiny_open_clip(32, seed=1), name="tiny-old"), enc.as_encoder(tiny_open_clip(48, seed=2), name="tiny-new")
+
+
+@pytest.fixture(scope="session")
+def captions_400():
+    import xbt.toy
+
+    return xbt.toy.text_corpus(400)

@@ -1,0 +1,90 @@
+"""save_pretrained / from_pretrained: exact round trip, atomic writes, refusals with clear messages."""
+
+import json
+
+import pytest
+import torch
+
+import xbt
+from xbt import XBTError
+
+from .conftest import tiny_open_clip
+
+
+@pytest.fixture(scope="module")
+def adapter(old_new, captions_400):
+    old, new = old_new
+    return xbt.fit(old, new, captions_400[:200], epochs=3, verbose=False)
+
+
+def test_round_trip_is_exact(adapter, old_new, captions_400, tmp_path):
+    _, new = old_new
+    adapter.save_pretrained(tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["adapter_config.json", "projection.safetensors"]
+    loaded = xbt.Adapter.from_pretrained(tmp_path / "a", new=new)
+    probe = captions_400[300:320]
+    assert torch.equal(loaded.encode_text(probe), adapter.encode_text(probe))
+    assert loaded.adapter_id() == adapter.adapter_id()
+    assert loaded.method == "xbt" and loaded.old_info["embed_dim"] == 32
+    # no temporary folders are left beside the adapter
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_resaving_the_same_adapter_is_allowed(adapter, tmp_path):
+    adapter.save_pretrained(tmp_path / "a")
+    adapter.save_pretrained(tmp_path / "a")
+
+
+def test_refuses_to_overwrite_a_different_adapter(adapter, old_new, captions_400, tmp_path):
+    old, new = old_new
+    other = xbt.fit(old, new, captions_400[:200], epochs=3, seed=99, verbose=False)
+    adapter.save_pretrained(tmp_path / "a")
+    with pytest.raises(XBTError, match="already holds a different adapter.*overwrite=True"):
+        other.save_pretrained(tmp_path / "a")
+    # nothing was lost: the first adapter is still there, intact
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["adapter_id"] == adapter.adapter_id()
+    other.save_pretrained(tmp_path / "a", overwrite=True)
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["adapter_id"] == other.adapter_id()
+
+
+def test_refuses_a_folder_of_foreign_files(adapter, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("mine")
+    with pytest.raises(XBTError, match="not an xbt adapter"):
+        adapter.save_pretrained(tmp_path / "a")
+    assert (tmp_path / "a" / "notes.txt").read_text() == "mine"
+
+
+def test_loading_against_a_new_model_of_another_dim(adapter, tmp_path):
+    adapter.save_pretrained(tmp_path / "a")
+    wrong = tiny_open_clip(40, seed=9)
+    with pytest.raises(XBTError, match=r"48-d embeddings.*has 40-d"):
+        xbt.Adapter.from_pretrained(tmp_path / "a", new=wrong)
+
+
+def test_loading_against_other_weights_of_the_same_dim_warns(adapter, tmp_path):
+    adapter.save_pretrained(tmp_path / "a")
+    with pytest.warns(UserWarning, match="weights differ"):
+        xbt.Adapter.from_pretrained(tmp_path / "a", new=tiny_open_clip(48, seed=10))
+
+
+def test_foreign_and_corrupt_folders(adapter, old_new, tmp_path):
+    _, new = old_new
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(XBTError, match="not an xbt adapter"):
+        xbt.Adapter.from_pretrained(tmp_path / "empty", new=new)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(XBTError, match="not an xbt adapter config"):
+        xbt.Adapter.from_pretrained(tmp_path / "other", new=new)
+    adapter.save_pretrained(tmp_path / "bad")
+    (tmp_path / "bad" / "projection.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(XBTError, match="missing or corrupt"):
+        xbt.Adapter.from_pretrained(tmp_path / "bad", new=new)
+    with pytest.raises(XBTError, match="neither an existing folder nor a Hub repo id"):
+        xbt.Adapter.from_pretrained(tmp_path / "does" / "not" / "exist", new=new)
+
+
+def test_model_card_names_both_models(adapter):
+    card = adapter.model_card("org/demo")
+    assert "tiny-new" in card and "tiny-old" in card and "library_name: xbt" in card

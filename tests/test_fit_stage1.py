@@ -1,0 +1,72 @@
+"""Stage 1 end to end on tiny random models: shapes, improvement over Procrustes, determinism."""
+
+import torch
+import torch.nn.functional as F
+
+import xbt
+from xbt.align import orthogonal_procrustes
+from xbt.embed import embed_texts
+
+from .conftest import tiny_hf_clip
+
+
+def _heldout_cosines(old, new, adapter, train_texts, test_texts):
+    old_tr, new_tr = embed_texts(old, train_texts), embed_texts(new, train_texts)
+    w = orthogonal_procrustes(new_tr, old_tr)
+    old_te, new_te = embed_texts(old, test_texts), embed_texts(new, test_texts)
+    procrustes = (F.normalize(new_te @ w.T, dim=-1) * old_te).sum(-1).mean().item()
+    fitted = (adapter.encode_text(test_texts) * old_te).sum(-1).mean().item()
+    return procrustes, fitted
+
+
+def test_fit_maps_into_old_space_and_beats_procrustes(old_new, captions_400):
+    old, new = old_new
+    train, test = captions_400[:300], captions_400[300:]
+    adapter = xbt.fit(old, new, train, epochs=40, verbose=False)
+    out = adapter.encode_text(test[:7])
+    assert out.shape == (7, old.embed_dim) and out.dtype == torch.float32
+    assert torch.allclose(out.norm(dim=-1), torch.ones(7), atol=1e-5)
+    procrustes, fitted = _heldout_cosines(old, new, adapter, train, test)
+    # "clearly above": closes at least a tenth of the distance from the Procrustes start to a perfect map
+    assert fitted > procrustes + (1 - procrustes) / 10, (procrustes, fitted)
+
+
+def test_encode_image_lands_in_old_space(old_new, captions_400):
+    from xbt.toy import test_split
+
+    old, new = old_new
+    adapter = xbt.fit(old, new, captions_400[:100], epochs=2, verbose=False)
+    images, _ = test_split(3)
+    out = adapter.encode_image(images)
+    assert out.shape == (3, old.embed_dim)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    pixels = new.preprocess_images(images)
+    assert torch.allclose(adapter.encode_image(pixels), out, atol=1e-6)
+
+
+def test_same_seed_same_adapter_and_different_seed_differs(old_new, captions_400):
+    old, new = old_new
+    a = xbt.fit(old, new, captions_400[:200], epochs=3, seed=7, verbose=False)
+    b = xbt.fit(old, new, captions_400[:200], epochs=3, seed=7, verbose=False)
+    c = xbt.fit(old, new, captions_400[:200], epochs=3, seed=8, verbose=False)
+    probe = captions_400[350:360]
+    assert torch.equal(a.encode_text(probe), b.encode_text(probe))
+    assert a.adapter_id() == b.adapter_id() != c.adapter_id()
+
+
+def test_fit_accepts_raw_open_clip_models_and_generators(old_new, captions_400):
+    old, new = old_new
+    adapter = xbt.fit(old.model, new.model, (t for t in captions_400[:100]), epochs=1, verbose=False)
+    assert adapter.encode_text(["a red circle"]).shape == (1, 32)
+
+
+def test_fit_runs_with_tiny_transformers_clip(captions_400):
+    old = xbt.encoders.as_encoder(tiny_hf_clip(32, seed=3))
+    new = xbt.encoders.as_encoder(tiny_hf_clip(40, seed=4))
+    train, test = captions_400[:300], captions_400[300:]
+    adapter = xbt.fit(old, new, train, epochs=20, verbose=False)
+    assert adapter.new.backend == "transformers"
+    out = adapter.encode_text(test[:10])
+    assert out.shape == (10, 32)
+    procrustes, fitted = _heldout_cosines(old, new, adapter, train, test)
+    assert fitted > procrustes, (procrustes, fitted)
