@@ -49,8 +49,12 @@ class Adapter:
     """New-model encoders whose outputs land in the old model's embedding space.
 
     ``encode_text`` / ``encode_image`` return float32 [n, d_old] L2-normalised CPU tensors that
-    can be searched directly against a gallery embedded by the old model.
+    can be searched directly against a gallery embedded by the old model. ``embed_texts`` /
+    ``embed_images`` do the same for large inputs (batched, progress bar, on-disk cache).
     """
+
+    #: True for query-fusion methods that also run the OLD encoder on every query.
+    requires_old_encoder: bool = False
 
     def __init__(
         self,
@@ -90,15 +94,28 @@ class Adapter:
         x = new_embeddings.float().to(next(self.projection.parameters()).device)
         return self.projection(x).cpu()
 
+    @property
+    def query_encoder(self) -> CLIPEncoder:
+        """The encoder whose outputs ``project`` maps (the new model, or its LoRA-adapted copy)."""
+        return self.new
+
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, verbose: bool = False) -> torch.Tensor:
         """Encode ``texts`` with the new model into the old space: float32 [n, d_old], unit rows."""
-        return self.project(embed_texts(self.new, texts, batch_size=batch_size, cache=False, verbose=verbose))
+        return self.embed_texts(texts, batch_size=batch_size, cache=False, verbose=verbose)
 
     def encode_image(
         self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 128, verbose: bool = False
     ) -> torch.Tensor:
         """Encode PIL images (or a preprocessed batch) into the old space: float32 [n, d_old], unit rows."""
-        return self.project(embed_images(self.new, images, batch_size=batch_size, cache=False, verbose=verbose))
+        return self.embed_images(images, batch_size=batch_size, cache=False, verbose=verbose)
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256, cache=None, verbose: bool = True) -> torch.Tensor:
+        """Like ``encode_text`` but for big inputs: the new-model embeddings are cached on disk."""
+        return self.project(embed_texts(self.query_encoder, texts, batch_size=batch_size, cache=cache, verbose=verbose))
+
+    def embed_images(self, images, batch_size: int = 128, cache=None, verbose: bool = True) -> torch.Tensor:
+        """Like ``encode_image`` but for big inputs: the new-model embeddings are cached on disk."""
+        return self.project(embed_images(self.query_encoder, images, batch_size=batch_size, cache=cache, verbose=verbose))
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:

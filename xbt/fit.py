@@ -17,7 +17,8 @@ from .encoders import CLIPEncoder, as_encoder
 from .errors import XBTError
 from .projection import Stage1Config, train_projection
 
-METHODS = ("xbt",)
+#: every method ``fit`` knows; all but "xbt" are training-free baselines from ``xbt.baselines``.
+METHODS = ("xbt", "procrustes", "linear", "slerp", "nlerp")
 
 
 def check_model_pair(old: CLIPEncoder, new: CLIPEncoder) -> None:
@@ -41,6 +42,7 @@ def fit(
     old: Any,
     new: Any,
     texts: Iterable[str],
+    pairs: Any = None,
     method: str = "xbt",
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -55,7 +57,10 @@ def fit(
             transformers ``CLIPModel``).
         new: the model to query with; its weights are never changed.
         texts: captions for stage 1 (any iterable of strings: a list, a ``datasets`` column).
-        method: ``"xbt"`` (stage-1 projection).
+        pairs: optional image-caption pairs (a ``datasets.Dataset`` with image and caption columns,
+            or an iterable of ``(PIL image, caption)``): XBT stage 2, or the support set of a baseline.
+        method: ``"xbt"`` (stage 1, + stage 2 with pairs) or a training-free baseline:
+            ``"procrustes"``, ``"linear"``, ``"slerp"``, ``"nlerp"``.
         seed: the one source of randomness; the same seed gives the same adapter.
         device: where to embed and train (CUDA when present by default).
         cache: embedding cache folder, ``None`` for the default, ``False`` to disable.
@@ -70,6 +75,12 @@ def fit(
     old_enc, new_enc = as_encoder(old), as_encoder(new)
     check_model_pair(old_enc, new_enc)
     items = unique_texts(check_texts(texts))
+    if method != "xbt":
+        from .baselines import fit_baseline
+
+        return fit_baseline(method, old_enc, new_enc, items, pairs=pairs, seed=seed, device=device, cache=cache, verbose=verbose, **config)
+    if pairs is not None:
+        raise XBTError("XBT stage 2 (pairs=...) is not available in this version yet; fit without pairs")
     if len(items) < 2:
         raise XBTError(f"stage 1 needs at least 2 distinct texts (it contrasts them), got {len(items)}")
     stage1 = Stage1Config.from_kwargs(seed=seed, **config)
