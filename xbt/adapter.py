@@ -33,6 +33,7 @@ FORMAT = "xbt-adapter"
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 PROJECTION_NAME = "projection.safetensors"
+LORA_DIR = "lora"
 
 
 def model_info(encoder: CLIPEncoder) -> dict[str, Any]:
@@ -63,8 +64,12 @@ class Adapter:
         method: str = "xbt",
         old_info: dict[str, Any] | None = None,
         training: dict[str, Any] | None = None,
+        lora: CLIPEncoder | None = None,
     ) -> None:
         self.new = as_encoder(new)
+        # Stage 2: a LoRA-adapted copy of the new model (a PEFT model); None for stage 1 / baselines.
+        self.lora = lora
+        self._merged: CLIPEncoder | None = None
         if projection.d_new != self.new.embed_dim:
             raise XBTError(
                 f"projection expects {projection.d_new}-d new embeddings but {self.new.name} gives "
@@ -96,8 +101,28 @@ class Adapter:
 
     @property
     def query_encoder(self) -> CLIPEncoder:
-        """The encoder whose outputs ``project`` maps (the new model, or its LoRA-adapted copy)."""
-        return self.new
+        """The encoder whose outputs ``project`` maps: the new model, its LoRA copy, or the merged copy."""
+        if self._merged is not None:
+            return self._merged
+        return self.lora if self.lora is not None else self.new
+
+    @property
+    def merged(self) -> bool:
+        """True once ``merge()`` folded the LoRA weights into a plain copy of the new model."""
+        return self._merged is not None
+
+    def merge(self) -> Adapter:
+        """Fold the LoRA weights into a plain copy of the new model for serving; returns self.
+
+        The merged query path costs exactly what the bare new model costs. The unmerged LoRA
+        weights are kept, so ``save_pretrained`` still writes the small PEFT adapter.
+        A stage-1 or baseline adapter has nothing to merge and is returned unchanged.
+        """
+        if self.lora is not None and self._merged is None:
+            from .lora import merged_copy
+
+            self._merged = merged_copy(self.lora)
+        return self
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, verbose: bool = False) -> torch.Tensor:
         """Encode ``texts`` with the new model into the old space: float32 [n, d_old], unit rows."""
@@ -131,15 +156,23 @@ class Adapter:
             "old_model": self.old_info,
             "projection": self.projection.config(),
             "training": self.training,
+            "lora": self.lora is not None,
         }
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.projection.state_dict().items()}
 
+    def _lora_tensors(self) -> dict[str, torch.Tensor]:
+        if self.lora is None:
+            return {}
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.lora.peft_model).items()}
+
     def adapter_id(self) -> str:
         """A content hash of config and weights: two folders hold the same adapter iff ids match."""
         h = hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode())
-        for k, v in sorted(self._tensors().items()):
+        for k, v in sorted({**self._tensors(), **self._lora_tensors()}.items()):
             h.update(k.encode())
             h.update(v.numpy().tobytes())
         return h.hexdigest()[:24]
@@ -179,7 +212,12 @@ class Adapter:
         return target
 
     def _save_extra(self, folder: Path) -> None:
-        """Hook for subclasses that store more than the projection (LoRA weights, fusion state)."""
+        """Store what lies beyond the projection: stage-2 LoRA weights in PEFT format under ``lora/``.
+
+        Subclasses (fusion) extend this hook.
+        """
+        if self.lora is not None:
+            self.lora.peft_model.save_pretrained(str(folder / LORA_DIR))
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, new: Any, revision: str | None = None) -> Adapter:
@@ -218,7 +256,8 @@ class Adapter:
 
     @classmethod
     def _build(cls, new: CLIPEncoder, projection: Projection, config: dict, folder: Path) -> Adapter:
-        return cls(new, projection, method=config["method"], old_info=config["old_model"], training=config["training"])
+        lora = _load_lora(new, folder) if config.get("lora") else None
+        return cls(new, projection, method=config["method"], old_info=config["old_model"], training=config["training"], lora=lora)
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
         """Save the adapter with a model card and upload it to the Hugging Face Hub; returns the repo URL."""
@@ -258,6 +297,26 @@ class Adapter:
         if metrics:
             lines += ["", "## Training metrics", "", "```json", json.dumps(metrics, indent=2), "```"]
         return "\n".join(lines) + "\n"
+
+
+def _load_lora(new: CLIPEncoder, folder: Path) -> CLIPEncoder:
+    """Re-inject saved PEFT LoRA weights into a fresh copy of the new model."""
+    import copy
+
+    from peft import PeftModel
+
+    from .lora import wrap_peft
+
+    lora_dir = folder / LORA_DIR
+    if not (lora_dir / "adapter_model.safetensors").is_file():
+        raise XBTError(f"{lora_dir} has no adapter_model.safetensors although the config says the adapter has LoRA weights; the folder is incomplete, re-save or re-download it")
+    try:
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(new.model), str(lora_dir))
+    except Exception as exc:  # PEFT raises several types for a mismatched or corrupt adapter
+        raise XBTError(f"cannot load the LoRA weights in {lora_dir} into {new.name} ({exc}); pass the new model the adapter was trained for") from exc
+    enc = wrap_peft(new, peft_model.eval())
+    enc.model.eval()
+    return enc
 
 
 def _resolve(path_or_repo: str | os.PathLike, revision: str | None) -> Path:

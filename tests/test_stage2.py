@@ -1,0 +1,146 @@
+"""Stage 2 on tiny random models: base weights untouched, LoRA save/load, merge, resume."""
+
+import pytest
+import torch
+
+import xbt
+from xbt import XBTError
+from xbt.toy import pair_list
+
+
+@pytest.fixture(scope="module")
+def pairs_40():
+    return pair_list(40)
+
+
+def _fit2(old, new, texts, pairs, **kw):
+    stage2 = {"epochs": 3, "batch_size": 8, **kw.pop("stage2", {})}
+    return xbt.fit(old, new, texts, pairs=pairs, epochs=2, stage2=stage2, verbose=False, **kw)
+
+
+def test_base_weights_bit_identical_and_new_new_available(old_new, captions_400, pairs_40):
+    old, new = old_new
+    before = {k: v.clone() for k, v in new.model.state_dict().items()}
+    probe = captions_400[300:305]
+    bare_before = new.encode_text(probe)
+    adapter = _fit2(old, new, captions_400[:100], pairs_40)
+    after = new.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(new.encode_text(probe), bare_before)  # the user's model still gives new->new
+    assert adapter.lora is not None and adapter.lora.model is not new.model
+    # LoRA actually changed the query path
+    lora_raw = adapter.lora.encode_text(probe)
+    assert not torch.allclose(lora_raw, bare_before, atol=1e-4)
+
+
+def test_pairs_as_dataset_and_as_tuples_give_the_same_adapter(old_new, captions_400, pairs_40):
+    import datasets
+
+    old, new = old_new
+    ds = datasets.Dataset.from_dict({"image": [p[0] for p in pairs_40], "caption": [p[1] for p in pairs_40]},
+                                    features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}))
+    a = _fit2(old, new, captions_400[:100], pairs_40)
+    b = _fit2(old, new, captions_400[:100], ds)
+    assert a.adapter_id() == b.adapter_id()
+
+
+def test_save_load_round_trip_with_lora(old_new, captions_400, pairs_40, tmp_path):
+    old, new = old_new
+    adapter = _fit2(old, new, captions_400[:100], pairs_40)
+    adapter.save_pretrained(tmp_path / "a")
+    assert (tmp_path / "a" / "lora" / "adapter_model.safetensors").is_file()
+    loaded = xbt.Adapter.from_pretrained(tmp_path / "a", new=new)
+    images = [p[0] for p in pairs_40[:4]]
+    # PEFT re-injects the saved LoRA tensors exactly; float summation order can differ by an ulp
+    assert torch.allclose(loaded.encode_image(images), adapter.encode_image(images), atol=1e-6)
+    assert torch.allclose(loaded.encode_text(captions_400[:6]), adapter.encode_text(captions_400[:6]), atol=1e-6)
+    assert loaded.adapter_id() == adapter.adapter_id()
+    # only LoRA and projection are stored, not the new model
+    stored = sum(p.stat().st_size for p in (tmp_path / "a").rglob("*.safetensors"))
+    model_bytes = sum(v.numel() * v.element_size() for v in new.model.state_dict().values())
+    assert stored < model_bytes / 5
+
+
+def test_merged_equals_unmerged(old_new, captions_400, pairs_40):
+    old, new = old_new
+    adapter = _fit2(old, new, captions_400[:100], pairs_40, stage2={"rank": 4})
+    images = [p[0] for p in pairs_40[:6]]
+    texts = captions_400[200:210]
+    t0, i0 = adapter.encode_text(texts), adapter.encode_image(images)
+    adapter.merge()
+    assert adapter.merged and not hasattr(adapter.query_encoder, "peft_model")
+    assert torch.allclose(adapter.encode_text(texts), t0, atol=1e-5)
+    assert torch.allclose(adapter.encode_image(images), i0, atol=1e-5)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(old_new, captions_400, pairs_40, tmp_path, monkeypatch):
+    import importlib
+
+    fit_module = importlib.import_module("xbt.fit")  # the module, not the function xbt.fit
+
+    old, new = old_new
+    stage2 = {"epochs": 4, "batch_size": 8, "patience": 10}
+    full = _fit2(old, new, captions_400[:100], pairs_40, stage2=stage2)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(epoch, history):
+        if epoch == 2:
+            raise Interrupt
+
+    original = fit_module.train_stage2
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_module, "train_stage2", lambda *a, **k: original(*a, on_epoch_end=stop_after_two, **k))
+        with pytest.raises(Interrupt):
+            _fit2(old, new, captions_400[:100], pairs_40, stage2=stage2, checkpoint_dir=tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "stage2_checkpoint.safetensors").is_file()
+    resumed = _fit2(old, new, captions_400[:100], pairs_40, stage2=stage2, checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.training["metrics"]["stage2"]["resumed_from_epoch"] == 2
+    texts = captions_400[300:310]
+    assert torch.allclose(resumed.encode_text(texts), full.encode_text(texts), atol=1e-6)
+
+
+def test_checkpoint_of_another_run_is_refused(old_new, captions_400, pairs_40, tmp_path):
+    old, new = old_new
+    _fit2(old, new, captions_400[:100], pairs_40, checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(XBTError, match="different run"):
+        _fit2(old, new, captions_400[:100], pairs_40, stage2={"rank": 2}, checkpoint_dir=tmp_path / "ckpt")
+
+
+def test_old_image_embeddings_term_and_shape_check(old_new, captions_400, pairs_40):
+    old, new = old_new
+    images = [p[0] for p in pairs_40]
+    old_img = old.encode_image(images)
+    adapter = _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=old_img)
+    assert adapter.training["used_old_image_embeddings"]
+    with pytest.raises(XBTError, match=r"old_image_embeddings must be \[40, 32\]"):
+        _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=old_img[:10])
+    no_stage1 = _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=old_img, use_stage1=False)
+    assert "stage1" not in no_stage1.training
+    with pytest.raises(XBTError, match="nothing that knows the old space"):
+        _fit2(old, new, captions_400[:100], pairs_40, use_stage1=False)
+
+
+def test_transformers_clip_stage2(captions_400, pairs_40):
+    from xbt.encoders import as_encoder
+
+    from .conftest import tiny_hf_clip
+
+    old, new = as_encoder(tiny_hf_clip(32, seed=3)), as_encoder(tiny_hf_clip(40, seed=4))
+    adapter = _fit2(old, new, captions_400[:100], pairs_40)
+    assert adapter.encode_image([p[0] for p in pairs_40[:3]]).shape == (3, 32)
+    from xbt.lora import lora_parameter_count
+
+    assert lora_parameter_count(adapter.lora) > 0
+
+
+def test_bad_pairs(old_new, captions_400):
+    old, new = old_new
+    with pytest.raises(XBTError, match="pairs is empty"):
+        xbt.fit(old, new, captions_400[:50], pairs=[], verbose=False)
+    with pytest.raises(XBTError, match=r"pairs\[0\] image is a str"):
+        xbt.fit(old, new, captions_400[:50], pairs=[("not an image", "a caption")], verbose=False)
+    with pytest.raises(XBTError, match="unknown stage-2 option"):
+        xbt.fit(old, new, captions_400[:50], pairs=pair_list(4), stage2={"rnk": 4}, verbose=False)
