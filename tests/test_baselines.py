@@ -218,3 +218,17 @@ def test_pair_groups_join_shared_captions_and_images(pairs):
     # 0 and 2 share an image; 1 and 3 share a caption up to case and spacing
     assert groups[0] == groups[2] and groups[1] == groups[3] and groups[0] != groups[1]
     assert len(set(pair_groups([a, b, c], ["p", "q", "r"]).tolist())) == 3
+
+
+def test_fusion_on_a_stage2_lora_adapter_round_trips(old_new, texts, pairs, tmp_path):
+    old, new = old_new
+    base = xbt.fit(old, new, texts, pairs=pairs, epochs=1, stage2={"epochs": 1, "rank": 2}, verbose=False)
+    fused = fuse(base, old, pairs=pairs, verbose=False)
+    fused.save_pretrained(tmp_path / "l")
+    assert (tmp_path / "l" / "lora").is_dir()  # the base's LoRA weights travel with the fusion adapter
+    loaded = FusionAdapter.from_pretrained(tmp_path / "l", new=new, old=old)
+    images = [im for im, _ in pairs[:3]]
+    assert loaded.base.lora is not None and loaded.adapter_id() == fused.adapter_id()
+    assert torch.allclose(loaded.encode_image(images), fused.encode_image(images), atol=1e-6)
+    fused.merge()  # merging the base for serving leaves the fused queries unchanged
+    assert torch.allclose(fused.encode_image(images), loaded.encode_image(images), atol=1e-5)

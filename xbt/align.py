@@ -46,7 +46,7 @@ def orthogonal_procrustes(source: torch.Tensor, target: torch.Tensor) -> torch.T
     return (u @ vh).float()
 
 
-def ridge_map(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+def ridge_map(source: torch.Tensor, target: torch.Tensor, ridge: float = 0.1) -> torch.Tensor:
     """The ridge-regularised least-squares ``W`` [d_target, d_source]: ``source @ W.T ~ target``.
 
     Closed form ``W = Y^T X (X^T X + lambda I)^-1`` with ``X = source``, ``Y = target``, solved in
@@ -56,12 +56,13 @@ def ridge_map(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-2) -
     fill a narrow cone: directions the support set barely varies along get near-zero eigenvalues,
     and an unregularised map blows noise up along exactly the directions in which the *other*
     modality (images, when fitted on texts) differs. ``ridge=0`` is plain least squares (needs
-    ``n >= d_source`` and full rank). There is no bias term: outputs are L2-normalised downstream,
+    ``n >= d_source`` and full rank); the default 0.1 is ``xbt.baselines.DEFAULT_RIDGE``, measured
+    there. There is no bias term: outputs are L2-normalised downstream,
     and an offset would be fitted to the support modality only.
     """
     _check_pair(source, target)
     if not ridge >= 0:  # also catches NaN
-        raise XBTError(f"ridge must be >= 0, got {ridge}; use a small positive value such as 1e-2")
+        raise XBTError(f"ridge must be >= 0, got {ridge}; use a small positive value such as 0.1")
     x, y = source.double(), target.double()
     gram = x.T @ x  # [d_s, d_s]
     lam = ridge * gram.diagonal().sum() / x.shape[1]
@@ -72,7 +73,7 @@ def ridge_map(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-2) -
     except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
         raise XBTError(
             f"the least-squares system is singular ({x.shape[0]} support rows, {x.shape[1]} dims, ridge={ridge}); "
-            "pass a positive ridge= or a larger support set"
+            "pass a positive ridge= (e.g. 0.1) or a larger support set"
         ) from exc
     return w_t.T.float()
 

@@ -48,10 +48,12 @@ BASELINES = ("procrustes", "linear", "slerp", "nlerp")
 MAP_KINDS = ("procrustes", "linear")
 #: where a map's (new, old) support embeddings come from.
 SUPPORTS = ("text", "image", "joint")
-#: default relative ridge of the ``"linear"`` map (see ``xbt.align.ridge_map``): 1% of the mean
-#: eigenvalue of X^T X. Large enough to tame the near-null directions of a one-modality support
-#: set (and to make n < d solvable), small enough to leave the well-sampled directions untouched.
-DEFAULT_RIDGE = 1e-2
+#: default relative ridge of the ``"linear"`` map (see ``xbt.align.ridge_map``): 10% of the mean
+#: eigenvalue of X^T X. A map fitted on text alone must still carry *images* across, and images
+#: differ from texts along directions the captions barely span; without shrinkage the map blows
+#: those up. Toy world (20k texts, 1k test images), new->old I2T / T2I R@1 by ridge:
+#: 0 -> 0.0 / 18.4, 1e-3 -> 22.4 / 18.2, 1e-2 -> 25.1 / 18.0, 1e-1 -> 25.9 / 18.1, 1 -> 21.3 / 17.7.
+DEFAULT_RIDGE = 0.1
 
 _OPTIONS = {
     "procrustes": {"support"},
