@@ -232,3 +232,10 @@ def test_fusion_on_a_stage2_lora_adapter_round_trips(old_new, texts, pairs, tmp_
     assert torch.allclose(loaded.encode_image(images), fused.encode_image(images), atol=1e-6)
     fused.merge()  # merging the base for serving leaves the fused queries unchanged
     assert torch.allclose(fused.encode_image(images), loaded.encode_image(images), atol=1e-5)
+
+
+def test_plain_loader_refuses_a_fusion_folder(fitted, old_new, tmp_path):
+    _, new = old_new
+    fitted["slerp"].save_pretrained(tmp_path / "s")
+    with pytest.raises(XBTError, match=r"'slerp' fusion adapter.*FusionAdapter\.from_pretrained\(path, new=new, old=old\)"):
+        xbt.Adapter.from_pretrained(tmp_path / "s", new=new)

@@ -230,6 +230,11 @@ class Adapter:
         """
         folder = _resolve(path_or_repo, revision)
         config = _read_config(folder, strict=True)
+        if config.get("requires_old_encoder") and not cls.requires_old_encoder:
+            raise XBTError(
+                f"{folder} holds a {config.get('method')!r} fusion adapter, which runs the OLD model on every query; "
+                f"load it with {config.get('load_with', 'xbt.baselines.FusionAdapter.from_pretrained(path, new=new, old=old)')}"
+            )
         enc = as_encoder(new)
         saved_dim = int(config["new_model"]["embed_dim"])
         if enc.embed_dim != saved_dim:
