@@ -6,14 +6,19 @@ without calling the old model:
 
 - the new model is deep-copied and PEFT LoRA adapters are injected into the copy (the user's model
   object and its base weights are never touched, so new->new stays available);
-- loss = symmetric InfoNCE between projected new image and projected new text embeddings of each
-  pair (so image queries land on their captions' spot in the old space)
-  + ``anchor_weight`` x (1 - cos) between projected text and its *stage-1* value, the frozen
-  stage-1 projection of the frozen new text embedding: the old model's stand-in, which keeps the
+- loss = ``pair_weight`` x symmetric InfoNCE between projected new image and projected new text of
+  each pair
+  + ``anchor_weight`` x (1 - cos) between projected text and its *stage-1* value (the frozen
+  stage-1 projection of the frozen new text embedding: the old model's stand-in), which keeps the
   text side where old captions are;
-  + optionally, when the user has their OLD gallery vectors for the pair images
-  (``old_image_embeddings``), ``old_image_weight`` x [InfoNCE(projected text, old image) +
-  (1 - cos(projected image, old image))]: a direct pull towards the old space.
+  + ``image_keep_weight`` x (1 - cos) between projected image and its stage-1 value, which keeps
+  what stage 1 already got right while LoRA corrects the rest;
+  + optionally ``image_anchor_weight`` x [cross-entropy ranking each image's own caption among the
+  stage-1 locations of all pair captions + (1 - cos) to it] (off by default: on the toy world the
+  stand-in is too coarse a target and it lowered image->text recall);
+  + when the user has their OLD gallery vectors for the pair images (``old_image_embeddings``),
+  ``old_image_weight`` x [InfoNCE(projected text, old image) + (1 - cos(projected image, old image))]:
+  the only direct pull towards the old space, and on the toy world the term that makes stage 2 pay.
 - a held-out split of the pairs with early stopping; checkpoints (safetensors + JSON) after every
   epoch in ``checkpoint_dir`` so an interrupted run resumes where it stopped.
 """
@@ -56,8 +61,11 @@ class Stage2Config:
     projection_lr: float = 1e-4  # gentler: the projection already holds stage 1's knowledge
     weight_decay: float = 0.0
     temperature: float = 0.05
-    anchor_weight: float = 1.0
-    old_image_weight: float = 1.0
+    pair_weight: float = 1.0  # InfoNCE between projected new image and projected new text
+    image_anchor_weight: float = 0.0  # image -> stage-1 caption locations of all pairs (off: hurt on the toy world)
+    anchor_weight: float = 1.0  # projected text stays at its stage-1 value
+    image_keep_weight: float = 5.0  # projected image stays near its stage-1 value (guards what works)
+    old_image_weight: float = 3.0  # only with old_image_embeddings
     val_fraction: float = 0.1
     patience: int = 3
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
@@ -274,6 +282,12 @@ def train_stage2(
             frozen_proj(F.normalize(new.text_features(new.tokenize(captions[s : s + 256])).float(), dim=-1)).cpu()
             for s in range(0, n, 256)
         ])
+    with torch.no_grad():
+        image_keep = torch.cat([
+            frozen_proj(F.normalize(new.image_features(pixels[s : s + 256].to(dev)).float(), dim=-1)).cpu()
+            for s in range(0, n, 256)
+        ])
+    anchor_bank = anchors.to(dev)
     perm = torch.randperm(n, generator=gen)
     n_val = max(2, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 20 else 0
     val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -295,19 +309,27 @@ def train_stage2(
         z_txt = proj(F.normalize(txt.float(), dim=-1))
         return z_img, z_txt
 
+    def nce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        logits = a @ b.T / cfg.temperature
+        labels = torch.arange(len(a), device=dev)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+    def cos_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 1 - (a * b).sum(-1).mean()
+
     def loss_of(idx: torch.Tensor, z_img: torch.Tensor, z_txt: torch.Tensor) -> torch.Tensor:
-        labels = torch.arange(len(idx), device=dev)
-        logits = z_img @ z_txt.T / cfg.temperature
-        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
         anchor = anchors[idx].to(dev)
-        loss = loss + cfg.anchor_weight * (1 - (z_txt * anchor).sum(-1).mean())
+        loss = cfg.pair_weight * nce(z_img, z_txt) + cfg.anchor_weight * cos_gap(z_txt, anchor)
+        if cfg.image_anchor_weight:
+            # Rank the image's own caption among the stage-1 locations of ALL pair captions (a
+            # frozen bank): the I2T search against old captions, with thousands of negatives.
+            bank_logits = z_img @ anchor_bank.T / cfg.temperature
+            loss = loss + cfg.image_anchor_weight * (F.cross_entropy(bank_logits, idx.to(dev)) + cos_gap(z_img, anchor))
+        if cfg.image_keep_weight:
+            loss = loss + cfg.image_keep_weight * cos_gap(z_img, image_keep[idx].to(dev))
         if old_image_embeddings is not None:
             old_img = old_image_embeddings[idx].to(dev)
-            t2i = z_txt @ old_img.T / cfg.temperature
-            loss = loss + cfg.old_image_weight * (
-                0.5 * (F.cross_entropy(t2i, labels) + F.cross_entropy(t2i.T, labels))
-                + (1 - (z_img * old_img).sum(-1).mean())
-            )
+            loss = loss + cfg.old_image_weight * (nce(z_txt, old_img) + cos_gap(z_img, old_img))
         return loss
 
     @torch.no_grad()

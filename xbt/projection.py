@@ -37,13 +37,13 @@ class Stage1Config:
     """Stage-1 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
 
     hidden: int = 1024  # width of the residual MLP; 0 gives a purely linear projection
-    noise_std: float = 0.2  # expected noise norm relative to the unit embedding
+    noise_std: float = 0.1  # expected noise norm relative to the unit embedding
     epochs: int = 30
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.05
-    cosine_weight: float = 5.0
+    cosine_weight: float = 0.5
     val_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
