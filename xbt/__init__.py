@@ -17,8 +17,9 @@ from .encoders import CLIPEncoder, load_clip
 from .errors import XBTError
 from .evaluate import Report, evaluate  # the function shadows the submodule name: use xbt.evaluate(...)
 from .fit import fit
+from . import toy  # noqa: E402  the offline toy world: xbt.toy.load_clips(), text_corpus(), pairs()
 
 __all__ = [
     "Adapter", "CLIPEncoder", "Report", "RetrievalDataset", "XBTError", "evaluate", "fit", "load_clip",
-    "load_dataset", "__version__",
+    "load_dataset", "toy", "__version__",
 ]

@@ -266,42 +266,57 @@ class Adapter:
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
         """Save the adapter with a model card and upload it to the Hugging Face Hub; returns the repo URL."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "adapter")
-            (folder / "README.md").write_text(self.model_card(repo_id))
-            url = api.create_repo(repo_id, private=private, exist_ok=True)
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"xbt adapter ({self.method})")
-        return str(url)
+            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message or f"xbt adapter ({self.method})")
 
     def model_card(self, repo_id: str = "") -> str:
         """A Hugging Face model card (markdown with YAML front matter) describing this adapter."""
-        new, old = self.new_info, self.old_info
-        metrics = self.training.get("metrics", {})
-        lines = [
-            "---",
-            "library_name: xbt",
-            "tags: [clip, backward-compatible-training, xbt, retrieval]",
-            "---",
-            f"# {repo_id or 'xbt adapter'}",
-            "",
-            f"An [xbt](https://arxiv.org/abs/2405.14715) adapter ({self.method}): queries encoded by "
-            f"`{new.get('name')}` ({new.get('embed_dim')}-d) land in the embedding space of "
-            f"`{old.get('name')}` ({old.get('embed_dim')}-d), so they can search a gallery embedded by the old "
-            "model without re-indexing it.",
-            "",
-            "```python",
-            "import xbt",
-            f"new = xbt.load_clip({new.get('name')!r})",
-            f"adapter = xbt.Adapter.from_pretrained({repo_id!r}, new=new)",
-            "queries = adapter.encode_text([\"a dog on a beach\"])  # [n, d_old], unit norm",
-            "```",
-        ]
-        if metrics:
-            lines += ["", "## Training metrics", "", "```json", json.dumps(metrics, indent=2), "```"]
-        return "\n".join(lines) + "\n"
+        return model_card_from_config(self.config(), repo_id)
+
+
+def model_card_from_config(config: dict, repo_id: str = "") -> str:
+    """The model card text for an adapter described by its ``adapter_config.json`` contents."""
+    new, old = config.get("new_model", {}), config.get("old_model", {})
+    metrics = config.get("training", {}).get("metrics", {})
+    lines = [
+        "---",
+        "library_name: xbt",
+        "tags: [clip, backward-compatible-training, xbt, retrieval]",
+        "---",
+        f"# {repo_id or 'xbt adapter'}",
+        "",
+        f"An [xbt](https://arxiv.org/abs/2405.14715) adapter ({config.get('method')}): queries encoded by "
+        f"`{new.get('name')}` ({new.get('embed_dim')}-d) land in the embedding space of "
+        f"`{old.get('name')}` ({old.get('embed_dim')}-d), so they can search a gallery embedded by the old "
+        "model without re-indexing it.",
+        "",
+        "```python",
+        "import xbt",
+        f"new = xbt.load_clip({new.get('name')!r})",
+        f"adapter = xbt.Adapter.from_pretrained({repo_id!r}, new=new)",
+        "queries = adapter.encode_text([\"a dog on a beach\"])  # [n, d_old], unit norm",
+        "```",
+    ]
+    if metrics:
+        lines += ["", "## Training metrics", "", "```json", json.dumps(metrics, indent=2, default=str), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+                commit_message: str | None = None) -> str:
+    """Upload an adapter folder written by ``save_pretrained`` to the Hub (with a model card); returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    config = _read_config(folder, strict=True)  # refuse to publish anything that is not an adapter
+    card = folder / "README.md"
+    if not card.exists():
+        card.write_text(model_card_from_config(config, repo_id))
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"xbt adapter ({config['method']})")
+    return str(url)
 
 
 def _load_lora(new: CLIPEncoder, folder: Path) -> CLIPEncoder:

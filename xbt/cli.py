@@ -204,3 +204,67 @@ def _run_demo(args) -> int:
 
     run_demo(out=args.out, n_texts=args.texts, n_pairs=args.pairs, seed=args.seed, verbose=not args.quiet)
     return 0
+
+
+@subcommand
+def _fit(sub) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="fit an adapter (XBT or a baseline) from a caption file and save it",
+        description="Fit an adapter mapping the NEW model's embeddings into the OLD model's space from a text file "
+        "of captions (one per line), optionally with image-caption pairs, and save it with save_pretrained.",
+    )
+    p.add_argument("--old", required=True, help="old model: open_clip name, hf:<id>, toy name, or a local-dir folder")
+    p.add_argument("--old-pretrained", default=None)
+    p.add_argument("--new", required=True, help="new model: open_clip name, hf:<id>, toy name, or a local-dir folder")
+    p.add_argument("--new-pretrained", default=None)
+    p.add_argument("--texts", required=True, help="UTF-8 text file, one caption per line (blank lines skipped)")
+    p.add_argument("--pairs", default=None, help="a folder saved by datasets.Dataset.save_to_disk with image and caption columns")
+    p.add_argument("--method", default="xbt", help="xbt | procrustes | linear | slerp | nlerp")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a different adapter already in --out")
+    p.add_argument("--out", required=True, help="folder to save the adapter in")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_fit)
+
+
+def _run_fit(args) -> int:
+    from .fit import fit
+
+    path = Path(args.texts)
+    if not path.is_file():
+        raise XBTError(f"--texts {path} does not exist; give a UTF-8 text file with one caption per line")
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = None
+    if args.pairs:
+        import datasets
+
+        try:
+            pairs = datasets.load_from_disk(args.pairs)
+        except FileNotFoundError as exc:
+            raise XBTError(f"--pairs {args.pairs} is not a folder written by datasets.Dataset.save_to_disk ({exc})") from exc
+    old = load_model(args.old, args.old_pretrained, args.device)
+    new = load_model(args.new, args.new_pretrained, args.device)
+    adapter = fit(old, new, texts, pairs=pairs, method=args.method, seed=args.seed, device=args.device, verbose=not args.quiet)
+    out = adapter.save_pretrained(args.out, overwrite=args.overwrite)
+    print(f"saved {adapter!r} to {out}")
+    return 0
+
+
+@subcommand
+def _push(sub) -> None:
+    p = sub.add_parser("push", help="upload a saved adapter folder to the Hugging Face Hub with a model card")
+    p.add_argument("--adapter", required=True, help="folder written by save_pretrained / xbt fit")
+    p.add_argument("--repo", required=True, help="Hub repo id, e.g. org/xbt-l14-to-b32")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.set_defaults(func=_run_push)
+
+
+def _run_push(args) -> int:
+    from .adapter import push_folder
+
+    url = push_folder(args.adapter, args.repo, private=args.private, token=args.token)
+    print(f"pushed {args.adapter} to {url}")
+    return 0
