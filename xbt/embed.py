@@ -123,6 +123,21 @@ def _run_batches(encoder, items, batch_size, encode, desc, verbose) -> torch.Ten
     return torch.cat(chunks) if chunks else torch.zeros(0, encoder.embed_dim)
 
 
+def _cached_embed(enc: CLIPEncoder, kind: str, items, data_hash: str, encode, batch_size: int, device, cache: CacheSpec,
+                  verbose: bool) -> torch.Tensor:
+    """Read ``items``' embeddings from the cache, or compute them in batches, check and cache them."""
+    path = _cache_path(cache, enc, kind, data_hash)
+    cached = _read_cache(path, len(items))
+    if cached is not None:
+        return cached
+    enc.to(best_device(device))
+    emb = _run_batches(enc, items, batch_size, encode, f"embed {kind} ({enc.name})", verbose)
+    check_finite(emb, f"{kind} embeddings from {enc.name}")
+    if path is not None:
+        save_tensor_atomic(path, {"embeddings": emb}, {"model": enc.name, "fingerprint": enc.fingerprint})
+    return emb
+
+
 def embed_texts(
     encoder,
     texts: Iterable[str],
@@ -138,16 +153,7 @@ def embed_texts(
     """
     enc = as_encoder(encoder)
     items = check_texts(texts)
-    path = _cache_path(cache, enc, "text", _hash_texts(items))
-    cached = _read_cache(path, len(items))
-    if cached is not None:
-        return cached
-    enc.to(best_device(device))
-    emb = _run_batches(enc, items, batch_size, enc.encode_text, f"embed text ({enc.name})", verbose)
-    check_finite(emb, f"text embeddings from {enc.name}")
-    if path is not None:
-        save_tensor_atomic(path, {"embeddings": emb}, {"model": enc.name, "fingerprint": enc.fingerprint})
-    return emb
+    return _cached_embed(enc, "text", items, _hash_texts(items), enc.encode_text, batch_size, device, cache, verbose)
 
 
 def embed_images(
@@ -164,13 +170,4 @@ def embed_images(
         images = list(images)
     if len(images) == 0:
         raise XBTError("images is empty: pass at least one PIL image or a non-empty tensor batch")
-    path = _cache_path(cache, enc, "image", _hash_images(images))
-    cached = _read_cache(path, len(images))
-    if cached is not None:
-        return cached
-    enc.to(best_device(device))
-    emb = _run_batches(enc, images, batch_size, enc.encode_image, f"embed images ({enc.name})", verbose)
-    check_finite(emb, f"image embeddings from {enc.name}")
-    if path is not None:
-        save_tensor_atomic(path, {"embeddings": emb}, {"model": enc.name, "fingerprint": enc.fingerprint})
-    return emb
+    return _cached_embed(enc, "image", images, _hash_images(images), enc.encode_image, batch_size, device, cache, verbose)

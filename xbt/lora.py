@@ -31,7 +31,7 @@ import json
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .embed import save_tensor_atomic
 from .encoders import CLIPEncoder, best_device
 from .errors import XBTError
-from .projection import Projection
+from .projection import Projection, checked_config
 
 
 @dataclass
@@ -74,11 +74,7 @@ class Stage2Config:
     @classmethod
     def from_kwargs(cls, **kwargs) -> Stage2Config:
         """Build from keyword arguments, rejecting unknown names with the list of valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            raise XBTError(f"unknown stage-2 option(s) {unknown}; valid options are {sorted(valid)}")
-        cfg = cls(**kwargs)
+        cfg = checked_config(cls, "stage-2", kwargs)
         bad_towers = set(cfg.towers) - {"image", "text"}
         if bad_towers or not cfg.towers:
             raise XBTError(f"towers must be a non-empty subset of ('image', 'text'), got {cfg.towers}")

@@ -32,6 +32,15 @@ from .align import orthogonal_procrustes
 from .errors import XBTError
 
 
+def checked_config(cls, stage: str, kwargs: dict):
+    """``cls(**kwargs)`` for a config dataclass, or an ``XBTError`` listing the valid option names."""
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise XBTError(f"unknown {stage} option(s) {unknown}; valid options are {sorted(valid)}")
+    return cls(**kwargs)
+
+
 @dataclass
 class Stage1Config:
     """Stage-1 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
@@ -51,11 +60,7 @@ class Stage1Config:
     @classmethod
     def from_kwargs(cls, **kwargs) -> Stage1Config:
         """Build from keyword arguments, rejecting unknown names with the list of valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            raise XBTError(f"unknown stage-1 option(s) {unknown}; valid options are {sorted(valid)}")
-        return cls(**kwargs)
+        return checked_config(cls, "stage-1", kwargs)
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the fields."""
