@@ -144,3 +144,13 @@ def test_bad_pairs(old_new, captions_400):
         xbt.fit(old, new, captions_400[:50], pairs=[("not an image", "a caption")], verbose=False)
     with pytest.raises(XBTError, match="unknown stage-2 option"):
         xbt.fit(old, new, captions_400[:50], pairs=pair_list(4), stage2={"rnk": 4}, verbose=False)
+
+
+def test_bf16_autocast_path_trains_on_cpu(old_new, captions_400, pairs_40):
+    old, new = old_new
+    adapter = _fit2(old, new, captions_400[:100], pairs_40, stage2={"precision": "bf16", "epochs": 1})
+    history = adapter.training["metrics"]["stage2"]
+    assert history["precision"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(history["train_loss"])))
+    out = adapter.encode_text(captions_400[:3])
+    assert out.dtype == torch.float32 and torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)

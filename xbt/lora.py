@@ -296,6 +296,8 @@ def train_stage2(
     steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     autocast, precision = _autocast(dev, cfg.precision)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (scaler disabled).
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
 
     def forward(idx: torch.Tensor):
         with autocast:
@@ -378,8 +380,9 @@ def train_stage2(
             z_img, z_txt = forward(idx)
             loss = loss_of(idx, z_img, z_txt)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             losses.append(loss.item())
         history["train_loss"].append(sum(losses) / max(1, len(losses)))
