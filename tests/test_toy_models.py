@@ -42,8 +42,11 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     status = main(["demo", "--texts", "3000", "--pairs", "200", "--out", str(tmp_path / "demo"), "--quiet"])
     assert status == 0
     printed = capsys.readouterr().out
-    for row in ("old→old", "new→new", "procrustes", "slerp", "xbt-stage1", "xbt-stage1+2"):
+    methods = {"procrustes", "linear", "slerp", "nlerp", "xbt-stage1", "xbt-stage1+2", "xbt-stage1+2+slerp"}
+    for row in {"old→old", "new→new"} | methods:
         assert row in printed
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert set(saved["methods"]) == {"procrustes", "slerp", "xbt-stage1", "xbt-stage1+2"}
+    assert set(saved["methods"]) == methods
+    assert saved["methods"]["xbt-stage1+2+slerp"]["requires_old_encoder"]
+    assert not saved["methods"]["xbt-stage1+2"]["requires_old_encoder"]
     assert (tmp_path / "demo" / "report.png").stat().st_size > 1000

@@ -188,8 +188,9 @@ def _demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline offline on the toy world and print the comparison table",
-        description="Fit Procrustes, SLERP, XBT stage 1 and XBT stage 1+2 on the shipped toy CLIPs and "
-        "evaluate them all on the toy test gallery (a few minutes on 2 CPU cores, no download).",
+        description="Fit Procrustes, ridge linear, SLERP, NLERP, XBT stage 1, XBT stage 1+2 and SLERP on top of XBT "
+        "on the shipped toy CLIPs and evaluate them all on the toy test gallery (a few minutes on 2 CPU cores, "
+        "no download).",
     )
     p.add_argument("--out", default="xbt-demo", help="folder for report.json, report.md, report.png (default: xbt-demo)")
     p.add_argument("--texts", type=int, default=50_000, help="stage-1 caption corpus size")

@@ -11,13 +11,14 @@ import json
 import time
 from pathlib import Path
 
+from .baselines import fuse
 from .embed import embed_images
 from .evaluate import evaluate
 from .fit import fit
 
 DEMO_TEXTS = 50_000
 DEMO_PAIRS = 2_000
-DEMO_METHODS = ("procrustes", "slerp", "xbt-stage1", "xbt-stage1+2")
+DEMO_METHODS = ("procrustes", "linear", "slerp", "nlerp", "xbt-stage1", "xbt-stage1+2", "xbt-stage1+2+slerp")
 
 
 def run_demo(
@@ -35,7 +36,8 @@ def run_demo(
         out: folder for report.json / report.md / report.png (None: write nothing).
         n_texts: stage-1 captions (text corpus size).
         n_pairs: image-caption pairs for stage 2 and for the baselines' fusion weights.
-        methods: any of "procrustes", "linear", "slerp", "nlerp", "xbt-stage1", "xbt-stage1+2".
+        methods: any of "procrustes", "linear", "slerp", "nlerp", "xbt-stage1", "xbt-stage1+2" and
+            "xbt-stage1+2+slerp" (SLERP fusion on top of the stage-1+2 adapter; needs it listed before).
         verbose: progress bars and per-method fit times.
         show: print the comparison table (and where it was saved).
 
@@ -59,6 +61,8 @@ def run_demo(
             old_vectors = embed_images(old, pairs["image"], verbose=verbose)
             adapter = fit(old, new, texts, pairs=pairs, old_image_embeddings=old_vectors, seed=seed, verbose=verbose)
             adapters[name] = adapter.merge()  # serve merged: queries cost what the bare new model costs
+        elif name == "xbt-stage1+2+slerp":
+            adapters[name] = fuse(adapters["xbt-stage1+2"], old, pairs=pairs, kind="slerp", method=name, verbose=verbose)
         else:
             adapters[name] = fit(old, new, texts, pairs=pairs, method=name, seed=seed, verbose=verbose)
         fit_seconds[name] = round(time.perf_counter() - t0, 1)

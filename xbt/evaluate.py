@@ -427,14 +427,16 @@ class Report:
             ax.set_title(DIRECTION_LABELS[d])
             ax.grid(axis="y", alpha=0.3)
         axes[0].set_ylabel("Recall@K (%)")
-        axes[0].legend(fontsize=8)
+        # The legend goes to the right of both panels so it never hides a bar.
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
         fig.suptitle(f"{self.dataset} ({self.split}): {self.n_images:,} images")
         fig.tight_layout()
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
 
         def write(tmp: str) -> None:
-            fig.savefig(tmp, format="png")
+            fig.savefig(tmp, format="png", bbox_inches="tight")
 
         _write_atomic(target, write)
         return target
