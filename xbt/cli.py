@@ -179,9 +179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
 
 @subcommand
 def _demo(sub) -> None:
@@ -269,3 +266,7 @@ def _run_push(args) -> int:
     url = push_folder(args.adapter, args.repo, private=args.private, token=args.token)
     print(f"pushed {args.adapter} to {url}")
     return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
