@@ -268,7 +268,7 @@ class Adapter:
         """Save the adapter with a model card and upload it to the Hugging Face Hub; returns the repo URL."""
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "adapter")
-            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message or f"xbt adapter ({self.method})")
+            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
     def model_card(self, repo_id: str = "") -> str:
         """A Hugging Face model card (markdown with YAML front matter) describing this adapter."""

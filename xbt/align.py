@@ -100,18 +100,26 @@ def _check_fusion_inputs(a: torch.Tensor, b: torch.Tensor, alpha: float) -> None
         raise XBTError(f"fusion weight alpha must lie in [0, 1], got {alpha}")
 
 
+def _fusion_endpoint(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor | None:
+    """Check the fusion inputs; at ``alpha`` 0 or 1 return a copy of ``a`` or ``b`` exactly, else None."""
+    _check_fusion_inputs(a, b, alpha)
+    if float(alpha) == 0.0:
+        return a.clone()
+    if float(alpha) == 1.0:
+        return b.clone()
+    return None
+
+
 def nlerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """Normalised linear interpolation ``normalize((1 - alpha) a + alpha b)`` of unit rows [n, d].
 
     ``alpha=0`` returns ``a`` and ``alpha=1`` returns ``b`` exactly (copies, no renormalisation).
     Two antipodal rows at ``alpha=0.5`` have no defined midpoint; the result is then arbitrary.
     """
-    _check_fusion_inputs(a, b, alpha)
+    end = _fusion_endpoint(a, b, alpha)
+    if end is not None:
+        return end
     alpha = float(alpha)
-    if alpha == 0.0:
-        return a.clone()
-    if alpha == 1.0:
-        return b.clone()
     return F.normalize((1.0 - alpha) * a + alpha * b, dim=-1)
 
 
@@ -123,12 +131,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     ``alpha=0`` returns ``a`` and ``alpha=1`` returns ``b`` exactly. Rows that are (nearly) parallel
     fall back to NLERP, which is the same point to first order and has no 0/0.
     """
-    _check_fusion_inputs(a, b, alpha)
+    end = _fusion_endpoint(a, b, alpha)
+    if end is not None:
+        return end
     alpha = float(alpha)
-    if alpha == 0.0:
-        return a.clone()
-    if alpha == 1.0:
-        return b.clone()
     a64, b64 = a.double(), b.double()
     cos = (a64 * b64).sum(-1, keepdim=True).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)

@@ -505,20 +505,22 @@ def fuse(
         images, captions = as_pairs(pairs)
         groups = pair_groups(images, captions)
         selection.update(support="pairs", n_pairs=len(images), grid=list(grid))
-        if "image" in todo:  # I2T: image queries against the old caption embeddings
-            old_q = embed_images(old_enc, images, device=device, cache=cache, verbose=verbose)
-            new_q = adapter.embed_images(images, cache=cache, verbose=verbose)
-            gallery = embed_texts(old_enc, captions, device=device, cache=cache, verbose=verbose)
-            a, curve = align.select_alpha(old_q, new_q, gallery, groups, groups, kind=kind, grid=grid)
-            chosen["image"] = a
-            selection["image_query"] = {"alpha": a, "source": "support_recall_at_1", "direction": "I2T", "curve": curve}
-        if "text" in todo:  # T2I: caption queries against the old image embeddings
-            old_q = embed_texts(old_enc, captions, device=device, cache=cache, verbose=verbose)
-            new_q = adapter.embed_texts(captions, cache=cache, verbose=verbose)
-            gallery = embed_images(old_enc, images, device=device, cache=cache, verbose=verbose)
-            a, curve = align.select_alpha(old_q, new_q, gallery, groups, groups, kind=kind, grid=grid)
-            chosen["text"] = a
-            selection["text_query"] = {"alpha": a, "source": "support_recall_at_1", "direction": "T2I", "curve": curve}
+        # Each direction searches one modality's OLD embeddings with the other's fused queries, so
+        # both old embeddings are needed (once each) whichever directions are chosen here.
+        old_emb = {
+            "image": embed_images(old_enc, images, device=device, cache=cache, verbose=verbose),
+            "text": embed_texts(old_enc, captions, device=device, cache=cache, verbose=verbose),
+        }
+        for modality, gallery, direction in (("image", "text", "I2T"), ("text", "image", "T2I")):
+            if modality not in todo:
+                continue
+            if modality == "image":
+                new_q = adapter.embed_images(images, cache=cache, verbose=verbose)
+            else:
+                new_q = adapter.embed_texts(captions, cache=cache, verbose=verbose)
+            a, curve = align.select_alpha(old_emb[modality], new_q, old_emb[gallery], groups, groups, kind=kind, grid=grid)
+            chosen[modality] = a
+            selection[f"{modality}_query"] = {"alpha": a, "source": "support_recall_at_1", "direction": direction, "curve": curve}
     metrics = {
         f"support_recall_at_1_{m}_query": selection[f"{m}_query"]["curve"][str(chosen[m])]["recall_at_1"]
         for m in ("text", "image")

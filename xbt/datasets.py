@@ -294,6 +294,16 @@ def _pick_image_dir(candidates: list[Path], first_relpath: str, what: str) -> Pa
     raise XBTError(f"cannot find the {what} images: expected the first one at one of {tried}; pass image_dir=<folder>")
 
 
+def _image_paths(relpaths: list[str], image_dir, anchor: Path, folder_names: list[str], what: str) -> list[Path]:
+    """Full image paths: under ``image_dir`` if given, else under the first of ``anchor/<name>`` (or
+    ``anchor`` itself) that holds the first image."""
+    if image_dir is not None:
+        folder = Path(image_dir).expanduser()
+    else:
+        folder = _pick_image_dir([anchor / n for n in folder_names] + [anchor], relpaths[0], what)
+    return [folder / r for r in relpaths]
+
+
 def _check_files(paths: list[Path], what: str) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
@@ -351,13 +361,8 @@ def load_karpathy(
         captions.append(caps)
     if not relpaths:
         raise XBTError(f"{ann_path} has no images in split {split!r} (looked for split values {sorted(wanted)})")
-    if image_dir is not None:
-        folder = Path(image_dir).expanduser()
-    else:
-        anchor = base if base is not None else ann_path.parent
-        names = ["flickr30k-images", "images", "flickr30k_images"] if name == "flickr30k" else ["images"]
-        folder = _pick_image_dir([anchor / n for n in names] + [anchor], relpaths[0], name)
-    paths = [folder / r for r in relpaths]
+    names = ["flickr30k-images", "images", "flickr30k_images"] if name == "flickr30k" else ["images"]
+    paths = _image_paths(relpaths, image_dir, base if base is not None else ann_path.parent, names, name)
     _check_files(paths, name)
     return RetrievalDataset(LazyImages(paths), captions, name, split, f"local:{ann_path}")
 
@@ -406,12 +411,8 @@ def load_nocaps(
         captions.append(caps)
     if not relpaths:
         raise XBTError(f"{ann_path} has no images in split {split!r} (domains are read from images[].domain)")
-    if image_dir is not None:
-        folder = Path(image_dir).expanduser()
-    else:
-        anchor = base if base is not None else ann_path.parent
-        folder = _pick_image_dir([anchor / "val", anchor / "validation", anchor / "images", anchor], relpaths[0], "nocaps")
-    paths = [folder / r for r in relpaths]
+    paths = _image_paths(relpaths, image_dir, base if base is not None else ann_path.parent,
+                         ["val", "validation", "images"], "nocaps")
     _check_files(paths, "nocaps")
     return RetrievalDataset(LazyImages(paths), captions, "nocaps", split, f"local:{ann_path}")
 

@@ -41,7 +41,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .embed import save_tensor_atomic
+from .embed import embed_images, embed_texts, save_tensor_atomic
 from .encoders import CLIPEncoder, best_device
 from .errors import XBTError
 from .projection import Projection, checked_config
@@ -272,19 +272,12 @@ def train_stage2(
     frozen_proj = copy.deepcopy(projection).to(dev).eval().requires_grad_(False)
     proj = copy.deepcopy(projection).to(dev).train().requires_grad_(True)
 
-    # Inputs are prepared once: pixels, and the stage-1 anchors of every caption.
+    # Inputs are prepared once: pixels, and the stage-1 values of every caption (the anchors, also
+    # the caption bank) and every image (the keep targets), from the frozen new model.
     pixels = new.preprocess_images(images).cpu()
     with torch.no_grad():
-        anchors = torch.cat([
-            frozen_proj(F.normalize(new.text_features(new.tokenize(captions[s : s + 256])).float(), dim=-1)).cpu()
-            for s in range(0, n, 256)
-        ])
-    with torch.no_grad():
-        image_keep = torch.cat([
-            frozen_proj(F.normalize(new.image_features(pixels[s : s + 256].to(dev)).float(), dim=-1)).cpu()
-            for s in range(0, n, 256)
-        ])
-    anchor_bank = anchors.to(dev)
+        anchors = frozen_proj(embed_texts(new, captions, device=dev, cache=False, verbose=False).to(dev))
+        image_keep = frozen_proj(embed_images(new, pixels, device=dev, cache=False, verbose=False).to(dev))
     perm = torch.randperm(n, generator=gen)
     n_val = max(2, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 20 else 0
     val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -317,15 +310,15 @@ def train_stage2(
         return 1 - (a * b).sum(-1).mean()
 
     def loss_of(idx: torch.Tensor, z_img: torch.Tensor, z_txt: torch.Tensor) -> torch.Tensor:
-        anchor = anchors[idx].to(dev)
+        anchor = anchors[idx]
         loss = cfg.pair_weight * nce(z_img, z_txt) + cfg.anchor_weight * cos_gap(z_txt, anchor)
         if cfg.image_anchor_weight:
             # Rank the image's own caption among the stage-1 locations of ALL pair captions (a
             # frozen bank): the I2T search against old captions, with thousands of negatives.
-            bank_logits = z_img @ anchor_bank.T / cfg.temperature
+            bank_logits = z_img @ anchors.T / cfg.temperature
             loss = loss + cfg.image_anchor_weight * (F.cross_entropy(bank_logits, idx.to(dev)) + cos_gap(z_img, anchor))
         if cfg.image_keep_weight:
-            loss = loss + cfg.image_keep_weight * cos_gap(z_img, image_keep[idx].to(dev))
+            loss = loss + cfg.image_keep_weight * cos_gap(z_img, image_keep[idx])
         if old_image_embeddings is not None:
             old_img = old_image_embeddings[idx].to(dev)
             loss = loss + cfg.old_image_weight * (nce(z_txt, old_img) + cos_gap(z_img, old_img))
