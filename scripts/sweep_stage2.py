@@ -26,10 +26,14 @@ from xbt.embed import embed_images  # noqa: E402
 from xbt.lora import Stage2Config, train_stage2  # noqa: E402
 
 SETTINGS = {
-    "keep5 (no caption bank)": {"image_keep_weight": 5.0, "image_anchor_weight": 0.0},
-    "keep5 + bank 0.3": {"image_keep_weight": 5.0, "image_anchor_weight": 0.3},
-    "keep5, low lr": {"image_keep_weight": 5.0, "image_anchor_weight": 0.0, "lr": 1e-4, "projection_lr": 2e-5},
-    "keep10 + bank 0.3": {"image_keep_weight": 10.0, "image_anchor_weight": 0.3},
+    "default": {},
+    "no confidence weighting": {"confidence_weighting": False},
+    "keep 1": {"image_keep_weight": 1.0},
+    "old image cos 1": {"old_image_cos_weight": 1.0},
+    "pair InfoNCE 1": {"pair_weight": 1.0},
+    "pair InfoNCE 1 + keep 1": {"pair_weight": 1.0, "image_keep_weight": 1.0},
+    "old image 3": {"old_image_weight": 3.0},
+    "pair InfoNCE 1 + old image 3": {"pair_weight": 1.0, "old_image_weight": 3.0},
 }
 
 
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "stage2_sweep.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -50,23 +55,27 @@ def main() -> None:
     for seed in args.seeds:
         stage1 = xbt.fit(old, new, texts, seed=seed, verbose=False)
         adapters[f"seed{seed} | stage 1"] = stage1
-        for name, options in SETTINGS.items():
+        for name in args.settings:
+            options = SETTINGS[name]
             lora, projection, _ = train_stage2(new, stage1.projection, images, captions, Stage2Config(seed=seed, **options),
                                                old_image_embeddings=old_vectors, verbose=False)
             adapters[f"seed{seed} | {name}"] = Adapter(new, projection, lora=lora)
             print(f"seed {seed}: {name} ({time.perf_counter() - start:.0f}s)", flush=True)
     report = xbt.evaluate(old, adapters, dataset="toy", verbose=False, query_cost=False)
     r1 = {n: {d: round(100 * m.recall[d][1], 2) for d in ("i2t", "t2i")} for n, m in report.methods.items()}
+    compatible = report.backward_compatible  # strictly above old->old at R@1/5/10, both directions
     summary = {}
     print(f"\nold->old R@1 I2T / T2I: {100 * report.old_old['i2t'][1]:.2f} / {100 * report.old_old['t2i'][1]:.2f}")
-    print("| setting | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
-    print("|---|" + "---|" * (len(args.seeds) + 1))
-    for name in ["stage 1", *SETTINGS]:
+    print("| setting | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | backward compatible at R@1/5/10 |")
+    print("|---|" + "---|" * (len(args.seeds) + 2))
+    for name in ["stage 1", *args.settings]:
         rows = [r1[f"seed{s} | {name}"] for s in args.seeds]
         mean = {d: round(sum(r[d] for r in rows) / len(rows), 2) for d in ("i2t", "t2i")}
-        summary[name] = {"per_seed": rows, "mean": mean}
+        verdicts = [compatible[f"seed{s} | {name}"] for s in args.seeds]
+        summary[name] = {"per_seed": rows, "mean": mean, "backward_compatible": verdicts}
         cells = " | ".join(f"{r['i2t']:.1f} / {r['t2i']:.2f}" for r in rows)
-        print(f"| {name} | {cells} | {mean['i2t']:.2f} / {mean['t2i']:.2f} |")
+        bc = f"{sum(verdicts)} of {len(verdicts)} seeds"
+        print(f"| {name} | {cells} | {mean['i2t']:.2f} / {mean['t2i']:.2f} | {bc} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"r1": r1, "summary": summary, "wall_seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -67,6 +67,18 @@ class CLIPEncoder:
         return int(self.model.visual.output_dim)
 
     @property
+    def logit_scale(self) -> float:
+        """The model's learned inverse temperature (CLIP's ``logit_scale.exp()``), 100 if it has none.
+
+        Stage 2 uses it to turn the NEW model's own image-caption similarities into probabilities
+        at the sharpness the model was trained with.
+        """
+        scale = getattr(self.model, "logit_scale", None)
+        if not isinstance(scale, torch.Tensor):
+            return 100.0
+        return float(scale.detach().float().exp().item())
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
