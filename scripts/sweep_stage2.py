@@ -4,8 +4,10 @@
 
 For seeds 0, 1, 2: fit stage 1 (50,000 captions), then stage 2 on 2,000 pairs with the old
 gallery vectors of the pair images under each setting below; evaluate all on the toy test gallery
-and print new->old R@1 (I2T / T2I) per seed and the mean. This is how the ``Stage2Config``
-defaults were chosen: by the mean over seeds, not by one lucky seed.
+and print new->old R@1 (I2T / T2I) per seed, the mean, and in how many seeds the adapter is
+backward compatible (strictly above old->old at R@1/5/10 in both directions). Each setting but
+"default" changes one thing in ``Stage2Config``. This is how the defaults were chosen: by the
+worst seed and the mean, not by one lucky seed.
 """
 
 from __future__ import annotations
@@ -28,12 +30,10 @@ from xbt.lora import Stage2Config, train_stage2  # noqa: E402
 SETTINGS = {
     "default": {},
     "no confidence weighting": {"confidence_weighting": False},
-    "keep 1": {"image_keep_weight": 1.0},
-    "old image cos 1": {"old_image_cos_weight": 1.0},
-    "pair InfoNCE 1": {"pair_weight": 1.0},
-    "pair InfoNCE 1 + keep 1": {"pair_weight": 1.0, "image_keep_weight": 1.0},
-    "old image 3": {"old_image_weight": 3.0},
-    "pair InfoNCE 1 + old image 3": {"pair_weight": 1.0, "old_image_weight": 3.0},
+    "no pair InfoNCE": {"pair_weight": 0.0},
+    "no keep": {"image_keep_weight": 0.0},
+    "no pair InfoNCE, no keep": {"pair_weight": 0.0, "image_keep_weight": 0.0},
+    "old image weight 3": {"old_image_weight": 3.0},
 }
 
 
