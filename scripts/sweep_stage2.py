@@ -24,16 +24,17 @@ sys.path.insert(0, str(ROOT))
 import xbt  # noqa: E402
 from xbt import toy  # noqa: E402
 from xbt.adapter import Adapter  # noqa: E402
-from xbt.embed import embed_images  # noqa: E402
+from xbt.embed import embed_images, embed_texts  # noqa: E402
+from xbt.fit import unique_texts  # noqa: E402
 from xbt.lora import Stage2Config, train_stage2  # noqa: E402
 
 SETTINGS = {
     "default": {},
     "no confidence weighting": {"confidence_weighting": False},
+    "pair captions only (caption_bank_size 0)": {"caption_bank_size": 0},
     "no pair InfoNCE": {"pair_weight": 0.0},
     "no keep": {"image_keep_weight": 0.0},
-    "no pair InfoNCE, no keep": {"pair_weight": 0.0, "image_keep_weight": 0.0},
-    "old image weight 3": {"old_image_weight": 3.0},
+    "caption bank 5,000": {"caption_bank_size": 5_000},
 }
 
 
@@ -47,7 +48,8 @@ def main() -> None:
 
     start = time.perf_counter()
     old, new = toy.load_clips()
-    texts = toy.text_corpus(50_000)
+    texts = unique_texts(toy.text_corpus(50_000))
+    new_texts = embed_texts(new, texts, verbose=False)  # the stage-1 texts join the caption bank, as in xbt.fit
     pairs = toy.pair_list(args.pairs)
     images, captions = [p[0] for p in pairs], [p[1] for p in pairs]
     old_vectors = embed_images(old, images, verbose=False)
@@ -58,7 +60,8 @@ def main() -> None:
         for name in args.settings:
             options = SETTINGS[name]
             lora, projection, _ = train_stage2(new, stage1.projection, images, captions, Stage2Config(seed=seed, **options),
-                                               old_image_embeddings=old_vectors, verbose=False)
+                                               old_image_embeddings=old_vectors, verbose=False,
+                                               bank_captions=texts, bank_caption_embeddings=new_texts)
             adapters[f"seed{seed} | {name}"] = Adapter(new, projection, lora=lora)
             print(f"seed {seed}: {name} ({time.perf_counter() - start:.0f}s)", flush=True)
     report = xbt.evaluate(old, adapters, dataset="toy", verbose=False, query_cost=False)

@@ -200,3 +200,29 @@ def test_confidence_weighting_changes_what_stage2_learns(old_new, captions_400, 
     assert not torch.allclose(weighted.encode_image(images), uniform.encode_image(images), atol=1e-5)
     with pytest.raises(XBTError, match="confidence_temperature must be positive"):
         _fit2(old, new, captions_400[:100], pairs_40, stage2={"confidence_temperature": 0.0})
+
+
+def test_stage1_texts_join_the_caption_bank_without_the_pair_captions(old_new, captions_400, pairs_40):
+    old, new = old_new
+    texts = captions_400[:100] + [pairs_40[0][1]]  # one pair caption among the stage-1 texts
+    adapter = _fit2(old, new, texts, pairs_40)
+    distinct_pair_captions = {c for _, c in pairs_40}
+    extra = len(set(texts) - distinct_pair_captions)
+    assert adapter.training["metrics"]["stage2"]["caption_bank"] == len(pairs_40) + extra
+    capped = _fit2(old, new, texts, pairs_40, stage2={"caption_bank_size": 30})
+    assert capped.training["metrics"]["stage2"]["caption_bank"] == len(pairs_40) + 30
+    pairs_only = _fit2(old, new, texts, pairs_40, stage2={"caption_bank_size": 0})
+    assert pairs_only.training["metrics"]["stage2"]["caption_bank"] == len(pairs_40)
+
+
+def test_caption_bank_embeddings_must_match_the_captions(old_new, pairs_40):
+    from xbt.lora import train_stage2
+
+    old, new = old_new
+    adapter = xbt.fit(old, new, [c for _, c in pairs_40], epochs=1, verbose=False)
+    with pytest.raises(XBTError, match="3 rows for 2 bank_captions"):
+        train_stage2(new, adapter.projection, [p[0] for p in pairs_40], [p[1] for p in pairs_40],
+                     xbt.lora.Stage2Config(epochs=1), bank_captions=["a", "b"],
+                     bank_caption_embeddings=torch.zeros(3, 48), verbose=False)
+    with pytest.raises(XBTError, match="caption_bank_size must be >= 0"):
+        xbt.lora.Stage2Config.from_kwargs(caption_bank_size=-1)

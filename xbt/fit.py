@@ -116,9 +116,12 @@ def fit(
         old_image_embeddings = check_finite(torch.as_tensor(old_image_embeddings).float(), "old_image_embeddings")
     if not use_stage1:
         projection = _projection_from_old_images(new_enc, images, old_image_embeddings, old_enc, stage1_cfg, device, cache, verbose)
+    # The stage-1 texts join the caption bank of stage 2's image->caption ranking (their new-model
+    # embeddings are already here); without stage 1 the projection knows no texts to place them.
+    bank = dict(bank_captions=items, bank_caption_embeddings=new_text) if use_stage1 else {}
     lora_enc, projection, history2 = train_stage2(
         new_enc, projection, images, captions, stage2_cfg, old_image_embeddings=old_image_embeddings,
-        device=device, checkpoint_dir=checkpoint_dir, verbose=verbose,
+        device=device, checkpoint_dir=checkpoint_dir, verbose=verbose, **bank,
     )
     training["stage2"] = stage2_cfg.to_dict()
     training["n_pairs"] = len(images)

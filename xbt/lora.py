@@ -71,7 +71,8 @@ class Stage2Config:
     weight_decay: float = 0.0
     temperature: float = 0.05
     pair_weight: float = 1.0  # InfoNCE between projected new image and projected new text
-    caption_rank_weight: float = 1.0  # image -> its caption among the stage-1 locations of all pair captions
+    caption_rank_weight: float = 1.0  # image -> its caption among the stage-1 locations of the caption bank
+    caption_bank_size: int = 20_000  # stage-1 captions that join the pair captions in that bank (0: pairs only)
     confidence_weighting: bool = True  # weight that ranking by the NEW model's own confidence in the pair
     confidence_temperature: float | None = None  # None: the new model's own 1 / logit_scale
     anchor_weight: float = 1.0  # projected text stays at its stage-1 value
@@ -92,6 +93,8 @@ class Stage2Config:
             raise XBTError(f"towers must be a non-empty subset of ('image', 'text'), got {cfg.towers}")
         if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise XBTError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {cfg.precision!r}")
+        if cfg.caption_bank_size < 0:
+            raise XBTError(f"caption_bank_size must be >= 0 (0 ranks among the pair captions only), got {cfg.caption_bank_size}")
         if cfg.confidence_temperature is not None and not cfg.confidence_temperature > 0:
             raise XBTError(
                 f"confidence_temperature must be positive (or None for the new model's own 1/logit_scale), got {cfg.confidence_temperature}"
@@ -177,11 +180,32 @@ def pair_confidence(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature
     return torch.cat(out)
 
 
+@torch.no_grad()
+def _extra_bank(new: CLIPEncoder, captions: list[str], bank_captions: list[str] | None,
+                bank_embeddings: torch.Tensor | None, size: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+    """NEW-model embeddings of up to ``size`` bank captions that are not pair captions, on ``dev``.
+
+    A pair caption repeated in the bank would be a false negative for its own image. Which
+    captions are kept (when there are more than ``size``) follows ``gen``, i.e. the seed.
+    """
+    if not bank_captions or size == 0:
+        return torch.empty(0, new.embed_dim, device=dev)
+    if bank_embeddings is not None and len(bank_embeddings) != len(bank_captions):
+        raise XBTError(f"bank_caption_embeddings has {len(bank_embeddings)} rows for {len(bank_captions)} bank_captions; pass one per caption")
+    paired = set(captions)
+    keep = torch.tensor([i for i, c in enumerate(bank_captions) if c not in paired], dtype=torch.long)
+    if len(keep) > size:
+        keep = keep[torch.randperm(len(keep), generator=gen)[:size]].sort().values
+    if bank_embeddings is None:
+        return embed_texts(new, [bank_captions[i] for i in keep.tolist()], device=dev, cache=False, verbose=False).to(dev)
+    return F.normalize(bank_embeddings[keep].float(), dim=-1).to(dev)
+
+
 # ---------------------------------------------------------------------- checkpoints
 
 
-def _config_key(cfg: Stage2Config, n_pairs: int, has_old: bool) -> str:
-    blob = json.dumps({"cfg": cfg.to_dict(), "n": n_pairs, "old": has_old}, sort_keys=True)
+def _config_key(cfg: Stage2Config, n_pairs: int, has_old: bool, bank: int) -> str:
+    blob = json.dumps({"cfg": cfg.to_dict(), "n": n_pairs, "old": has_old, "bank": bank}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -266,6 +290,8 @@ def train_stage2(
     checkpoint_dir: str | os.PathLike | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     verbose: bool = True,
+    bank_captions: list[str] | None = None,
+    bank_caption_embeddings: torch.Tensor | None = None,
 ) -> tuple[CLIPEncoder, Projection, dict]:
     """Train LoRA on a copy of ``new`` and a copy of ``projection`` on image-caption pairs.
 
@@ -277,6 +303,11 @@ def train_stage2(
         checkpoint_dir: if given, a checkpoint is written after each epoch and a matching one is
             resumed from.
         on_epoch_end: called as ``fn(epoch, history)`` after each epoch (and its checkpoint).
+        bank_captions: more captions (``xbt.fit`` passes the stage-1 texts): up to
+            ``caption_bank_size`` of them, minus the pair captions, join the bank each image ranks
+            its caption in, so that a few hundred pairs still meet thousands of negatives.
+        bank_caption_embeddings: their NEW-model text embeddings, float32 [len(bank_captions),
+            d_new] (computed when omitted).
 
     Returns:
         (LoRA encoder, trained projection, history) - best validation epoch restored.
@@ -313,14 +344,17 @@ def train_stage2(
     with torch.no_grad():
         new_txt = embed_texts(new, captions, device=dev, cache=False, verbose=False).to(dev)
         new_img = embed_images(new, pixels, device=dev, cache=False, verbose=False).to(dev)
+        extra = _extra_bank(new, captions, bank_captions, bank_caption_embeddings, cfg.caption_bank_size, gen, dev)
+        bank_new = torch.cat([new_txt, extra])  # the pair captions first: caption i sits at row i
         anchors, image_keep = frozen_proj(new_txt), frozen_proj(new_img)
+        bank = torch.cat([anchors, frozen_proj(extra)]) if len(extra) else anchors
         if cfg.confidence_weighting:
             temperature = cfg.confidence_temperature if cfg.confidence_temperature is not None else 1.0 / new.logit_scale
-            rank_weights = pair_confidence(new_img, new_txt, temperature)
+            rank_weights = pair_confidence(new_img, bank_new, temperature)
             rank_weights = rank_weights / rank_weights.mean()
         else:
             rank_weights = torch.ones(n, device=dev)
-        del new_txt, new_img
+        del new_txt, new_img, extra, bank_new
     perm = torch.randperm(n, generator=gen)
     n_val = max(2, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 20 else 0
     val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -356,9 +390,9 @@ def train_stage2(
         idx = idx.to(dev)
         loss = cfg.anchor_weight * cos_gap(z_txt, anchors[idx])
         if cfg.caption_rank_weight:
-            # Image->text search against the stage-1 locations of ALL pair captions (a frozen bank,
-            # the old captions' stand-in), each pair weighted by the new model's own confidence.
-            ranking = F.cross_entropy(z_img @ anchors.T / cfg.temperature, idx, reduction="none")
+            # Image->text search against the stage-1 locations of the caption bank (frozen: the old
+            # caption gallery's stand-in), each pair weighted by the new model's own confidence.
+            ranking = F.cross_entropy(z_img @ bank.T / cfg.temperature, idx, reduction="none")
             loss = loss + cfg.caption_rank_weight * (rank_weights[idx] * ranking).mean()
         if cfg.pair_weight:
             loss = loss + cfg.pair_weight * nce(z_img, z_txt)
@@ -383,12 +417,13 @@ def train_stage2(
         proj.train()
         return loss
 
-    history: dict = {"val_loss": [], "train_loss": [], "precision": precision, "n_train": len(train_idx), "n_val": n_val}
+    history: dict = {"val_loss": [], "train_loss": [], "precision": precision, "n_train": len(train_idx), "n_val": n_val,
+                     "caption_bank": len(bank)}
     best = {"loss": validate(), "epoch": 0, "bad_epochs": 0, "state": _trainable_state(lora_enc, proj)}
     history["val_loss"].append(best["loss"])
     start_epoch = 1
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    key = _config_key(cfg, n, old_image_embeddings is not None)
+    key = _config_key(cfg, n, old_image_embeddings is not None, len(bank))
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         saved = load_checkpoint(folder, key)
