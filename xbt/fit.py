@@ -66,7 +66,8 @@ def fit(
         old: the model that embedded the gallery (``xbt.load_clip`` result, open_clip CLIP or
             transformers ``CLIPModel``).
         new: the model to query with; its weights are never changed.
-        texts: captions for stage 1 (any iterable of strings: a list, a ``datasets`` column).
+        texts: captions for stage 1 (any iterable of strings: a list, a ``datasets`` column); with
+            pairs, up to ``stage2["caption_bank_size"]`` of them also serve as stage 2's caption bank.
         pairs: optional image-caption pairs (a ``datasets.Dataset`` with image and caption columns,
             or an iterable of ``(PIL image, caption)``): XBT stage 2, or the support set of a baseline.
         method: ``"xbt"`` (stage 1, + stage 2 with pairs) or a training-free baseline:
