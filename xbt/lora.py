@@ -7,10 +7,10 @@ without calling the old model:
 - the new model is deep-copied and PEFT LoRA adapters are injected into the copy (the user's model
   object and its base weights are never touched, so new->new stays available);
 - loss = ``caption_rank_weight`` x cross-entropy ranking each image's own caption among the
-  stage-1 locations of ALL pair captions (a frozen bank standing in for the old caption gallery):
-  the image->text search itself. Each pair is weighted by the frozen NEW model's own confidence in
-  it (``pair_confidence``: the probability, at the new model's own temperature, of the pair's
-  caption among all pair captions). Captions differ in how much they say: "one shape: a star" fits
+  stage-1 locations of a caption bank - all pair captions plus up to ``caption_bank_size`` stage-1
+  texts, frozen, standing in for the old caption gallery: the image->text search itself. Each pair
+  is weighted by the frozen NEW model's own confidence in it (``pair_confidence``: the
+  probability, at the new model's own temperature, of the pair's caption among the bank). Captions differ in how much they say: "one shape: a star" fits
   many images, and ranking it first for its one image pulls image queries towards vague captions;
   unweighted, this lowered image->text recall below stage 1 on the toy world (so did every
   unweighted image-side target we tried, true old-caption vectors included). Weighted, the
@@ -165,10 +165,12 @@ def _autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def pair_confidence(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float, chunk: int = 4096) -> torch.Tensor:
-    """For each pair ``i``: the probability a model gives caption ``i`` among all the pairs' captions for image ``i``.
+    """For each pair ``i``: the probability a model gives caption ``i`` among all rows of ``text_emb`` for image ``i``.
 
-    ``softmax(image_emb[i] @ text_emb.T / temperature)[i]``, computed in chunks of rows so that a
-    large pair set never builds the full [n, n] matrix. Inputs are unit rows of the same model.
+    ``softmax(image_emb[i] @ text_emb.T / temperature)[i]``: ``text_emb`` holds the pair captions
+    first (row ``i`` is image ``i``'s caption), then any further bank captions. Computed in chunks of
+    rows so that a large pair set never builds the full score matrix. Inputs are unit rows of the
+    same model.
     A vague caption ("one shape: a star") matches many images and gets a low value; a caption
     that singles its image out gets a high one.
     """
