@@ -113,9 +113,8 @@ def main() -> None:
         if "stage1 | 0" in adapters:  # the same projection without LoRA: what merging leaves to pay
             encoders["stage1_projection_only"] = (adapters["stage1 | 0"].encode_text, adapters["stage1 | 0"].encode_image)
         seconds = time_queries(encoders, q_texts, q_images)
-        adapter = merged
-        diff = max((adapter.encode_text(q_texts[:50]) - unmerged_t).abs().max().item(),
-                   (adapter.encode_image(q_images[:50]) - unmerged_i).abs().max().item())
+        diff = max((merged.encode_text(q_texts[:50]) - unmerged_t).abs().max().item(),
+                   (merged.encode_image(q_images[:50]) - unmerged_i).abs().max().item())
         result["serving"] = {
             "queries": {"texts": len(q_texts), "images": len(q_images)},
             "seconds": {name: round(t, 4) for name, t in seconds.items()},

@@ -10,11 +10,12 @@ without calling the old model:
   stage-1 locations of a caption bank - all pair captions plus up to ``caption_bank_size`` stage-1
   texts, frozen, standing in for the old caption gallery: the image->text search itself. Each pair
   is weighted by the frozen NEW model's own confidence in it (``pair_confidence``: the
-  probability, at the new model's own temperature, of the pair's caption among the bank). Captions differ in how much they say: "one shape: a star" fits
-  many images, and ranking it first for its one image pulls image queries towards vague captions;
-  unweighted, this lowered image->text recall below stage 1 on the toy world (so did every
-  unweighted image-side target we tried, true old-caption vectors included). Weighted, the
-  captions that single their image out teach the most;
+  probability, at the new model's own temperature, of the pair's caption among the bank).
+  Captions differ in how much they say: "one shape: a star" fits many images, and ranking it
+  first for its one image pulls image queries towards vague captions; unweighted, this lowered
+  image->text recall below stage 1 on the toy world (so did every unweighted image-side target we
+  tried, true old-caption vectors included). Weighted, the captions that single their image out
+  teach the most;
   + ``pair_weight`` x symmetric InfoNCE between projected new image and projected new text of each
   pair (DESIGN.md's starting point: alone beside the text anchor it lowered image->text recall by
   12 points; beside the weighted ranking it costs nothing there and lifts text->image);
