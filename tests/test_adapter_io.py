@@ -20,12 +20,13 @@ def adapter(old_new, captions_400):
 def test_round_trip_is_exact(adapter, old_new, captions_400, tmp_path):
     _, new = old_new
     adapter.save_pretrained(tmp_path / "a")
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["adapter_config.json", "projection.safetensors"]
-    loaded = xbt.Adapter.from_pretrained(tmp_path / "a", new=new)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["README.md", "heads.safetensors", "xbt_config.json"]
+    loaded = xbt.load_adapter(tmp_path / "a", new=new)
     probe = captions_400[300:320]
     assert torch.equal(loaded.encode_text(probe), adapter.encode_text(probe))
     assert loaded.adapter_id() == adapter.adapter_id()
-    assert loaded.method == "xbt" and loaded.old_info["embed_dim"] == 32
+    assert loaded.method == "xbt" and loaded.old_ref.embed_dim == 32 and loaded.old_ref.name == "tiny-old"
+    assert loaded.heads["text"] is loaded.heads["image"] is loaded.projection  # one shared head, saved once
     # no temporary folders are left beside the adapter
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
@@ -42,9 +43,9 @@ def test_refuses_to_overwrite_a_different_adapter(adapter, old_new, captions_400
     with pytest.raises(XBTError, match="already holds a different adapter.*overwrite=True"):
         other.save_pretrained(tmp_path / "a")
     # nothing was lost: the first adapter is still there, intact
-    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["adapter_id"] == adapter.adapter_id()
+    assert json.loads((tmp_path / "a" / "xbt_config.json").read_text())["adapter_id"] == adapter.adapter_id()
     other.save_pretrained(tmp_path / "a", overwrite=True)
-    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["adapter_id"] == other.adapter_id()
+    assert json.loads((tmp_path / "a" / "xbt_config.json").read_text())["adapter_id"] == other.adapter_id()
 
 
 def test_refuses_a_folder_of_foreign_files(adapter, tmp_path):
@@ -58,33 +59,22 @@ def test_refuses_a_folder_of_foreign_files(adapter, tmp_path):
 def test_loading_against_a_new_model_of_another_dim(adapter, tmp_path):
     adapter.save_pretrained(tmp_path / "a")
     wrong = tiny_open_clip(40, seed=9)
-    with pytest.raises(XBTError, match=r"48-d embeddings.*has 40-d"):
-        xbt.Adapter.from_pretrained(tmp_path / "a", new=wrong)
-
-
-def test_loading_against_other_weights_of_the_same_dim_warns(adapter, tmp_path):
-    adapter.save_pretrained(tmp_path / "a")
-    with pytest.warns(UserWarning, match="weights differ"):
-        xbt.Adapter.from_pretrained(tmp_path / "a", new=tiny_open_clip(48, seed=10))
+    with pytest.raises(XBTError, match=r"48-d new model.*has 40-d embeddings"):
+        xbt.load_adapter(tmp_path / "a", new=wrong)
 
 
 def test_foreign_and_corrupt_folders(adapter, old_new, tmp_path):
     _, new = old_new
     (tmp_path / "empty").mkdir()
     with pytest.raises(XBTError, match="not an xbt adapter"):
-        xbt.Adapter.from_pretrained(tmp_path / "empty", new=new)
+        xbt.load_adapter(tmp_path / "empty", new=new)
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (tmp_path / "other" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))  # PEFT's own file
     with pytest.raises(XBTError, match="not an xbt adapter config"):
-        xbt.Adapter.from_pretrained(tmp_path / "other", new=new)
+        xbt.load_adapter(tmp_path / "other", new=new)
     adapter.save_pretrained(tmp_path / "bad")
-    (tmp_path / "bad" / "projection.safetensors").write_bytes(b"\x00garbage")
+    (tmp_path / "bad" / "heads.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(XBTError, match="missing or corrupt"):
-        xbt.Adapter.from_pretrained(tmp_path / "bad", new=new)
+        xbt.load_adapter(tmp_path / "bad", new=new)
     with pytest.raises(XBTError, match="neither an existing folder nor a Hub repo id"):
-        xbt.Adapter.from_pretrained(tmp_path / "does" / "not" / "exist", new=new)
-
-
-def test_model_card_names_both_models(adapter):
-    card = adapter.model_card("org/demo")
-    assert "tiny-new" in card and "tiny-old" in card and "library_name: xbt" in card
+        xbt.load_adapter(tmp_path / "does" / "not" / "exist", new=new)

@@ -1,15 +1,17 @@
 """Training-free baselines through xbt.fit: shapes, maps, fusion identities, alpha selection on support only, save/load."""
 
+import importlib
+
 import pytest
 import torch
 
 import xbt
-import xbt.align
+import xbt.fusion
 import xbt.toy
-from xbt import XBTError
-from xbt.align import orthogonal_procrustes, ridge_map, slerp
-from xbt.baselines import DEFAULT_RIDGE, FusionAdapter, fuse, pair_groups
+from xbt import FusionAdapter, XBTError, fuse
 from xbt.embed import embed_images, embed_texts
+from xbt.fusion import pair_groups, slerp
+from xbt.maps import DEFAULT_RIDGE, orthogonal_procrustes, ridge_map
 
 from .conftest import tiny_open_clip
 
@@ -100,13 +102,13 @@ def test_fusion_endpoints_equal_the_old_query_and_the_aligned_new_query(fitted, 
 def test_alpha_selection_sees_exactly_the_support_pairs(old_new, texts, pairs, monkeypatch):
     old, new = old_new
     calls = []
-    real = xbt.align.select_alpha
+    real = xbt.fusion.select_alpha
 
     def spy(old_query, new_query, gallery, *args, **kwargs):
         calls.append((old_query, new_query, gallery))
         return real(old_query, new_query, gallery, *args, **kwargs)
 
-    monkeypatch.setattr(xbt.align, "select_alpha", spy)
+    monkeypatch.setattr(importlib.import_module("xbt.fit"), "select_alpha", spy)
     adapter = xbt.fit(old, new, texts, pairs=pairs, method="slerp", verbose=False)
     images, captions = [im for im, _ in pairs], [c for _, c in pairs]
     base = adapter.base
@@ -122,7 +124,7 @@ def test_alpha_selection_sees_exactly_the_support_pairs(old_new, texts, pairs, m
     assert selection["n_pairs"] == 40 and selection["support"] == "pairs"
     assert adapter.alpha_image == selection["image_query"]["alpha"] and adapter.alpha_text == selection["text_query"]["alpha"]
     curve = selection["text_query"]["curve"]
-    assert list(curve) == [str(a) for a in xbt.align.ALPHA_GRID]
+    assert list(curve) == [str(a) for a in xbt.fusion.ALPHA_GRID]
     best = max(v["recall_at_1"] for v in curve.values())
     assert curve[str(adapter.alpha_text)]["recall_at_1"] == best
 
@@ -136,7 +138,7 @@ def test_fusion_without_pairs_needs_fixed_weights(old_new, texts):
     adapter = xbt.fit(old, new, texts, method="nlerp", alpha=0.5, alpha_image=0.2, verbose=False)
     assert (adapter.alpha_text, adapter.alpha_image) == (0.5, 0.2)
     assert adapter.training["alpha_selection"]["image_query"]["source"] == "given"
-    with pytest.raises(XBTError, match=r"alpha_text must lie in \[0, 1\]"):
+    with pytest.raises(XBTError, match=r"alpha must lie in \[0, 1\]"):
         xbt.fit(old, new, texts, method="slerp", alpha=2.0, verbose=False)
 
 
@@ -152,7 +154,7 @@ def test_map_round_trip(fitted, method, old_new, pairs, tmp_path):
     _, new = old_new
     adapter = fitted[method]
     adapter.save_pretrained(tmp_path / method)
-    loaded = xbt.Adapter.from_pretrained(tmp_path / method, new=new)
+    loaded = xbt.load_adapter(tmp_path / method, new=new)
     assert type(loaded) is xbt.Adapter and loaded.method == method
     assert loaded.adapter_id() == adapter.adapter_id()
     images = [im for im, _ in pairs[:3]]
@@ -164,7 +166,7 @@ def test_fusion_round_trip(fitted, method, old_new, pairs, tmp_path):
     old, new = old_new
     adapter = fitted[method]
     adapter.save_pretrained(tmp_path / method)
-    loaded = FusionAdapter.from_pretrained(tmp_path / method, new=new, old=old)
+    loaded = xbt.load_adapter(tmp_path / method, new=new, old=old)
     assert isinstance(loaded, FusionAdapter) and loaded.method == method and loaded.kind == method
     assert (loaded.alpha_text, loaded.alpha_image) == (adapter.alpha_text, adapter.alpha_image)
     assert loaded.base.method == "procrustes" and loaded.training == adapter.training
@@ -172,16 +174,16 @@ def test_fusion_round_trip(fitted, method, old_new, pairs, tmp_path):
     texts, images = ["a small red circle"], [im for im, _ in pairs[:3]]
     assert torch.equal(loaded.encode_text(texts), adapter.encode_text(texts))
     assert torch.equal(loaded.encode_image(images), adapter.encode_image(images))
-    with pytest.raises(XBTError, match="pass it, FusionAdapter.from_pretrained"):
-        FusionAdapter.from_pretrained(tmp_path / method, new=new)
-    with pytest.raises(XBTError, match="32-d old space.*has 40-d"):
-        FusionAdapter.from_pretrained(tmp_path / method, new=new, old=tiny_open_clip(40, seed=3))
+    with pytest.raises(XBTError, match=r"fusion adapter, which runs the OLD model.*xbt.load_adapter\(path, new=new, old=old\)"):
+        xbt.load_adapter(tmp_path / method, new=new)
+    with pytest.raises(XBTError, match="32-d old model.*has 40-d embeddings"):
+        xbt.load_adapter(tmp_path / method, new=new, old=tiny_open_clip(40, seed=3))
 
 
 def test_fusion_loader_refuses_a_plain_adapter(fitted, old_new, tmp_path):
     old, new = old_new
     fitted["procrustes"].save_pretrained(tmp_path / "p")
-    with pytest.raises(XBTError, match="plain 'procrustes' adapter, not a fusion one"):
+    with pytest.raises(XBTError, match="plain 'procrustes' adapter, not a FusionAdapter"):
         FusionAdapter.from_pretrained(tmp_path / "p", new=new, old=old)
 
 
@@ -192,7 +194,7 @@ def test_fusion_on_top_of_an_xbt_adapter(old_new, texts, pairs, tmp_path):
     assert fused.method == "xbt+nlerp" and fused.requires_old_encoder and fused.base is base
     assert fused.training["base_method"] == "xbt"
     fused.save_pretrained(tmp_path / "x")
-    loaded = FusionAdapter.from_pretrained(tmp_path / "x", new=new, old=old)
+    loaded = xbt.load_adapter(tmp_path / "x", new=new, old=old)
     assert loaded.base.method == "xbt" and loaded.base.projection.hidden == base.projection.hidden
     assert torch.equal(loaded.encode_text(texts[:4]), fused.encode_text(texts[:4]))
     with pytest.raises(XBTError, match="already a FusionAdapter"):
@@ -204,9 +206,8 @@ def test_fusion_refuses_what_it_cannot_do(fitted, old_new, pairs):
     adapter = fitted["slerp"]
     with pytest.raises(XBTError, match="needs PIL images"):
         adapter.encode_image(new.preprocess_images([im for im, _ in pairs[:2]]))
-    with pytest.raises(XBTError, match="cannot map new-model embeddings alone"):
-        adapter.project(torch.randn(2, 48))
-    with pytest.raises(XBTError, match="32-d old space.*has 40-d"):
+    assert adapter.from_new_embeddings(torch.randn(2, 48), "text") is None  # a fused query needs the old model too
+    with pytest.raises(XBTError, match="32-d old model.*has 40-d embeddings"):
         fuse(fitted["procrustes"], tiny_open_clip(40, seed=3), alpha=0.5)
     with pytest.raises(XBTError, match="unknown fusion kind"):
         fuse(fitted["procrustes"], old, alpha=0.5, kind="lerp")
@@ -226,7 +227,7 @@ def test_fusion_on_a_stage2_lora_adapter_round_trips(old_new, texts, pairs, tmp_
     fused = fuse(base, old, pairs=pairs, verbose=False)
     fused.save_pretrained(tmp_path / "l")
     assert (tmp_path / "l" / "lora").is_dir()  # the base's LoRA weights travel with the fusion adapter
-    loaded = FusionAdapter.from_pretrained(tmp_path / "l", new=new, old=old)
+    loaded = xbt.load_adapter(tmp_path / "l", new=new, old=old)
     images = [im for im, _ in pairs[:3]]
     assert loaded.base.lora is not None and loaded.adapter_id() == fused.adapter_id()
     assert torch.allclose(loaded.encode_image(images), fused.encode_image(images), atol=1e-6)
@@ -237,5 +238,5 @@ def test_fusion_on_a_stage2_lora_adapter_round_trips(old_new, texts, pairs, tmp_
 def test_plain_loader_refuses_a_fusion_folder(fitted, old_new, tmp_path):
     _, new = old_new
     fitted["slerp"].save_pretrained(tmp_path / "s")
-    with pytest.raises(XBTError, match=r"'slerp' fusion adapter.*FusionAdapter\.from_pretrained\(path, new=new, old=old\)"):
+    with pytest.raises(XBTError, match=r"'slerp' fusion adapter.*xbt\.load_adapter\(path, new=new, old=old\)"):
         xbt.Adapter.from_pretrained(tmp_path / "s", new=new)

@@ -1,4 +1,8 @@
-"""`xbt fit` and `xbt push` on the toy models (the Hub itself is replaced by a recorder: no network)."""
+"""`xbt fit` and `xbt push` on the toy models.
+
+The Hub cannot be reached from the test machines: uploads are checked at the ``HfApi`` boundary
+(its ``create_repo`` / ``upload_folder`` methods are replaced by recorders).
+"""
 
 import json
 
@@ -19,7 +23,7 @@ def test_fit_then_eval_from_the_command_line(caption_file, tmp_path, capsys):
     out = tmp_path / "adapter"
     assert main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file),
                  "--out", str(out), "--quiet"]) == 0
-    config = json.loads((out / "adapter_config.json").read_text())
+    config = json.loads((out / "xbt_config.json").read_text())
     distinct = len(set(xbt.toy.text_corpus(600)))  # fit de-duplicates captions
     assert config["method"] == "xbt" and config["training"]["n_texts"] == distinct
     assert main(["eval", "--old", "xbt-toy-old", "--adapter", str(out), "--dataset", "toy", "--limit", "60",
@@ -35,33 +39,54 @@ def test_fit_reports_a_missing_caption_file(tmp_path, capsys):
     assert "one caption per line" in capsys.readouterr().err
 
 
-def test_push_uploads_the_folder_with_a_model_card(caption_file, tmp_path, monkeypatch):
-    import huggingface_hub
+@pytest.fixture()
+def hub_calls(monkeypatch):
+    """Record what would reach the Hub: HfApi.create_repo and HfApi.upload_folder are replaced."""
+    from pathlib import Path
+
+    from huggingface_hub import HfApi
 
     calls = []
 
-    class RecordingApi:
-        def __init__(self, token=None):
-            calls.append(("token", token))
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
+        calls.append(("create", repo_id, private, exist_ok))
+        return f"https://hub.example/{repo_id}"
 
-        def create_repo(self, repo_id, private=False, exist_ok=False):
-            calls.append(("create", repo_id, private))
-            return f"https://hub.example/{repo_id}"
+    def upload_folder(self, repo_id, folder_path, commit_message=None, allow_patterns=None, **kwargs):
+        import fnmatch
 
-        def upload_folder(self, repo_id, folder_path, commit_message):
-            files = sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())
-            card = (__import__("pathlib").Path(folder_path) / "README.md").read_text()
-            calls.append(("upload", repo_id, files, card))
+        folder = Path(folder_path)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        uploaded = [f for f in files if allow_patterns is None or any(fnmatch.fnmatch(f, pat) for pat in allow_patterns)]
+        calls.append(("upload", repo_id, files, uploaded, (folder / "README.md").read_text(), commit_message))
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub_uploads_exactly_the_saved_folder(caption_file, tmp_path, hub_calls):
     old, new = xbt.toy.load_clips()
     adapter = xbt.fit(old, new, caption_file.read_text().split("\n")[:200], verbose=False, epochs=1)
     url = adapter.push_to_hub("org/toy-adapter", private=True)
     assert url == "https://hub.example/org/toy-adapter"
-    upload = [c for c in calls if c[0] == "upload"][0]
-    assert upload[1] == "org/toy-adapter"
-    assert upload[2] == ["README.md", "adapter_config.json", "projection.safetensors"]
-    assert "xbt-toy-new" in upload[3] and "xbt-toy-old" in upload[3] and "org/toy-adapter" in upload[3]
+    assert hub_calls[0] == ("create", "org/toy-adapter", True, True)
+    _, repo, files, uploaded, card, message = hub_calls[1]
+    assert repo == "org/toy-adapter" and message == "xbt adapter (xbt)"
+    assert files == uploaded == ["README.md", "heads.safetensors", "xbt_config.json"]  # everything saved, nothing else
+    assert "xbt-toy-new" in card and "xbt-toy-old" in card and "xbt.load_adapter('org/toy-adapter', new=new)" in card
+    adapter.save_pretrained(tmp_path / "saved", repo_id="org/toy-adapter")  # the very folder push_to_hub built
+    assert (tmp_path / "saved" / "README.md").read_text() == card
+
+
+def test_fit_push_to_hub_from_the_command_line(caption_file, tmp_path, hub_calls, capsys):
+    out = tmp_path / "adapter"
+    assert main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file), "--method", "procrustes",
+                 "--out", str(out), "--push-to-hub", "org/p", "--quiet"]) == 0
+    assert "pushed" in capsys.readouterr().out
+    _, repo, files, uploaded, card, _ = hub_calls[-1]
+    assert repo == "org/p" and files == uploaded == sorted(p.name for p in out.iterdir())
+    assert "xbt.load_adapter('org/p', new=new)" in card
 
 
 def test_push_refuses_a_folder_that_is_not_an_adapter(tmp_path, capsys):

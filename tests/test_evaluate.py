@@ -13,8 +13,10 @@ from xbt.adapter import Adapter
 from xbt.datasets import RetrievalDataset, load_dataset
 from xbt.embed import embed_images, embed_texts
 from xbt.errors import XBTError
-from xbt.evaluate import Report, flip_rates, gap_closure, recall_at_k, search
-from xbt.projection import Projection
+from xbt.evaluate import flip_rates, gap_closure
+from xbt.report import Report
+from xbt.search import recall_at_k, search
+from xbt.stage1 import Projection
 
 from .conftest import tiny_open_clip
 from .fixtures_data import make_karpathy
@@ -161,8 +163,7 @@ def toy_small():
 
 def random_adapter(new, old, seed=0, method="rand"):
     torch.manual_seed(seed)
-    return Adapter(new, Projection(new.embed_dim, old.embed_dim, hidden=16), method=method,
-                   old_info=xbt.adapter.model_info(old))
+    return Adapter(new, Projection(new.embed_dim, old.embed_dim, hidden=16), method=method, old=old)
 
 
 def test_evaluate_numbers_match_independent_computation(old_new, toy_small):
@@ -271,9 +272,12 @@ def test_evaluate_bad_inputs(old_new, toy_small):
     with pytest.raises(XBTError, match="not an xbt.Adapter"):
         xbt.evaluate(old, {"x": new}, dataset=toy_small, verbose=False)
     stale = Adapter(new, Projection(new.embed_dim, old.embed_dim, hidden=0), method="stale",
-                    old_info={"name": "someone-else", "fingerprint": "0" * 24})
-    with pytest.warns(UserWarning, match="trained for old model 'someone-else'"):
+                    old=xbt.ModelRef(name="someone-else", embed_dim=old.embed_dim, fingerprint="0" * 24))
+    with pytest.raises(XBTError, match=r"old model given \(tiny-old, weights fingerprint \w+\).*'someone-else', fingerprint 0{24}"):
         xbt.evaluate(old, stale, dataset=toy_small, ks=(1,), cache=False, verbose=False, query_cost=False)
+    report = xbt.evaluate(old, stale, dataset=toy_small, ks=(1,), cache=False, verbose=False, query_cost=False,
+                          check_fingerprint=False)  # the explicit opt-out
+    assert "stale" in report.methods
 
 
 # ---------------------------------------------------------------------- the report

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import xbt
-from xbt.align import orthogonal_procrustes
+from xbt.maps import orthogonal_procrustes
 from xbt.embed import embed_texts
 
 from .conftest import tiny_hf_clip

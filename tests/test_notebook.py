@@ -15,6 +15,6 @@ def test_quickstart_notebook_executes(tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "xbt stage 1+2" in text and "old→old" in text
-    assert (tmp_path / "quickstart.png").is_file()
+    assert not list(tmp_path.iterdir())  # the notebook writes its plot and adapter to a temporary folder, not here
     last = nb.cells[-1]["outputs"][-1]["data"]["text/plain"]
     assert last == "True"

@@ -54,7 +54,7 @@ def test_save_load_round_trip_with_lora(old_new, captions_400, pairs_40, tmp_pat
     adapter = _fit2(old, new, captions_400[:100], pairs_40)
     adapter.save_pretrained(tmp_path / "a")
     assert (tmp_path / "a" / "lora" / "adapter_model.safetensors").is_file()
-    loaded = xbt.Adapter.from_pretrained(tmp_path / "a", new=new)
+    loaded = xbt.load_adapter(tmp_path / "a", new=new)
     images = [p[0] for p in pairs_40[:4]]
     # PEFT re-injects the saved LoRA tensors exactly; float summation order can differ by an ulp
     assert torch.allclose(loaded.encode_image(images), adapter.encode_image(images), atol=1e-6)
@@ -73,7 +73,7 @@ def test_merged_equals_unmerged(old_new, captions_400, pairs_40):
     texts = captions_400[200:210]
     t0, i0 = adapter.encode_text(texts), adapter.encode_image(images)
     adapter.merge()
-    assert adapter.merged and not hasattr(adapter.query_encoder, "peft_model")
+    assert adapter.merged and not any(hasattr(enc, "peft_model") for enc in adapter.query_encoders.values())
     assert torch.allclose(adapter.encode_text(texts), t0, atol=1e-5)
     assert torch.allclose(adapter.encode_image(images), i0, atol=1e-5)
 
@@ -164,7 +164,7 @@ def test_bf16_autocast_path_trains_on_cpu(old_new, captions_400, pairs_40):
 
 
 def test_pair_confidence_is_the_softmax_diagonal_in_chunks_and_favours_specific_captions():
-    from xbt.lora import pair_confidence
+    from xbt.losses import pair_confidence
 
     gen = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(50, 16, generator=gen), dim=-1)
@@ -216,13 +216,15 @@ def test_stage1_texts_join_the_caption_bank_without_the_pair_captions(old_new, c
 
 
 def test_caption_bank_embeddings_must_match_the_captions(old_new, pairs_40):
-    from xbt.lora import train_stage2
+    from xbt.stage2 import train_stage2
 
     old, new = old_new
     adapter = xbt.fit(old, new, [c for _, c in pairs_40], epochs=1, verbose=False)
     with pytest.raises(XBTError, match="3 rows for 2 bank_captions"):
         train_stage2(new, adapter.projection, [p[0] for p in pairs_40], [p[1] for p in pairs_40],
-                     xbt.lora.Stage2Config(epochs=1), bank_captions=["a", "b"],
+                     xbt.Stage2Config(epochs=1), bank_captions=["a", "b"],
                      bank_caption_embeddings=torch.zeros(3, 48), verbose=False)
     with pytest.raises(XBTError, match="caption_bank_size must be >= 0"):
-        xbt.lora.Stage2Config.from_kwargs(caption_bank_size=-1)
+        xbt.Stage2Config.from_kwargs(caption_bank_size=-1)
+    with pytest.raises(XBTError, match="caption_bank_size must be >= 0"):
+        xbt.Stage2Config(caption_bank_size=-1)  # validated on construction, not only through from_kwargs

@@ -1,110 +1,118 @@
-"""``Adapter``: encode with the NEW model straight into the OLD embedding space; save, load, share.
+"""Adapters: NEW-model queries encoded straight into the OLD embedding space; save, load, share.
 
-An adapter is the new model (untouched) plus what xbt trained or fitted on top of it: a
-projection into the old space (stage 1, or a training-free map). On disk it is a folder with
-``adapter_config.json`` (what it is, which models it joins, how it was made) and
-``projection.safetensors``; the new model itself is never saved - you load it as usual and hand
-it to ``from_pretrained``.
+Every adapter honours one contract: ``encode_text`` / ``encode_image`` (small inputs) and
+``embed_texts`` / ``embed_images`` (large, cached) return float32 [n, d_old] unit rows that
+search a gallery embedded by the old model; ``from_new_embeddings`` maps the bare new model's own
+embeddings when the adapter's query path starts from them (else ``None``); ``query_cost`` and
+``requires_old_encoder`` say which encoders a query runs.
+
+- ``Adapter``: the new model (untouched), a projection head per query modality (``heads``; one
+  shared head today) and optionally a LoRA copy of the new model that the ``lora_modalities``
+  queries run through. ``merge()`` folds LoRA in for serving.
+- ``FusionAdapter``: blends the OLD model's query with a base adapter's (SLERP/NLERP), so the old
+  model runs on every query.
+
+``ADAPTER_CLASSES`` maps the saved ``kind`` to the class; ``load_adapter(path_or_repo, new=...,
+old=...)`` reads a folder or Hub repo through it. The new model itself is never saved.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .embed import embed_images, embed_texts
+from .adapter_config import LORA_DIR, MODALITIES, AdapterConfig, ModelRef, read_config
+from .embed import CacheSpec, check_images, embed_images, embed_texts
 from .encoders import CLIPEncoder, as_encoder
 from .errors import XBTError
-from .projection import Projection
-
-FORMAT = "xbt-adapter"
-FORMAT_VERSION = 1
-CONFIG_NAME = "adapter_config.json"
-PROJECTION_NAME = "projection.safetensors"
-LORA_DIR = "lora"
-
-
-def model_info(encoder: CLIPEncoder) -> dict[str, Any]:
-    """What an adapter records about a model to recognise it later."""
-    return {
-        "name": encoder.name,
-        "backend": encoder.backend,
-        "embed_dim": encoder.embed_dim,
-        "fingerprint": encoder.fingerprint,
-    }
+from .folder import content_id, read_heads, write_folder
+from .fusion import FUSION_KINDS, check_alpha, fuse_embeddings
+from .hub import model_card, push_folder, resolve
+from .lora import load_lora, lora_state, merged_copy, save_lora
+from .stage1 import Projection
 
 
 class Adapter:
     """New-model encoders whose outputs land in the old model's embedding space.
 
-    ``encode_text`` / ``encode_image`` return float32 [n, d_old] L2-normalised CPU tensors that
-    can be searched directly against a gallery embedded by the old model. ``embed_texts`` /
-    ``embed_images`` do the same for large inputs (batched, progress bar, on-disk cache).
+    Args:
+        new: the NEW model (``CLIPEncoder`` or raw CLIP model); never modified.
+        projection: one head for both query modalities, or ``heads={"text": ..., "image": ...}``.
+        method: how it was made (recorded, and the default row name in reports).
+        old: the OLD model (encoder) or its ``ModelRef``; ``None`` records an unknown old model.
+        training: training options, data sizes and metrics (JSON values).
+        lora: a LoRA copy of the new model (``xbt.lora``); ``lora_modalities`` run through it.
     """
 
-    #: True for query-fusion methods that also run the OLD encoder on every query.
-    requires_old_encoder: bool = False
+    #: the ``kind`` saved in ``xbt_config.json`` (the key of ``ADAPTER_CLASSES``)
+    adapter_kind = "adapter"
+    #: True for adapters that also run the OLD encoder on every query
+    requires_old_encoder = False
 
-    def __init__(
-        self,
-        new: Any,
-        projection: Projection,
-        method: str = "xbt",
-        old_info: dict[str, Any] | None = None,
-        training: dict[str, Any] | None = None,
-        lora: CLIPEncoder | None = None,
-    ) -> None:
+    def __init__(self, new: Any, projection: Projection | None = None, *, heads: dict[str, Projection] | None = None,
+                 method: str = "xbt", old: Any = None, training: dict[str, Any] | None = None, lora: CLIPEncoder | None = None,
+                 lora_modalities: Sequence[str] = MODALITIES, new_ref: ModelRef | None = None,
+                 evaluation: dict[str, Any] | None = None) -> None:
         self.new = as_encoder(new)
-        # Stage 2: a LoRA-adapted copy of the new model (a PEFT model); None for stage 1 / baselines.
-        self.lora = lora
-        self._merged: CLIPEncoder | None = None
-        if projection.d_new != self.new.embed_dim:
-            raise XBTError(
-                f"projection expects {projection.d_new}-d new embeddings but {self.new.name} gives "
-                f"{self.new.embed_dim}-d; use the new model the adapter was trained for"
-            )
-        self.projection = projection.eval()
+        if (projection is None) == (heads is None):
+            raise XBTError("pass exactly one of projection= (one head for both modalities) or heads={'text': ..., 'image': ...}")
+        heads = heads if heads is not None else {m: projection for m in MODALITIES}
+        if set(heads) != set(MODALITIES):
+            raise XBTError(f"heads must have one projection per query modality {list(MODALITIES)}, got {sorted(heads)}")
+        for modality, head in heads.items():
+            if head.d_new != self.new.embed_dim:
+                raise XBTError(
+                    f"the {modality} head expects {head.d_new}-d new embeddings but {self.new.name} gives "
+                    f"{self.new.embed_dim}-d; use the new model the adapter was trained for"
+                )
+        if heads["text"].d_old != heads["image"].d_old:
+            raise XBTError(f"the text and image heads map into different widths ({heads['text'].d_old} vs {heads['image'].d_old})")
+        self.heads = {m: h.eval() for m, h in heads.items()}
+        if not set(lora_modalities) <= set(MODALITIES):
+            raise XBTError(f"lora_modalities must be a subset of {list(MODALITIES)}, got {list(lora_modalities)}")
+        self.lora, self.lora_modalities, self._merged = lora, tuple(lora_modalities), None
         self.method = method
-        self.old_info = dict(old_info or {})
+        if isinstance(old, ModelRef) or old is None:
+            self.old_ref = old or ModelRef(name="unknown old model", embed_dim=self.embed_dim)
+        else:
+            self.old_ref = ModelRef.of(as_encoder(old))
+        self.new_ref = new_ref or ModelRef.of(self.new)
         self.training = dict(training or {})
-        self.new_info = model_info(self.new)
+        self.evaluation = evaluation
 
     def __repr__(self) -> str:
-        return (
-            f"Adapter(method={self.method!r}, new={self.new.name!r} [{self.new.embed_dim}-d] -> "
-            f"old={self.old_info.get('name', '?')!r} [{self.embed_dim}-d])"
-        )
+        return (f"Adapter(method={self.method!r}, new={self.new.name!r} [{self.new.embed_dim}-d] -> "
+                f"old={self.old_ref.label!r} [{self.embed_dim}-d])")
 
     @property
     def embed_dim(self) -> int:
         """Width of the output (the old model's embedding width)."""
-        return self.projection.d_old
-
-    # ------------------------------------------------------------------ encoding
-    @torch.no_grad()
-    def project(self, new_embeddings: torch.Tensor) -> torch.Tensor:
-        """Map new-model embeddings [n, d_new] into the old space: float32 [n, d_old], unit rows."""
-        x = new_embeddings.float().to(next(self.projection.parameters()).device)
-        return self.projection(x).cpu()
+        return self.heads["text"].d_old
 
     @property
-    def query_encoder(self) -> CLIPEncoder:
-        """The encoder whose outputs ``project`` maps: the new model, its LoRA copy, or the merged copy."""
-        if self._merged is not None:
-            return self._merged
-        return self.lora if self.lora is not None else self.new
+    def projection(self) -> Projection:
+        """The projection head shared by both query modalities (read-only alias of ``heads``)."""
+        if self.heads["text"] is not self.heads["image"]:
+            raise XBTError("this adapter has separate text and image heads; use adapter.heads['text'] / adapter.heads['image']")
+        return self.heads["text"]
+
+    # ------------------------------------------------------------------ the query path
+    @property
+    def query_encoders(self) -> dict[str, CLIPEncoder]:
+        """Modality -> the encoder whose outputs its head maps: the new model, its LoRA copy or the merged copy."""
+        lora = self._merged if self._merged is not None else self.lora
+        return {m: lora if lora is not None and m in self.lora_modalities else self.new for m in MODALITIES}
+
+    @property
+    def query_cost(self) -> dict[str, list[str]]:
+        """Which models each query runs, by query modality (``["new"]``: the new model's cost)."""
+        return {m: ["new"] for m in MODALITIES}
 
     @property
     def merged(self) -> bool:
@@ -115,274 +123,277 @@ class Adapter:
         """Fold the LoRA weights into a plain copy of the new model for serving; returns self.
 
         The merged query path costs exactly what the bare new model costs. The unmerged LoRA
-        weights are kept, so ``save_pretrained`` still writes the small PEFT adapter.
-        A stage-1 or baseline adapter has nothing to merge and is returned unchanged.
+        weights are kept, so ``save_pretrained`` still writes the small PEFT adapter. An adapter
+        without LoRA has nothing to merge and is returned unchanged.
         """
         if self.lora is not None and self._merged is None:
-            from .lora import merged_copy
-
             self._merged = merged_copy(self.lora)
         return self
 
+    @torch.no_grad()
+    def _apply(self, modality: str, raw: torch.Tensor) -> torch.Tensor:
+        head = self.heads[modality]
+        return head(raw.float().to(next(head.parameters()).device)).cpu()
+
+    def from_new_embeddings(self, embeddings: torch.Tensor, modality: str) -> torch.Tensor | None:
+        """Old-space queries [n, d_old] from the bare NEW model's embeddings [n, d_new] of them.
+
+        ``None`` when this adapter's ``modality`` queries do not start from those embeddings (they
+        run through LoRA, or fusion also needs the old model): then use ``embed_texts`` /
+        ``embed_images``. Lets an evaluator reuse the new model's embeddings it already has.
+        """
+        if self.query_encoders[modality] is not self.new:
+            return None
+        return self._apply(modality, embeddings)
+
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, verbose: bool = False) -> torch.Tensor:
-        """Encode ``texts`` with the new model into the old space: float32 [n, d_old], unit rows."""
+        """Encode ``texts`` into the old space: float32 [n, d_old] unit rows ([0, d_old] for none)."""
         return self.embed_texts(texts, batch_size=batch_size, cache=False, verbose=verbose)
 
-    def encode_image(
-        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 128, verbose: bool = False
-    ) -> torch.Tensor:
-        """Encode PIL images (or a preprocessed batch) into the old space: float32 [n, d_old], unit rows."""
+    def encode_image(self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 128, verbose: bool = False) -> torch.Tensor:
+        """Encode PIL images (or a preprocessed batch) into the old space: float32 [n, d_old] unit rows."""
         return self.embed_images(images, batch_size=batch_size, cache=False, verbose=verbose)
 
-    def embed_texts(self, texts: Sequence[str], batch_size: int = 256, cache=None, verbose: bool = True) -> torch.Tensor:
-        """Like ``encode_text`` but for big inputs: the new-model embeddings are cached on disk."""
-        return self.project(embed_texts(self.query_encoder, texts, batch_size=batch_size, cache=cache, verbose=verbose))
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256, cache: CacheSpec = None, verbose: bool = True,
+                    device: str | torch.device | None = None) -> torch.Tensor:
+        """Like ``encode_text`` but for big inputs: batched, with progress, the encoder's outputs cached on disk."""
+        enc = self.query_encoders["text"]
+        return self._apply("text", embed_texts(enc, texts, batch_size=batch_size, device=device, cache=cache, verbose=verbose))
 
-    def embed_images(self, images, batch_size: int = 128, cache=None, verbose: bool = True) -> torch.Tensor:
-        """Like ``encode_image`` but for big inputs: the new-model embeddings are cached on disk."""
-        return self.project(embed_images(self.query_encoder, images, batch_size=batch_size, cache=cache, verbose=verbose))
+    def embed_images(self, images, batch_size: int = 128, cache: CacheSpec = None, verbose: bool = True,
+                     device: str | torch.device | None = None) -> torch.Tensor:
+        """Like ``encode_image`` but for big inputs: batched, with progress, the encoder's outputs cached on disk."""
+        enc = self.query_encoders["image"]
+        return self._apply("image", embed_images(enc, images, batch_size=batch_size, device=device, cache=cache, verbose=verbose))
 
-    # ------------------------------------------------------------------ persistence
-    def config(self) -> dict[str, Any]:
-        """The JSON-serialisable description saved as ``adapter_config.json``."""
-        from . import __version__
+    # ------------------------------------------------------------------ description and persistence
+    def _head_names(self) -> dict[str, str]:
+        shared = self.heads["text"] is self.heads["image"]
+        return {m: "shared" if shared else m for m in MODALITIES}
 
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "xbt_version": __version__,
-            "method": self.method,
-            "new_model": self.new_info,
-            "old_model": self.old_info,
-            "projection": self.projection.config(),
-            "training": self.training,
-            "lora": self.lora is not None,
-        }
+    def config(self) -> AdapterConfig:
+        """The ``AdapterConfig`` saved as ``xbt_config.json`` (without ``adapter_id``)."""
+        names = self._head_names()
+        return AdapterConfig(
+            method=self.method, new_model=self.new_ref, old_model=self.old_ref, heads=names,
+            head_shapes={names[m]: self.heads[m].config() for m in MODALITIES}, lora=self.lora is not None,
+            lora_modalities=self.lora_modalities, training=self.training, evaluation=self.evaluation,
+        )
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.projection.state_dict().items()}
+        """Head weights as saved in ``heads.safetensors``: ``<head name>.<parameter>``."""
+        names = self._head_names()
+        return {f"{names[m]}.{k}": v.detach().cpu().contiguous() for m in MODALITIES for k, v in self.heads[m].state_dict().items()}
 
     def _lora_tensors(self) -> dict[str, torch.Tensor]:
-        if self.lora is None:
-            return {}
-        from peft import get_peft_model_state_dict
+        return {} if self.lora is None else lora_state(self.lora)
 
-        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.lora.peft_model).items()}
+    def _save_lora(self, folder: Path) -> None:
+        if self.lora is not None:
+            save_lora(self.lora, folder)
 
     def adapter_id(self) -> str:
-        """A content hash of config and weights: two folders hold the same adapter iff ids match."""
-        h = hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode())
-        for k, v in sorted({**self._tensors(), **self._lora_tensors()}.items()):
-            h.update(k.encode())
-            h.update(v.numpy().tobytes())
-        return h.hexdigest()[:24]
+        """A content hash of config and weights: two folders hold the same adapter iff ids match.
 
-    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the adapter to folder ``path`` atomically (config JSON + safetensors).
-
-        The folder is assembled beside ``path`` and renamed into place, so an interrupted save
-        never leaves a half-written adapter. A folder holding a *different* adapter, or files that
-        are not an xbt adapter, is refused unless ``overwrite=True``.
+        The xbt version that wrote it and an attached evaluation are not part of it.
         """
-        target = Path(path)
-        config = self.config()
-        config["adapter_id"] = self.adapter_id()
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            existing = _read_config(target, strict=False)
-            if existing is None:
-                raise XBTError(
-                    f"{target} already holds files that are not an xbt adapter; choose an empty or new "
-                    "directory, or pass overwrite=True to replace its contents"
-                )
-            if existing.get("adapter_id") != config["adapter_id"]:
-                raise XBTError(
-                    f"{target} already holds a different adapter (id {existing.get('adapter_id')}, method "
-                    f"{existing.get('method')!r}); pass overwrite=True to replace it or save elsewhere"
-                )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-        try:
-            save_file(self._tensors(), str(tmp / PROJECTION_NAME), metadata={"format": FORMAT})
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
-            self._save_extra(tmp)
-            _swap_into_place(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        return content_id(self.config(), self._tensors(), self._lora_tensors())
 
-    def _save_extra(self, folder: Path) -> None:
-        """Store what lies beyond the projection: stage-2 LoRA weights in PEFT format under ``lora/``.
+    def attach_report(self, report: Any, name: str | None = None) -> Adapter:
+        """Keep this adapter's row of an ``xbt.evaluate`` report for its model card; returns self.
 
-        Subclasses (fusion) extend this hook.
+        ``name`` is the row; by default the report's only row, or the one whose method is this one's.
         """
-        if self.lora is not None:
-            self.lora.peft_model.save_pretrained(str(folder / LORA_DIR))
+        rows = list(report.methods)
+        if name is None:
+            mine = [n for n, m in report.methods.items() if m.info.get("method") == self.method]
+            name = rows[0] if len(rows) == 1 else mine[0] if len(mine) == 1 else None
+            if name is None:
+                raise XBTError(f"the report has several rows {rows}; pass name= for this adapter's")
+        self.evaluation = report.summary(name)
+        return self
 
-    @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, new: Any, revision: str | None = None) -> Adapter:
-        """Load an adapter saved by ``save_pretrained``, from a folder or a Hugging Face Hub repo.
+    def model_card(self, repo_id: str | None = None):
+        """The ``huggingface_hub.ModelCard`` describing this adapter (what ``save_pretrained`` writes)."""
+        return model_card(self.config(), repo_id)
 
-        Args:
-            path_or_repo: a local folder, or a Hub repo id (``"org/name"``) fetched with
-                ``huggingface_hub.snapshot_download`` (safetensors and JSON only; nothing unpickled).
-            new: the NEW model the adapter was trained on (``xbt.load_clip`` result or raw model).
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, repo_id: str | None = None) -> Path:
+        """Write the adapter to folder ``path`` atomically: config, head weights, ``lora/``, model card.
+
+        The folder is assembled beside ``path`` and swapped into place, so an interrupted save never
+        leaves a half-written adapter. A folder holding a *different* adapter, or files that are not
+        an xbt adapter, is refused unless ``overwrite=True``. ``repo_id`` names the card's repo.
         """
-        folder = _resolve(path_or_repo, revision)
-        config = _read_config(folder, strict=True)
-        if config.get("requires_old_encoder") and not cls.requires_old_encoder:
-            raise XBTError(
-                f"{folder} holds a {config.get('method')!r} fusion adapter, which runs the OLD model on every query; "
-                f"load it with {config.get('load_with', 'xbt.baselines.FusionAdapter.from_pretrained(path, new=new, old=old)')}"
-            )
-        enc = as_encoder(new)
-        saved_dim = int(config["new_model"]["embed_dim"])
-        if enc.embed_dim != saved_dim:
-            raise XBTError(
-                f"adapter {folder} was trained on {config['new_model']['name']!r} ({saved_dim}-d embeddings) but "
-                f"the new model given has {enc.embed_dim}-d embeddings; pass the new model it was trained for"
-            )
-        if enc.fingerprint != config["new_model"].get("fingerprint"):
-            warnings.warn(
-                f"the new model's weights differ from those adapter {folder} was trained on "
-                f"({config['new_model']['name']!r}); outputs may not land in the old space",
-                stacklevel=2,
-            )
-        try:
-            state = load_file(str(folder / PROJECTION_NAME))
-        except (SafetensorError, OSError) as exc:
-            raise XBTError(f"{folder / PROJECTION_NAME} is missing or corrupt ({exc}); re-save or re-download the adapter") from exc
-        projection = Projection(**config["projection"])
-        try:
-            projection.load_state_dict(state)
-        except RuntimeError as exc:
-            raise XBTError(f"{folder / PROJECTION_NAME} does not match its config ({exc}); the folder is corrupt") from exc
-        return cls._build(enc, projection, config, folder)
-
-    @classmethod
-    def _build(cls, new: CLIPEncoder, projection: Projection, config: dict, folder: Path) -> Adapter:
-        lora = _load_lora(new, folder) if config.get("lora") else None
-        return cls(new, projection, method=config["method"], old_info=config["old_model"], training=config["training"], lora=lora)
+        return write_folder(path, self.config(), self._tensors(), self._lora_tensors(), self._save_lora, overwrite, repo_id)
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
-        """Save the adapter with a model card and upload it to the Hugging Face Hub; returns the repo URL."""
+        """Save the adapter (with its card) to a temporary folder and upload exactly that folder; returns the repo URL."""
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_pretrained(Path(tmp) / "adapter")
+            folder = self.save_pretrained(Path(tmp) / "adapter", repo_id=repo_id)
             return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
-    def model_card(self, repo_id: str = "") -> str:
-        """A Hugging Face model card (markdown with YAML front matter) describing this adapter."""
-        return model_card_from_config(self.config(), repo_id)
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, new: Any, old: Any = None, revision: str | None = None,
+                        check_fingerprint: bool = True) -> Adapter:
+        """``load_adapter``, refusing a folder that holds another class of adapter than ``cls``."""
+        adapter = load_adapter(path_or_repo, new=new, old=old, revision=revision, check_fingerprint=check_fingerprint)
+        if not isinstance(adapter, cls):
+            raise XBTError(f"{path_or_repo} holds a plain {adapter.method!r} adapter, not a {cls.__name__}; load it with "
+                           "xbt.load_adapter(path, new=new) (and fuse it with xbt.fit.fuse(...))")
+        return adapter
+
+    @classmethod
+    def from_config(cls, config: AdapterConfig, folder: Path, new: Any, old: Any = None, check_fingerprint: bool = True) -> Adapter:
+        """Build the adapter ``config`` describes from the tensors in ``folder`` (checks both models)."""
+        enc = as_encoder(new)
+        config.new_model.check(enc, "new", f"adapter {folder}", check_fingerprint)
+        if old is not None:
+            config.old_model.check(as_encoder(old), "old", f"adapter {folder}", check_fingerprint)
+        lora = load_lora(enc, folder / LORA_DIR) if config.lora else None
+        return cls(enc, heads=read_heads(folder, config), method=config.method, old=config.old_model, training=config.training,
+                   lora=lora, lora_modalities=config.lora_modalities, new_ref=config.new_model, evaluation=config.evaluation)
 
 
-def model_card_from_config(config: dict, repo_id: str = "") -> str:
-    """The model card text for an adapter described by its ``adapter_config.json`` contents."""
-    new, old = config.get("new_model", {}), config.get("old_model", {})
-    metrics = config.get("training", {}).get("metrics", {})
-    lines = [
-        "---",
-        "library_name: xbt",
-        "tags: [clip, backward-compatible-training, xbt, retrieval]",
-        "---",
-        f"# {repo_id or 'xbt adapter'}",
-        "",
-        f"An [xbt](https://arxiv.org/abs/2405.14715) adapter ({config.get('method')}): queries encoded by "
-        f"`{new.get('name')}` ({new.get('embed_dim')}-d) land in the embedding space of "
-        f"`{old.get('name')}` ({old.get('embed_dim')}-d), so they can search a gallery embedded by the old "
-        "model without re-indexing it.",
-        "",
-        "```python",
-        "import xbt",
-        f"new = xbt.load_clip({new.get('name')!r})",
-        f"adapter = xbt.Adapter.from_pretrained({repo_id!r}, new=new)",
-        "queries = adapter.encode_text([\"a dog on a beach\"])  # [n, d_old], unit norm",
-        "```",
-    ]
-    if metrics:
-        lines += ["", "## Training metrics", "", "```json", json.dumps(metrics, indent=2, default=str), "```"]
-    return "\n".join(lines) + "\n"
+def _runs(alpha: float) -> list[str]:
+    """Encoders a query runs at weight ``alpha``: the endpoints need only one of them."""
+    return (["new"] if alpha > 0 else []) + (["old"] if alpha < 1 else [])
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
-                commit_message: str | None = None) -> str:
-    """Upload an adapter folder written by ``save_pretrained`` to the Hub (with a model card); returns the repo URL."""
-    from huggingface_hub import HfApi
+class FusionAdapter(Adapter):
+    """Query fusion: the OLD model's query blended with a base adapter's query, in the old space.
 
-    folder = Path(folder)
-    config = _read_config(folder, strict=True)  # refuse to publish anything that is not an adapter
-    card = folder / "README.md"
-    if not card.exists():
-        card.write_text(model_card_from_config(config, repo_id))
-    api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"xbt adapter ({config['method']})")
-    return str(url)
+    ``encode_text(t) = fuse(old.encode_text(t), base.encode_text(t), alpha_text)`` (the weight for
+    text queries, i.e. text->image search), likewise for images with ``alpha_image``; ``fuse`` is
+    SLERP or NLERP (``kind``). ``alpha=0`` is exactly the old query, ``alpha=1`` exactly the base
+    adapter's. Every interior-weight query also runs the OLD encoder (``query_cost``), so the old
+    model must stay deployed. Build one with ``xbt.fit(..., method="slerp")`` or
+    ``xbt.fit.fuse(adapter, old, pairs=...)``; load one with ``xbt.load_adapter(path, new=, old=)``.
+    """
 
+    adapter_kind = "fusion"
+    requires_old_encoder = True
 
-def _load_lora(new: CLIPEncoder, folder: Path) -> CLIPEncoder:
-    """Re-inject saved PEFT LoRA weights into a fresh copy of the new model."""
-    import copy
+    def __init__(self, base: Adapter, old: Any, kind: str = "slerp", alpha_text: float = 0.5, alpha_image: float = 0.5,
+                 method: str | None = None, training: dict[str, Any] | None = None, check_fingerprint: bool = True,
+                 evaluation: dict[str, Any] | None = None) -> None:
+        if not isinstance(base, Adapter):
+            raise XBTError(f"base must be an xbt.Adapter (e.g. from xbt.fit), got a {type(base).__name__}")
+        if isinstance(base, FusionAdapter):
+            raise XBTError("base is already a FusionAdapter; fuse its .base adapter instead of fusing twice")
+        if kind not in FUSION_KINDS:
+            raise XBTError(f"unknown fusion kind {kind!r}; choose one of {list(FUSION_KINDS)}")
+        old_enc = as_encoder(old)
+        base.old_ref.check(old_enc, "old", f"the {base.method!r} adapter", check_fingerprint)
+        super().__init__(base.new, heads=base.heads, method=method or f"{base.method}+{kind}", old=base.old_ref,
+                         training=training, new_ref=base.new_ref, evaluation=evaluation)
+        self.base, self.old, self.kind = base, old_enc, kind
+        self.alpha_text = check_alpha("alpha_text", alpha_text)
+        self.alpha_image = check_alpha("alpha_image", alpha_image)
 
-    from peft import PeftModel
+    def __repr__(self) -> str:
+        return (f"FusionAdapter(method={self.method!r}, kind={self.kind!r}, alpha_text={self.alpha_text}, "
+                f"alpha_image={self.alpha_image}, base={self.base!r}, old={self.old.name!r})")
 
-    from .lora import wrap_peft
+    @property
+    def query_encoders(self) -> dict[str, CLIPEncoder]:
+        """The base adapter's query encoders (the old model runs beside them)."""
+        return self.base.query_encoders
 
-    lora_dir = folder / LORA_DIR
-    if not (lora_dir / "adapter_model.safetensors").is_file():
-        raise XBTError(f"{lora_dir} has no adapter_model.safetensors although the config says the adapter has LoRA weights; the folder is incomplete, re-save or re-download it")
-    try:
-        peft_model = PeftModel.from_pretrained(copy.deepcopy(new.model), str(lora_dir))
-    except Exception as exc:  # PEFT raises several types for a mismatched or corrupt adapter
-        raise XBTError(f"cannot load the LoRA weights in {lora_dir} into {new.name} ({exc}); pass the new model the adapter was trained for") from exc
-    enc = wrap_peft(new, peft_model.eval())
-    enc.model.eval()
-    return enc
+    @property
+    def query_cost(self) -> dict[str, list[str]]:
+        """Which models each query runs: both at an interior weight, one at weight 0 or 1."""
+        return {"text": _runs(self.alpha_text), "image": _runs(self.alpha_image)}
 
+    @property
+    def merged(self) -> bool:
+        """Whether the base adapter's LoRA is merged."""
+        return self.base.merged
 
-def _resolve(path_or_repo: str | os.PathLike, revision: str | None) -> Path:
-    local = Path(path_or_repo)
-    if local.is_dir():
-        return local
-    if local.exists():
-        raise XBTError(f"{local} is a file; pass the adapter's folder (the one holding {CONFIG_NAME})")
-    repo = str(path_or_repo)
-    if repo.count("/") != 1 or repo.startswith((".", "/")):
-        raise XBTError(f"{repo!r} is neither an existing folder nor a Hub repo id like 'org/name'")
-    from huggingface_hub import snapshot_download
+    def merge(self) -> FusionAdapter:
+        """Merge the base adapter's LoRA weights for serving (a no-op without them); returns self."""
+        self.base.merge()
+        return self
 
-    try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.md"]))
-    except Exception as exc:  # network, auth, missing repo: say which and what to do
-        raise XBTError(f"could not fetch adapter {repo!r} from the Hugging Face Hub ({exc}); check the id, your token and network, or pass a local folder") from exc
-
-
-def _read_config(folder: Path, strict: bool) -> dict | None:
-    path = folder / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        if strict:
-            raise XBTError(f"{folder} is not an xbt adapter: cannot read {CONFIG_NAME} ({exc}); save one with Adapter.save_pretrained") from exc
+    def from_new_embeddings(self, embeddings: torch.Tensor, modality: str) -> None:
+        """Always ``None``: a fused query needs the old model's embedding of the same input too."""
         return None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        if strict:
-            raise XBTError(f"{path} is not an xbt adapter config (no \"format\": \"{FORMAT}\"); point at a folder written by Adapter.save_pretrained")
-        return None
-    if strict and int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise XBTError(f"{path} uses adapter format v{config['format_version']}, newer than this xbt reads (v{FORMAT_VERSION}); upgrade xbt")
-    return config
+
+    def _fused(self, old_fn, new_fn, alpha: float) -> torch.Tensor:
+        # The endpoints skip the encoder they do not need: same result, half the cost.
+        if alpha == 0.0:
+            return old_fn()
+        if alpha == 1.0:
+            return new_fn()
+        return fuse_embeddings(old_fn(), new_fn(), alpha, self.kind)
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256, cache: CacheSpec = None, verbose: bool = True,
+                    device: str | torch.device | None = None) -> torch.Tensor:
+        """Fused text queries [n, d_old] (unit rows): old and base text embeddings, both cached."""
+        texts = list(texts) if not isinstance(texts, str) else texts
+        opts = {"batch_size": batch_size, "cache": cache, "verbose": verbose, "device": device}
+        return self._fused(lambda: embed_texts(self.old, texts, **opts), lambda: self.base.embed_texts(texts, **opts), self.alpha_text)
+
+    def embed_images(self, images, batch_size: int = 128, cache: CacheSpec = None, verbose: bool = True,
+                     device: str | torch.device | None = None) -> torch.Tensor:
+        """Fused image queries [n, d_old] (unit rows) from PIL images: old and base embeddings, both cached."""
+        if isinstance(images, torch.Tensor):
+            raise XBTError("a FusionAdapter runs the old and the new image encoder, each with its own preprocessing, so it "
+                           "needs PIL images, not a preprocessed tensor batch")
+        images = check_images(images)
+        opts = {"batch_size": batch_size, "cache": cache, "verbose": verbose, "device": device}
+        return self._fused(lambda: embed_images(self.old, images, **opts), lambda: self.base.embed_images(images, **opts),
+                           self.alpha_image)
+
+    def config(self) -> AdapterConfig:
+        """The base adapter's config with kind ``"fusion"``, this method and record, and a fusion section."""
+        base = self.base.config()
+        fusion = {"kind": self.kind, "alpha_text": self.alpha_text, "alpha_image": self.alpha_image,
+                  "base_method": base.method, "base_training": base.training}
+        return base.replace(kind="fusion", method=self.method, training=self.training, fusion=fusion, evaluation=self.evaluation)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return self.base._tensors()
+
+    def _lora_tensors(self) -> dict[str, torch.Tensor]:
+        return self.base._lora_tensors()
+
+    def _save_lora(self, folder: Path) -> None:
+        self.base._save_lora(folder)
+
+    @classmethod
+    def from_config(cls, config: AdapterConfig, folder: Path, new: Any, old: Any = None, check_fingerprint: bool = True) -> FusionAdapter:
+        """Build the fusion adapter ``config`` describes; ``old`` is required (it runs on every query)."""
+        if old is None:
+            raise XBTError(f"{folder} holds a {config.method!r} fusion adapter, which runs the OLD model on every query: "
+                           "pass it, xbt.load_adapter(path, new=new, old=old)")
+        f = config.fusion
+        base_config = config.replace(kind="adapter", fusion=None, method=f["base_method"], training=f.get("base_training") or {},
+                                     evaluation=None)
+        base = Adapter.from_config(base_config, folder, new, old=old, check_fingerprint=check_fingerprint)
+        return cls(base, old, kind=f["kind"], alpha_text=f["alpha_text"], alpha_image=f["alpha_image"], method=config.method,
+                   training=config.training, check_fingerprint=check_fingerprint, evaluation=config.evaluation)
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Replace ``target`` by the finished folder ``tmp`` with renames only."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, backup)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        os.replace(backup, target)  # put the previous adapter back
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+#: saved ``kind`` -> adapter class
+ADAPTER_CLASSES: dict[str, type[Adapter]] = {Adapter.adapter_kind: Adapter, FusionAdapter.adapter_kind: FusionAdapter}
+
+
+def load_adapter(path_or_repo: str | os.PathLike, new: Any, old: Any = None, revision: str | None = None,
+                 check_fingerprint: bool = True) -> Adapter:
+    """Load an adapter saved by ``save_pretrained``, from a folder or a Hugging Face Hub repo.
+
+    Args:
+        path_or_repo: a local folder (format 2, or format 1's ``adapter_config.json``), or a Hub
+            repo id (``"org/name"``; only the adapter's JSON, safetensors and card are fetched).
+        new: the NEW model the adapter was made for (``xbt.load_clip`` result or raw model).
+        old: the OLD model; required for a fusion adapter, checked when given.
+        revision: the Hub revision (branch, tag or commit).
+        check_fingerprint: refuse models whose weights differ from the recorded ones (default);
+            ``False`` accepts them when you know they are equivalent (e.g. another precision).
+
+    Returns:
+        the adapter, of the class its saved ``kind`` names (``ADAPTER_CLASSES``).
+    """
+    folder = resolve(path_or_repo, revision)
+    config = read_config(folder)
+    return ADAPTER_CLASSES[config.kind].from_config(config, folder, new, old=old, check_fingerprint=check_fingerprint)

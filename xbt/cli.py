@@ -1,14 +1,11 @@
-"""The ``xbt`` command.
+"""The ``xbt`` command: ``eval``, ``demo``, ``fit`` and ``push``.
 
 Each subcommand is a function decorated with ``@subcommand`` that adds its parser to the
 subparsers object and sets ``func`` (called with the parsed args; returns the exit status).
-To add one (``demo``, ``fit``, ``push``)::
-
-    @subcommand
-    def _demo(sub):
-        p = sub.add_parser("demo", help="...")
-        p.add_argument(...)
-        p.set_defaults(func=run_demo)
+``xbt fit``'s method options are generated from the option dataclasses (``add_option_flags``):
+stage-1 options as ``--stage1-<name>``, stage-2 options as ``--stage2-<name>`` (both stages have
+``epochs``, ``lr``...), the training-free methods' options as ``--<name>``; only the flags given
+are passed on, so the dataclass defaults stay the one source of defaults.
 
 Errors of type ``XBTError`` are printed as ``xbt <cmd>: error: ...`` with exit status 2.
 """
@@ -16,12 +13,28 @@ Errors of type ``XBTError`` are printed as ``xbt <cmd>: error: ...`` with exit s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from . import toy
+from .adapter import load_adapter
+from .adapter_config import read_config
+from .config import BASELINE_OPTIONS, BaselineConfig, Stage1Config, Stage2Config
+from .demo import run_demo
+from .encoders import CLIPEncoder, load_clip
 from .errors import XBTError
+from .evaluate import evaluate
+from .fit import METHODS, fit
+from .hub import push_folder, resolve
+from .version import __version__
 
 _SUBCOMMANDS: list[Callable[[Any], None]] = []
 
@@ -35,64 +48,106 @@ def subcommand(add: Callable[[Any], None]) -> Callable[[Any], None]:
 # ---------------------------------------------------------------------- shared helpers
 
 
-def load_model(spec: str, pretrained: str | None = None, device: str | None = None):
-    """A ``CLIPEncoder`` from a CLI model spec: an existing folder is an open_clip ``local-dir``,
-    anything else goes to ``xbt.load_clip`` (open_clip name, ``hf:<id>``, toy name)."""
-    from .encoders import load_clip
-
+def load_model(spec: str, pretrained: str | None = None, device: str | None = None, revision: str | None = None) -> CLIPEncoder:
+    """A ``CLIPEncoder`` from a CLI model spec: an existing folder is an open_clip ``local-dir``, a toy
+    name (``xbt.toy.MODEL_NAMES``) a shipped toy model, anything else goes to ``xbt.load_clip``."""
     if Path(spec).expanduser().is_dir():
         return load_clip(f"local-dir:{Path(spec).expanduser()}", device=device)
+    if spec in toy.MODEL_NAMES:
+        return toy.load_model(spec, device=device)
     try:
-        return load_clip(spec, pretrained=pretrained, device=device)
+        return load_clip(spec, pretrained=pretrained, device=device, revision=revision)
     except XBTError:
         raise
     except Exception as exc:  # unknown name, missing weights, no network
         raise XBTError(f"cannot load model {spec!r} (pretrained={pretrained!r}): {type(exc).__name__}: {exc}") from exc
 
 
-def _new_from_adapter_config(folder: str, device: str | None):
+def _new_from_adapter_config(path: str, device: str | None) -> CLIPEncoder:
     """Load the new model named in an adapter's config (for ``--adapter`` without ``--new``)."""
-    from .adapter import _read_config, _resolve
-
-    config = _read_config(_resolve(folder, None), strict=True)
-    name = str(config.get("new_model", {}).get("name") or "")
-    if not name:
-        raise XBTError(f"adapter {folder} does not name its new model; pass --new NAME [--new-pretrained TAG]")
+    ref = read_config(resolve(path)).new_model
     try:
-        if "/" in name and not name.startswith(("hf:", "local-dir:")):
-            arch, tag = name.rsplit("/", 1)
-            return load_model(arch, tag, device)
-        return load_model(name, None, device)
+        return load_model(ref.name, ref.pretrained, device, ref.revision)
     except XBTError as exc:
-        raise XBTError(f"{exc}; the adapter's config names its new model {name!r}: pass --new NAME [--new-pretrained TAG]") from exc
+        raise XBTError(f"{exc}; the adapter's config names its new model {ref.label!r}: pass --new NAME [--new-pretrained TAG]") from exc
 
 
-def load_adapter(path: str, new, old):
-    """Load the adapter at ``path`` (folder or Hub repo) with the class its config asks for.
-
-    Query-fusion adapters (config ``requires_old_encoder``) also need the old model.
-    """
-    from .adapter import Adapter, _read_config, _resolve
-
-    config = _read_config(_resolve(path, None), strict=True)
-    if config.get("requires_old_encoder") or "fusion" in config:
-        from .baselines import FusionAdapter
-
-        return FusionAdapter.from_pretrained(path, new=new, old=old)
-    return Adapter.from_pretrained(path, new=new)
-
-
-def _load_adapters(specs: list[str], new, old) -> dict[str, Any]:
+def _load_adapters(specs: list[str], new, old, check_fingerprint: bool) -> dict[str, Any]:
     """``NAME=FOLDER`` or ``FOLDER`` (named by its method) -> loaded adapters, in order."""
     out: dict[str, Any] = {}
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
-        adapter = load_adapter(path, new, old)
+        adapter = load_adapter(path, new, old=old, check_fingerprint=check_fingerprint)
         label = name or adapter.method
         if label in out:
             label = f"{label} ({Path(path).name})"
         out[label] = adapter
     return out
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls: type, prefix: str | None = None,
+                     exclude: Sequence[str] = ()) -> dict[str, str]:
+    """Add one flag per field of the option dataclass ``cls``; returns {argparse dest: field name}.
+
+    ``--<prefix>-<field-name>`` (dashes for underscores); bools get ``--x/--no-x``, tuples take
+    several values, ``X | None`` fields take an ``X``. Defaults are suppressed: only given flags appear.
+    """
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.what} options" + (f" (--{prefix}-...)" if prefix else ""))
+    dests = {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        typ = hints[f.name]
+        if isinstance(typ, types.UnionType):  # X | None
+            typ = next(a for a in typing.get_args(typ) if a is not type(None))
+        dest = f"{prefix or 'opt'}__{f.name}"
+        kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
+        if typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(typ) is tuple:
+            kw.update(nargs="+", type=typing.get_args(typ)[0])
+        else:
+            kw["type"] = typ
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        group.add_argument("--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-"), **kw)
+        dests[dest] = f.name
+    return dests
+
+
+def given_options(args: argparse.Namespace, dests: dict[str, str]) -> dict[str, Any]:
+    """The options among ``dests`` that were given on the command line, by field name."""
+    return {name: getattr(args, dest) for dest, name in dests.items() if hasattr(args, dest)}
+
+
+def load_vectors(path: str) -> torch.Tensor:
+    """A float32 [n, d] tensor from a ``.safetensors`` file (its one tensor, or ``"embeddings"``) or a ``.npy`` array.
+
+    Pickled formats are never read: ``.npy`` files holding Python objects are refused.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise XBTError(f"{file} does not exist; give a .safetensors or .npy file of [n_pairs, d_old] vectors")
+    if file.suffix == ".npy":
+        try:
+            array = np.load(file, allow_pickle=False)
+        except ValueError as exc:
+            raise XBTError(f"{file} holds pickled Python objects, which xbt never loads; save a plain float array "
+                           "(np.save(path, vectors.astype('float32')))") from exc
+        vectors = torch.from_numpy(np.ascontiguousarray(array))
+    elif file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(file))
+        if len(tensors) != 1 and "embeddings" not in tensors:
+            raise XBTError(f"{file} holds tensors {sorted(tensors)}; save one tensor, or name it 'embeddings'")
+        vectors = tensors["embeddings"] if "embeddings" in tensors else next(iter(tensors.values()))
+    else:
+        raise XBTError(f"{file}: vectors must be a .safetensors or .npy file (pickle formats such as .pt or .pkl are never read)")
+    if vectors.ndim != 2 or not vectors.is_floating_point():
+        raise XBTError(f"{file} holds a {tuple(vectors.shape)} {vectors.dtype} array; expected float vectors [n_pairs, d_old]")
+    return vectors.float()
 
 
 # ---------------------------------------------------------------------- eval
@@ -122,6 +177,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--no-query-cost", action="store_true", help="skip timing the query path against the bare new model")
+    p.add_argument("--no-fingerprint-check", action="store_true",
+                   help="accept models whose weights differ from those the adapters recorded (e.g. another precision)")
     p.add_argument("--out", default="xbt-eval", help="output folder for report.json/.md/.png (default ./xbt-eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
@@ -129,20 +186,16 @@ def _eval_parser(sub) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """``xbt eval``: load the models and adapters, evaluate, print the markdown, save the report."""
-    from .evaluate import evaluate
-
     if not args.adapter and not args.new:
         raise XBTError("give --adapter FOLDER (new→old) and/or --new MODEL (new→new only)")
     old = load_model(args.old, args.old_pretrained, args.device)
-    if args.new:
-        new = load_model(args.new, args.new_pretrained, args.device)
-    else:
-        new = _new_from_adapter_config(args.adapter[0], args.device)
-    upgraded = _load_adapters(args.adapter, new, old) if args.adapter else new
+    new = load_model(args.new, args.new_pretrained, args.device) if args.new else _new_from_adapter_config(args.adapter[0], args.device)
+    check = not args.no_fingerprint_check
+    upgraded = _load_adapters(args.adapter, new, old, check) if args.adapter else new
     report = evaluate(
         old, upgraded, dataset=args.dataset, split=args.split, root=args.root, source=args.source, limit=args.limit,
         ks=args.ks, index=args.index, nprobe=args.nprobe, cache=False if args.no_cache else None, device=args.device,
-        query_cost=not args.no_query_cost, verbose=not args.quiet,
+        query_cost=not args.no_query_cost, verbose=not args.quiet, check_fingerprint=check,
     )
     out = report.save(args.out)
     print(report.to_markdown())
@@ -150,34 +203,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- entry point
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``xbt`` argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="xbt", description="Upgrade a CLIP model without re-embedding the gallery.")
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"xbt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in _SUBCOMMANDS:
-        add(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``xbt`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except XBTError as exc:
-        print(f"xbt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
+# ---------------------------------------------------------------------- demo
 
 
 @subcommand
@@ -198,10 +224,11 @@ def _demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import run_demo
-
     run_demo(out=args.out, n_texts=args.texts, n_pairs=args.pairs, seed=args.seed, verbose=not args.quiet)
     return 0
+
+
+# ---------------------------------------------------------------------- fit
 
 
 @subcommand
@@ -218,18 +245,36 @@ def _fit(sub) -> None:
     p.add_argument("--new-pretrained", default=None)
     p.add_argument("--texts", required=True, help="UTF-8 text file, one caption per line (blank lines skipped)")
     p.add_argument("--pairs", default=None, help="a folder saved by datasets.Dataset.save_to_disk with image and caption columns")
-    p.add_argument("--method", default="xbt", help="xbt | procrustes | linear | slerp | nlerp")
+    p.add_argument("--method", default="xbt", choices=METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--old-image-embeddings", metavar="FILE", default=None,
+                   help="(xbt) OLD-model vectors of the pair images, in pair order: .safetensors or .npy [n_pairs, d_old]")
+    p.add_argument("--checkpoint-dir", default=None, help="(xbt) checkpoint stage 2 here after every epoch; resume a matching run")
+    p.add_argument("--no-stage1", action="store_true", help="(xbt) skip the text-only stage 1 (needs --old-image-embeddings)")
     p.add_argument("--overwrite", action="store_true", help="replace a different adapter already in --out")
     p.add_argument("--out", required=True, help="folder to save the adapter in")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload the saved folder to this Hub repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--token", default=None, help="with --push-to-hub: Hub token (default: the logged-in one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_fit)
+    dests = {
+        "stage1": add_option_flags(p, Stage1Config, "stage1", exclude=("seed",)),
+        "stage2": add_option_flags(p, Stage2Config, "stage2", exclude=("seed",)),
+        "baseline": add_option_flags(p, BaselineConfig),
+    }
+    p.set_defaults(func=run_fit, option_dests=dests)
 
 
-def _run_fit(args) -> int:
-    from .fit import fit
-
+def run_fit(args: argparse.Namespace) -> int:
+    """``xbt fit``: read the captions (and pairs), fit, save (and push)."""
+    stage1, stage2, baseline = (given_options(args, args.option_dests[k]) for k in ("stage1", "stage2", "baseline"))
+    flags = {"stage1": sorted(stage1), "baseline": sorted(baseline)}
+    if args.method == "xbt" and baseline:
+        raise XBTError(f"options {flags['baseline']} apply to the training-free methods {list(BASELINE_OPTIONS)}, not to method 'xbt'")
+    if args.method != "xbt" and stage1:
+        raise XBTError(f"--stage1-* options {flags['stage1']} apply to method 'xbt' only, not to method {args.method!r}")
     path = Path(args.texts)
     if not path.is_file():
         raise XBTError(f"--texts {path} does not exist; give a UTF-8 text file with one caption per line")
@@ -242,17 +287,33 @@ def _run_fit(args) -> int:
             pairs = datasets.load_from_disk(args.pairs)
         except FileNotFoundError as exc:
             raise XBTError(f"--pairs {args.pairs} is not a folder written by datasets.Dataset.save_to_disk ({exc})") from exc
+    xbt_options: dict[str, Any] = {}
+    if stage2:
+        xbt_options["stage2"] = stage2
+    if args.old_image_embeddings:
+        xbt_options["old_image_embeddings"] = load_vectors(args.old_image_embeddings)
+    if args.checkpoint_dir:
+        xbt_options["checkpoint_dir"] = args.checkpoint_dir
+    if args.no_stage1:
+        xbt_options["use_stage1"] = False
     old = load_model(args.old, args.old_pretrained, args.device)
     new = load_model(args.new, args.new_pretrained, args.device)
-    adapter = fit(old, new, texts, pairs=pairs, method=args.method, seed=args.seed, device=args.device, verbose=not args.quiet)
-    out = adapter.save_pretrained(args.out, overwrite=args.overwrite)
+    adapter = fit(old, new, texts, pairs=pairs, method=args.method, seed=args.seed, device=args.device,
+                  cache=False if args.no_cache else None, verbose=not args.quiet, **xbt_options, **stage1, **baseline)
+    out = adapter.save_pretrained(args.out, overwrite=args.overwrite, repo_id=args.push_to_hub)
     print(f"saved {adapter!r} to {out}")
+    if args.push_to_hub:
+        url = push_folder(out, args.push_to_hub, private=args.private, token=args.token)
+        print(f"pushed {out} to {url}")
     return 0
+
+
+# ---------------------------------------------------------------------- push
 
 
 @subcommand
 def _push(sub) -> None:
-    p = sub.add_parser("push", help="upload a saved adapter folder to the Hugging Face Hub with a model card")
+    p = sub.add_parser("push", help="upload a saved adapter folder (with its model card) to the Hugging Face Hub")
     p.add_argument("--adapter", required=True, help="folder written by save_pretrained / xbt fit")
     p.add_argument("--repo", required=True, help="Hub repo id, e.g. org/xbt-l14-to-b32")
     p.add_argument("--private", action="store_true")
@@ -261,11 +322,36 @@ def _push(sub) -> None:
 
 
 def _run_push(args) -> int:
-    from .adapter import push_folder
-
     url = push_folder(args.adapter, args.repo, private=args.private, token=args.token)
     print(f"pushed {args.adapter} to {url}")
     return 0
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xbt`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="xbt", description="Upgrade a CLIP model without re-embedding the gallery.")
+    parser.add_argument("--version", action="version", version=f"xbt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xbt`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except XBTError as exc:
+        print(f"xbt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

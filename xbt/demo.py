@@ -1,8 +1,9 @@
 """``xbt demo``: the whole pipeline on the offline toy world, every method in one table.
 
 Loads the shipped toy OLD/NEW CLIPs, fits XBT stage 1 on the text corpus, stage 1+2 on the pair
-set (with the old gallery vectors of the pair images), the training-free baselines on the same data, and evaluates them all on the toy test gallery
-with ``xbt.evaluate``. Runs on 2 CPU cores in a few minutes.
+set (with the old gallery vectors of the pair images), the training-free baselines on the same
+data, and evaluates them all on the toy test gallery with ``xbt.evaluate``. Runs on 2 CPU cores in
+a few minutes.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 import time
 from pathlib import Path
 
-from .baselines import fuse
+from . import toy
 from .embed import embed_images
 from .evaluate import evaluate
-from .fit import fit
+from .fit import fit, fuse
+from .io import write_json
 
 DEMO_TEXTS = 50_000
 DEMO_PAIRS = 2_000
@@ -44,8 +46,6 @@ def run_demo(
     Returns:
         The ``Report`` (also printed as markdown when ``verbose``).
     """
-    from . import toy
-
     start = time.perf_counter()
     old, new = toy.load_clips()
     texts = toy.text_corpus(n_texts)
@@ -75,8 +75,8 @@ def run_demo(
         print(f"\nfit seconds: {json.dumps(fit_seconds)}; demo wall time {wall:.0f}s")
     if out is not None:
         folder = report.save(out)
-        extra = Path(folder) / "demo_timing.json"
-        extra.write_text(json.dumps({"fit_seconds": fit_seconds, "wall_seconds": wall, "n_texts": n_texts, "n_pairs": n_pairs}, indent=2) + "\n")
+        write_json(Path(folder) / "demo_timing.json",
+                   {"fit_seconds": fit_seconds, "wall_seconds": wall, "n_texts": n_texts, "n_pairs": n_pairs})
         if show:
             print(f"report written to {folder}/ (report.json, report.md, report.png)")
     return report

@@ -3,7 +3,8 @@
 Stage 1, the baselines and the evaluator all need the same embeddings again and again (every
 caption through both text encoders, every gallery image through each image encoder). This module
 computes them once per (model, data) and stores them as safetensors, keyed by the encoder's
-``fingerprint`` and a hash of the inputs, so a second run costs a file read.
+``fingerprint`` and a hash of the inputs, so a second run costs a file read. With the cache off
+the inputs are not hashed at all.
 
 The cache lives in ``$XBT_CACHE_DIR`` if set, else ``~/.cache/xbt/embeddings``; pass
 ``cache=False`` to skip it or ``cache="<dir>"`` for another folder.
@@ -13,18 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .encoders import CLIPEncoder, as_encoder, best_device
 from .errors import XBTError
+from .io import save_tensors
 
 CacheSpec = bool | str | os.PathLike | None
 
@@ -39,16 +40,40 @@ def cache_dir(cache: CacheSpec = None) -> Path | None:
     return Path(cache)
 
 
-def check_texts(texts: Iterable[str], what: str = "texts") -> list[str]:
-    """``texts`` as a list of non-empty strings, or an ``XBTError`` naming the first bad item."""
+def check_texts(texts: Iterable[str], what: str = "texts", allow_empty: bool = False) -> list[str]:
+    """``texts`` as a list of strings, or an ``XBTError`` naming the first bad item.
+
+    An empty list is refused (training needs data) unless ``allow_empty`` (encoding an empty batch).
+    """
     if isinstance(texts, str):
         raise XBTError(f"{what} must be a list of strings, got a single string; wrap it: [{texts[:40]!r}]")
     items = list(texts)
-    if not items:
+    if not items and not allow_empty:
         raise XBTError(f"{what} is empty: pass at least one caption (stage 1 needs a few hundred or more)")
     for i, t in enumerate(items):
         if not isinstance(t, str):
             raise XBTError(f"{what}[{i}] is a {type(t).__name__} ({t!r:.60}), not a string; convert or drop it")
+    return items
+
+
+def check_images(images: Iterable[Image.Image] | torch.Tensor, what: str = "images") -> list[Image.Image] | torch.Tensor:
+    """``images`` as a list of PIL images (or the preprocessed [n, 3, H, W] tensor batch as is).
+
+    Raises an ``XBTError`` naming the first item that is not a PIL image.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise XBTError(f"{what}: an image tensor batch must be [n, 3, H, W], got shape {tuple(images.shape)}")
+        return images
+    if isinstance(images, (str, bytes, Image.Image)):
+        raise XBTError(f"{what} must be a list of PIL images, got a single {type(images).__name__}; wrap it in a list")
+    items = list(images)
+    for i, im in enumerate(items):
+        if not isinstance(im, Image.Image):
+            raise XBTError(
+                f"{what}[{i}] is a {type(im).__name__} ({im!r:.60}), not a PIL.Image; open it with PIL.Image.open "
+                "(or pass a preprocessed [n, 3, H, W] tensor batch)"
+            )
     return items
 
 
@@ -64,7 +89,8 @@ def check_finite(emb: torch.Tensor, what: str) -> torch.Tensor:
     return emb
 
 
-def _hash_texts(texts: Sequence[str]) -> str:
+def hash_texts(texts: Sequence[str]) -> str:
+    """Hex SHA-256 of a list of strings (order matters)."""
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
@@ -72,7 +98,8 @@ def _hash_texts(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _hash_images(images: Sequence[Image.Image] | torch.Tensor) -> str:
+def hash_images(images: Sequence[Image.Image] | torch.Tensor) -> str:
+    """Hex SHA-256 of PIL images' mode, size and pixels (or of a tensor batch's values)."""
     h = hashlib.sha256()
     if isinstance(images, torch.Tensor):
         h.update(b"tensor")
@@ -102,19 +129,6 @@ def _read_cache(path: Path | None, n: int) -> torch.Tensor | None:
     return emb if emb.shape[0] == n else None
 
 
-def save_tensor_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file via a temporary sibling and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _run_batches(encoder, items, batch_size, encode, desc, verbose) -> torch.Tensor:
     chunks = []
     starts = range(0, len(items), batch_size)
@@ -123,10 +137,15 @@ def _run_batches(encoder, items, batch_size, encode, desc, verbose) -> torch.Ten
     return torch.cat(chunks) if chunks else torch.zeros(0, encoder.embed_dim)
 
 
-def _cached_embed(enc: CLIPEncoder, kind: str, items, data_hash: str, encode, batch_size: int, device, cache: CacheSpec,
-                  verbose: bool) -> torch.Tensor:
-    """Read ``items``' embeddings from the cache, or compute them in batches, check and cache them."""
-    path = _cache_path(cache, enc, kind, data_hash)
+def _cached_embed(enc: CLIPEncoder, kind: str, items, hash_fn: Callable[[], str], encode, batch_size: int, device,
+                  cache: CacheSpec, verbose: bool) -> torch.Tensor:
+    """Read ``items``' embeddings from the cache, or compute them in batches, check and cache them.
+
+    ``hash_fn`` is called only when the cache is on: hashing large inputs is not free.
+    """
+    if len(items) == 0:
+        return torch.zeros(0, enc.embed_dim)
+    path = _cache_path(cache, enc, kind, hash_fn()) if cache_dir(cache) is not None else None
     cached = _read_cache(path, len(items))
     if cached is not None:
         return cached
@@ -134,7 +153,7 @@ def _cached_embed(enc: CLIPEncoder, kind: str, items, data_hash: str, encode, ba
     emb = _run_batches(enc, items, batch_size, encode, f"embed {kind} ({enc.name})", verbose)
     check_finite(emb, f"{kind} embeddings from {enc.name}")
     if path is not None:
-        save_tensor_atomic(path, {"embeddings": emb}, {"model": enc.name, "fingerprint": enc.fingerprint})
+        save_tensors(path, {"embeddings": emb}, {"model": enc.name, "fingerprint": enc.fingerprint})
     return emb
 
 
@@ -149,11 +168,11 @@ def embed_texts(
     """Embed ``texts`` with ``encoder``: float32 [n, d] L2-normalised rows on the CPU.
 
     Runs under ``no_grad`` in batches on ``device`` (CUDA when present) with a progress bar;
-    reads and writes the on-disk cache (see module docstring).
+    reads and writes the on-disk cache (see module docstring). No texts give a [0, d] tensor.
     """
     enc = as_encoder(encoder)
-    items = check_texts(texts)
-    return _cached_embed(enc, "text", items, _hash_texts(items), enc.encode_text, batch_size, device, cache, verbose)
+    items = check_texts(texts, allow_empty=True)
+    return _cached_embed(enc, "text", items, lambda: hash_texts(items), enc.encode_text, batch_size, device, cache, verbose)
 
 
 def embed_images(
@@ -164,10 +183,10 @@ def embed_images(
     cache: CacheSpec = None,
     verbose: bool = True,
 ) -> torch.Tensor:
-    """Embed PIL ``images`` (or a preprocessed [n, 3, H, W] batch): float32 [n, d], unit rows, CPU."""
+    """Embed PIL ``images`` (or a preprocessed [n, 3, H, W] batch): float32 [n, d], unit rows, CPU.
+
+    No images give a [0, d] tensor; anything that is not a PIL image raises an ``XBTError``.
+    """
     enc = as_encoder(encoder)
-    if not isinstance(images, torch.Tensor):
-        images = list(images)
-    if len(images) == 0:
-        raise XBTError("images is empty: pass at least one PIL image or a non-empty tensor batch")
-    return _cached_embed(enc, "image", images, _hash_images(images), enc.encode_image, batch_size, device, cache, verbose)
+    items = check_images(images)
+    return _cached_embed(enc, "image", items, lambda: hash_images(items), enc.encode_image, batch_size, device, cache, verbose)

@@ -18,7 +18,6 @@ from PIL import Image
 
 from .errors import XBTError
 
-TOY_MODEL_NAMES = ("xbt-toy-old", "xbt-toy-new")
 HF_PREFIX = "hf:"
 
 
@@ -36,6 +35,11 @@ class CLIPEncoder:
         model: the underlying ``open_clip`` CLIP or transformers ``CLIPModel`` (an ``nn.Module``).
         backend: ``"open_clip"`` or ``"transformers"``.
         name: a human-readable name (the model id when known).
+        source: how ``load_clip`` loaded it (its ``name`` argument: an open_clip architecture,
+            ``hf:<id>``, ``local-dir:<path>``), or ``None`` for a wrapped raw model; recorded in
+            adapters so that tools can load the same model again.
+        pretrained: the open_clip pretrained tag it was loaded with, if any.
+        revision: the Hub revision of an ``hf:`` model, if one was asked for.
     """
 
     def __init__(
@@ -45,6 +49,9 @@ class CLIPEncoder:
         preprocess: Callable[[Image.Image], torch.Tensor],
         name: str,
         backend: str,
+        source: str | None = None,
+        pretrained: str | None = None,
+        revision: str | None = None,
     ) -> None:
         if backend not in ("open_clip", "transformers"):
             raise XBTError(f"unknown backend {backend!r}; expected 'open_clip' or 'transformers'")
@@ -53,6 +60,7 @@ class CLIPEncoder:
         self.preprocess = preprocess
         self.name = name
         self.backend = backend
+        self.source, self.pretrained, self.revision = source, pretrained, revision
         self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
@@ -182,7 +190,7 @@ class CLIPEncoder:
 
     # ------------------------------------------------------------------ LoRA support
     def lora_target_modules(self) -> list[str]:
-        """Module-name suffixes PEFT LoRA should wrap in this backend (see DESIGN.md)."""
+        """Module-name suffixes PEFT LoRA should wrap in this backend."""
         if self.backend == "transformers":
             return ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
         return ["attn", "mlp.c_fc", "mlp.c_proj"]
@@ -254,25 +262,26 @@ def load_clip(
     name: str,
     pretrained: str | None = None,
     device: str | torch.device | None = None,
+    revision: str | None = None,
 ) -> CLIPEncoder:
     """Load a CLIP model by name into a ``CLIPEncoder``.
 
     Args:
         name: an open_clip architecture (``"ViT-B-32"``), ``"hf:<id or path>"`` for a transformers
-            ``CLIPModel``, ``"local-dir:<path>"`` for an open_clip folder, or a shipped toy model
-            (``"xbt-toy-old"``, ``"xbt-toy-new"``).
+            ``CLIPModel``, or ``"local-dir:<path>"`` for an open_clip folder.
         pretrained: the open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``...);
-            ``None`` gives random weights. Ignored for ``hf:``, ``local-dir:`` and toy models.
+            ``None`` gives random weights. Ignored for ``hf:`` and ``local-dir:`` models.
         device: where to put the model; CUDA when present by default.
+        revision: the Hub revision (branch, tag or commit) of an ``hf:`` model.
     """
     dev = best_device(device)
     if name.startswith(HF_PREFIX):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         model_id = name[len(HF_PREFIX):]
-        model = CLIPModel.from_pretrained(model_id).to(dev).eval()
-        hf_tok = AutoTokenizer.from_pretrained(model_id)
-        processor = CLIPImageProcessor.from_pretrained(model_id)
+        model = CLIPModel.from_pretrained(model_id, revision=revision).to(dev).eval()
+        hf_tok = AutoTokenizer.from_pretrained(model_id, revision=revision)
+        processor = CLIPImageProcessor.from_pretrained(model_id, revision=revision)
 
         def tokenizer(texts: list[str]) -> dict[str, torch.Tensor]:
             return hf_tok(texts, padding=True, truncation=True, return_tensors="pt")
@@ -280,17 +289,12 @@ def load_clip(
         def preprocess(image: Image.Image) -> torch.Tensor:
             return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-        return CLIPEncoder(model, tokenizer, preprocess, name, "transformers")
+        return CLIPEncoder(model, tokenizer, preprocess, name, "transformers", source=name, revision=revision)
 
     import open_clip
 
-    model_name = name
-    if name in TOY_MODEL_NAMES:
-        from .toy.models import WEIGHTS_DIR
-
-        model_name = f"local-dir:{WEIGHTS_DIR / name.removeprefix('xbt-')}"
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=dev)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=dev)
     model.eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
+    tokenizer = open_clip.get_tokenizer(name)
     label = name if pretrained is None else f"{name}/{pretrained}"
-    return CLIPEncoder(model, tokenizer, preprocess, label, "open_clip")
+    return CLIPEncoder(model, tokenizer, preprocess, label, "open_clip", source=name, pretrained=pretrained)

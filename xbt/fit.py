@@ -1,30 +1,34 @@
-"""``xbt.fit``: from an OLD and a NEW CLIP plus texts (and optionally pairs) to an ``Adapter``.
+"""``xbt.fit``: from an OLD and a NEW CLIP plus texts (and optionally pairs) to an adapter.
 
-The orchestration only: check the inputs, embed the texts with both text encoders (cached),
-run XBT stage 1 (``projection.train_projection``), then, given pairs, stage 2
-(``lora.train_stage2``). Training-free methods are dispatched to ``baselines``.
+The orchestration of every method. ``"xbt"``: check the inputs, embed the texts with both text
+encoders (cached), run stage 1 (``xbt.stage1.train_projection``), then, given pairs, stage 2
+(``xbt.stage2.train_stage2``). The training-free methods: ``"procrustes"`` / ``"linear"`` fit a
+closed-form map (``xbt.maps``) on a support set (``support_embeddings``) into a ``hidden=0`` head;
+``"slerp"`` / ``"nlerp"`` put query fusion on top of such a map (``fuse``), its weights chosen on
+the pairs by ``xbt.fusion.select_alpha``. ``fuse`` also fuses any adapter, e.g. an XBT one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-
 import torch.nn.functional as F
 
-from .adapter import Adapter, model_info
-from .align import orthogonal_procrustes
+from .adapter import Adapter, FusionAdapter
+from .config import BASELINE_OPTIONS, MAP_KINDS, SUPPORTS, BaselineConfig, Stage1Config, Stage2Config
 from .embed import CacheSpec, check_finite, check_texts, embed_images, embed_texts
 from .encoders import CLIPEncoder, as_encoder
 from .errors import XBTError
-from .lora import Stage2Config, train_stage2
+from .fusion import ALPHA_GRID, FUSION_KINDS, check_alpha, pair_groups, select_alpha
+from .maps import DEFAULT_RIDGE, orthogonal_procrustes, ridge_map
 from .pairs import as_pairs
-from .projection import Projection, Stage1Config, train_projection
+from .stage1 import Projection, seeded, train_projection
+from .stage2 import train_stage2
 
-#: every method ``fit`` knows; all but "xbt" are training-free baselines from ``xbt.baselines``.
-METHODS = ("xbt", "procrustes", "linear", "slerp", "nlerp")
+#: every method ``fit`` knows; all but "xbt" are training-free
+METHODS = ("xbt", *BASELINE_OPTIONS)
 
 
 def check_model_pair(old: CLIPEncoder, new: CLIPEncoder) -> None:
@@ -72,35 +76,43 @@ def fit(
             or an iterable of ``(PIL image, caption)``): XBT stage 2, or the support set of a baseline.
         method: ``"xbt"`` (stage 1, + stage 2 with pairs) or a training-free baseline:
             ``"procrustes"``, ``"linear"``, ``"slerp"``, ``"nlerp"``.
-        seed: the one source of randomness; the same seed gives the same adapter.
+        seed: the one source of randomness; the same seed gives the same adapter. The caller's
+            global torch RNG is left as it was.
         device: where to embed and train (CUDA when present by default).
         cache: embedding cache folder, ``None`` for the default, ``False`` to disable.
         verbose: progress bars.
-        stage2: stage-2 options, see ``xbt.lora.Stage2Config`` (rank, alpha, towers, epochs...).
-        old_image_embeddings: optional float32 [n_pairs, d_old] OLD-model vectors of the pair images
-            (your existing gallery vectors): adds a direct alignment term to stage 2.
-        checkpoint_dir: stage 2 checkpoints here after every epoch and resumes from a matching one.
-        use_stage1: False skips the text-only pretraining (for ablations; needs old_image_embeddings).
-        **config: stage-1 options, see ``xbt.projection.Stage1Config`` (noise_std, hidden, epochs...).
+        stage2: (xbt) stage-2 options, see ``xbt.config.Stage2Config`` (rank, alpha, towers, epochs...).
+        old_image_embeddings: (xbt) optional float32 [n_pairs, d_old] OLD-model vectors of the pair
+            images (your existing gallery vectors): adds a direct alignment term to stage 2.
+        checkpoint_dir: (xbt) stage 2 checkpoints here after every epoch and resumes a matching run.
+        use_stage1: (xbt) False skips the text-only pretraining (for ablations; needs old_image_embeddings).
+        **config: options of the method: stage-1 options for ``"xbt"`` (``xbt.config.Stage1Config``:
+            noise_std, hidden, epochs...); ``xbt.config.BaselineConfig`` fields for the others.
 
     Returns:
-        An ``Adapter`` whose ``encode_text`` / ``encode_image`` give float32 [n, d_old] unit vectors.
+        An ``Adapter`` whose ``encode_text`` / ``encode_image`` give float32 [n, d_old] unit vectors
+        (a ``FusionAdapter`` for ``"slerp"`` / ``"nlerp"``).
     """
     if method not in METHODS:
         raise XBTError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     old_enc, new_enc = as_encoder(old), as_encoder(new)
     check_model_pair(old_enc, new_enc)
     items = unique_texts(check_texts(texts))
+    xbt_only = {"stage2": stage2 is not None, "old_image_embeddings": old_image_embeddings is not None,
+                "checkpoint_dir": checkpoint_dir is not None, "use_stage1": not use_stage1}
     if method != "xbt":
-        from .baselines import fit_baseline
-
+        given = [name for name, on in xbt_only.items() if on]
+        if given:
+            raise XBTError(f"{given} only apply to method 'xbt' (stage 2); method {method!r} is training-free and would "
+                           "ignore them: drop them, or use method='xbt'")
         return fit_baseline(method, old_enc, new_enc, items, pairs=pairs, seed=seed, device=device, cache=cache, verbose=verbose, **config)
     if len(items) < 2:
         raise XBTError(f"stage 1 needs at least 2 distinct texts (it contrasts them), got {len(items)}")
-    stage1_cfg = Stage1Config.from_kwargs(seed=seed, **config)
-    stage2_cfg = Stage2Config.from_kwargs(seed=seed, **(stage2 or {}))
-    if pairs is None and (stage2 or old_image_embeddings is not None or checkpoint_dir is not None or not use_stage1):
-        raise XBTError("stage2=, old_image_embeddings=, checkpoint_dir= and use_stage1=False only apply to stage 2: pass pairs=...")
+    stage1_cfg = Stage1Config.from_kwargs(**{"seed": seed, **config})
+    stage2_cfg = Stage2Config.from_kwargs(**{"seed": seed, **(stage2 or {})})
+    if pairs is None and any(xbt_only.values()):
+        given = [name for name, on in xbt_only.items() if on]
+        raise XBTError(f"{given} only apply to stage 2, which trains on image-caption pairs: pass pairs=...")
 
     training: dict[str, Any] = {"n_texts": len(items), "metrics": {}}
     if use_stage1:
@@ -110,7 +122,7 @@ def fit(
         training["stage1"] = stage1_cfg.to_dict()
         training["metrics"]["stage1"] = history
     if pairs is None:
-        return Adapter(new_enc, projection, method=method, old_info=model_info(old_enc), training=training)
+        return Adapter(new_enc, projection, method=method, old=old_enc, training=training)
 
     images, captions = as_pairs(pairs)
     if old_image_embeddings is not None:
@@ -128,7 +140,7 @@ def fit(
     training["n_pairs"] = len(images)
     training["used_old_image_embeddings"] = old_image_embeddings is not None
     training["metrics"]["stage2"] = history2
-    return Adapter(new_enc, projection, method=method, old_info=model_info(old_enc), training=training, lora=lora_enc)
+    return Adapter(new_enc, projection, method=method, old=old_enc, training=training, lora=lora_enc)
 
 
 def _projection_from_old_images(new_enc, images, old_image_embeddings, old_enc, cfg, device, cache, verbose) -> Projection:
@@ -142,7 +154,170 @@ def _projection_from_old_images(new_enc, images, old_image_embeddings, old_enc, 
             "(your OLD-model vectors of the pair images) or keep stage 1"
         )
     new_img = embed_images(new_enc, images, device=device, cache=cache, verbose=verbose)
-    projection = Projection(new_enc.embed_dim, old_enc.embed_dim, cfg.hidden)
+    with seeded(cfg.seed):  # the MLP's initialisation
+        projection = Projection(new_enc.embed_dim, old_enc.embed_dim, cfg.hidden)
     with torch.no_grad():
         projection.linear.weight.copy_(orthogonal_procrustes(new_img, F.normalize(old_image_embeddings, dim=-1)))
     return projection
+
+
+# ---------------------------------------------------------------------- training-free methods
+
+
+def support_embeddings(old: Any, new: Any, texts: Sequence[str] | None = None, pairs: Any = None, support: str = "text",
+                       device: str | torch.device | None = None, cache: CacheSpec = None,
+                       verbose: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The paired embeddings a map is fitted on: ``(new [n, d_new], old [n, d_old], info)``.
+
+    ``support="text"``: ``texts`` through both text encoders; ``"image"``: the images of ``pairs``
+    through both image encoders; ``"joint"``: text rows then image rows. All float32 unit rows,
+    computed through the embedding cache. ``info`` records the support kind and its sizes.
+    """
+    if support not in SUPPORTS:
+        raise XBTError(f"unknown support {support!r}; choose one of {list(SUPPORTS)}")
+    old_enc, new_enc = as_encoder(old), as_encoder(new)
+    news, olds = [], []
+    info: dict[str, Any] = {"support": support, "n_texts": 0, "n_pairs": 0}
+    opts = {"device": device, "cache": cache, "verbose": verbose}
+    if support in ("text", "joint"):
+        if not texts:
+            raise XBTError(f"support={support!r} needs texts to embed with both text encoders; pass texts or use support='image' with pairs")
+        texts = list(texts)
+        olds.append(embed_texts(old_enc, texts, **opts))
+        news.append(embed_texts(new_enc, texts, **opts))
+        info["n_texts"] = len(texts)
+    if support in ("image", "joint"):
+        if pairs is None:
+            raise XBTError(f"support={support!r} needs image-caption pairs (their images are embedded by both models); pass pairs=... or use support='text'")
+        images, _ = as_pairs(pairs)
+        olds.append(embed_images(old_enc, images, **opts))
+        news.append(embed_images(new_enc, images, **opts))
+        info["n_pairs"] = len(images)
+    new_emb, old_emb = torch.cat(news), torch.cat(olds)
+    info["n_support"] = len(new_emb)
+    return new_emb, old_emb, info
+
+
+def fit_map(old: Any, new: Any, texts: Sequence[str] | None = None, pairs: Any = None, kind: str = "procrustes",
+            support: str = "text", ridge: float | None = None, seed: int = 0, device: str | torch.device | None = None,
+            cache: CacheSpec = None, verbose: bool = True) -> Adapter:
+    """A training-free ``Adapter`` whose head is a closed-form map new -> old.
+
+    ``kind``: ``"procrustes"`` (``xbt.maps.orthogonal_procrustes``) or ``"linear"``
+    (``xbt.maps.ridge_map`` with relative ``ridge``, default ``xbt.maps.DEFAULT_RIDGE``), fitted on
+    the ``support`` set (see ``support_embeddings``). ``seed`` is recorded only: the fit is
+    deterministic. ``training["metrics"]["support_cosine"]`` is the mean cosine between mapped new
+    and old support embeddings. Outputs are float32 [n, d_old] unit rows.
+    """
+    if kind not in MAP_KINDS:
+        raise XBTError(f"unknown map kind {kind!r}; choose one of {list(MAP_KINDS)}")
+    old_enc, new_enc = as_encoder(old), as_encoder(new)
+    new_emb, old_emb, info = support_embeddings(old_enc, new_enc, texts, pairs, support, device, cache, verbose)
+    if kind == "procrustes":
+        weight = orthogonal_procrustes(new_emb, old_emb)
+    else:
+        ridge = DEFAULT_RIDGE if ridge is None else ridge
+        weight = ridge_map(new_emb, old_emb, ridge=ridge)
+        info["ridge"] = ridge
+    projection = Projection.from_linear(weight)
+    with torch.no_grad():
+        cosine = (projection(new_emb) * old_emb).sum(-1).mean().item()
+    training = {**info, "kind": kind, "seed": seed, "metrics": {"support_cosine": cosine}}
+    return Adapter(new_enc, projection, method=kind, old=old_enc, training=training)
+
+
+def fuse(adapter: Adapter, old: Any, pairs: Any = None, kind: str = "slerp", alpha: float | None = None,
+         alpha_text: float | None = None, alpha_image: float | None = None, grid: Sequence[float] = ALPHA_GRID,
+         method: str | None = None, device: str | torch.device | None = None, cache: CacheSpec = None,
+         verbose: bool = True, check_fingerprint: bool = True) -> FusionAdapter:
+    """Put SLERP/NLERP query fusion on top of ``adapter`` (any plain adapter: XBT, Procrustes...).
+
+    The weight of each direction is chosen on the support ``pairs`` by ``xbt.fusion.select_alpha``:
+    image queries (I2T) are the fused embeddings of the pair images searched among the OLD text
+    embeddings of the pair captions; text queries (T2I) the fused captions searched among the OLD
+    image embeddings. Pairs sharing a caption or an image count as matches of each other
+    (``pair_groups``). Only the support pairs are ever embedded or scored, so the choice cannot see
+    evaluation data (it is in-sample, optimistic when the base map was fitted on those images).
+
+    Without pairs there is nothing honest to choose by (text-only retrieval against old captions is
+    won by alpha=0, and says nothing about images): ``pairs=None`` needs fixed weights: ``alpha``
+    for both directions, ``alpha_text`` / ``alpha_image`` for one (taking precedence).
+
+    Returns:
+        A ``FusionAdapter`` (``method`` default ``f"{adapter.method}+{kind}"``);
+        ``training["alpha_selection"]`` holds the chosen alphas and the support curve per direction.
+    """
+    if kind not in FUSION_KINDS:
+        raise XBTError(f"unknown fusion kind {kind!r}; choose one of {list(FUSION_KINDS)}")
+    if not isinstance(adapter, Adapter) or isinstance(adapter, FusionAdapter):
+        raise XBTError("fuse needs a plain xbt.Adapter as its base (from xbt.fit or xbt.load_adapter)")
+    old_enc = as_encoder(old)
+    adapter.old_ref.check(old_enc, "old", f"the {adapter.method!r} adapter", check_fingerprint)
+    fixed = {"text": alpha_text if alpha_text is not None else alpha, "image": alpha_image if alpha_image is not None else alpha}
+    fixed = {k: (None if v is None else check_alpha(f"alpha_{k}", v)) for k, v in fixed.items()}
+    grid = tuple(check_alpha("grid value", a) for a in grid)
+    selection: dict[str, Any] = {"kind": kind}
+    chosen = {m: v for m, v in fixed.items() if v is not None}
+    selection.update({f"{m}_query": {"alpha": v, "source": "given"} for m, v in chosen.items()})
+    todo = [m for m, v in fixed.items() if v is None]
+    if todo:
+        if pairs is None:
+            raise XBTError(
+                f"choosing the {kind} weight needs image-caption pairs: it is picked per direction by Recall@1 "
+                "between images and captions, which texts alone cannot measure; pass pairs=..., or fix the weights "
+                "with alpha=0.5 (or alpha_text=..., alpha_image=...)"
+            )
+        images, captions = as_pairs(pairs)
+        groups = pair_groups(images, captions)
+        selection.update(support="pairs", n_pairs=len(images), grid=list(grid))
+        opts = {"cache": cache, "verbose": verbose}
+        # Each direction searches one modality's OLD embeddings with the other's fused queries, so
+        # both old embeddings are needed (once each) whichever directions are chosen here.
+        old_emb = {"image": embed_images(old_enc, images, device=device, **opts),
+                   "text": embed_texts(old_enc, captions, device=device, **opts)}
+        for modality, gallery, direction in (("image", "text", "I2T"), ("text", "image", "T2I")):
+            if modality not in todo:
+                continue
+            new_q = adapter.embed_images(images, **opts) if modality == "image" else adapter.embed_texts(captions, **opts)
+            a, curve = select_alpha(old_emb[modality], new_q, old_emb[gallery], groups, groups, kind=kind, grid=grid)
+            chosen[modality] = a
+            selection[f"{modality}_query"] = {"alpha": a, "source": "support_recall_at_1", "direction": direction, "curve": curve}
+    metrics = {f"support_recall_at_1_{m}_query": selection[f"{m}_query"]["curve"][str(chosen[m])]["recall_at_1"]
+               for m in ("text", "image") if "curve" in selection[f"{m}_query"]}
+    training = {"base_method": adapter.method, "alpha_text": chosen["text"], "alpha_image": chosen["image"],
+                "alpha_selection": selection, "metrics": metrics}
+    return FusionAdapter(adapter, old_enc, kind=kind, alpha_text=chosen["text"], alpha_image=chosen["image"], method=method,
+                         training=training, check_fingerprint=check_fingerprint)
+
+
+def fit_baseline(method: str, old: Any, new: Any, texts: Sequence[str] | None, pairs: Any = None, seed: int = 0,
+                 device: str | torch.device | None = None, cache: CacheSpec = None, verbose: bool = True,
+                 **config: Any) -> Adapter:
+    """Build the training-free adapter ``method`` (what ``xbt.fit(method=...)`` calls).
+
+    ``config`` holds the method's ``xbt.config.BaselineConfig`` options (``BASELINE_OPTIONS`` says
+    which apply): ``support`` for all; ``ridge`` for ``"linear"`` and fusion's base map; ``base``,
+    ``alpha`` / ``alpha_text`` / ``alpha_image`` and ``grid`` for ``"slerp"`` / ``"nlerp"``, which
+    need ``pairs`` to choose their weights unless they are fixed (see ``fuse``).
+
+    Returns:
+        A plain ``Adapter`` for the maps; a ``FusionAdapter`` (``requires_old_encoder``) for fusion.
+    """
+    cfg = BaselineConfig.for_method(method, **config)
+    old_enc, new_enc = as_encoder(old), as_encoder(new)
+    opts = {"support": cfg.support, "ridge": cfg.ridge, "seed": seed, "device": device, "cache": cache, "verbose": verbose}
+    if method in MAP_KINDS:
+        return fit_map(old_enc, new_enc, texts, pairs, kind=method, **opts)
+    needs_pairs = cfg.alpha is None and (cfg.alpha_text is None or cfg.alpha_image is None)
+    if needs_pairs and pairs is None:
+        # fail before embedding anything (fuse would raise too, but only after fitting the base map)
+        raise XBTError(
+            f"method={method!r} chooses its fusion weights on image-caption pairs: pass pairs=..., or fix them "
+            "with alpha=0.5 (or alpha_text=..., alpha_image=...)"
+        )
+    base = fit_map(old_enc, new_enc, texts, pairs, kind=cfg.base, **opts)
+    fused = fuse(base, old_enc, pairs, kind=method, alpha=cfg.alpha, alpha_text=cfg.alpha_text, alpha_image=cfg.alpha_image,
+                 grid=cfg.grid, method=method if cfg.base == "procrustes" else f"{cfg.base}+{method}", device=device,
+                 cache=cache, verbose=verbose)
+    fused.training["seed"] = seed
+    return fused

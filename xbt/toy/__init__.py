@@ -1,13 +1,21 @@
 """The offline toy world: procedural captioned images and a shipped OLD/NEW pair of tiny CLIPs.
 
-``load_clips()`` gives the two models; ``text_corpus``, ``pairs`` and ``test_split`` give the
-stage-1 corpus, the stage-2 pair set and the evaluation gallery.
+``load_clips()`` gives the two models (``load_model(name)`` one of them, ``MODEL_NAMES`` their
+names); ``text_corpus``, ``pairs`` and ``test_split`` give the stage-1 corpus, the stage-2 pair set
+and the evaluation gallery. The model names load lazily, so code that only needs the data
+(``xbt.toy.data``) never imports model code.
 """
 
 from .data import pair_list, pairs, test_split, text_corpus, train_split
-from .models import WEIGHTS_DIR, load_clips, recorded_metrics
 
-__all__ = [
-    "load_clips", "recorded_metrics", "WEIGHTS_DIR", "text_corpus", "pairs", "pair_list",
-    "test_split", "train_split",
-]
+_MODEL_ATTRS = ("load_clips", "load_model", "MODEL_NAMES", "WEIGHTS_DIR", "recorded_metrics")
+
+__all__ = [*_MODEL_ATTRS, "text_corpus", "pairs", "pair_list", "test_split", "train_split"]
+
+
+def __getattr__(name: str):
+    if name in _MODEL_ATTRS:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'xbt.toy' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""xbt.align: Procrustes and ridge maps recover planted maps; SLERP/NLERP endpoints and midpoints; alpha selection."""
+"""xbt.maps and xbt.fusion: Procrustes and ridge maps recover planted maps; SLERP/NLERP endpoints and midpoints; alpha selection."""
 
 import math
 
@@ -7,16 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from xbt import XBTError
-from xbt.align import (
-    ALPHA_GRID,
-    fuse_embeddings,
-    nlerp,
-    orthogonal_procrustes,
-    retrieval_scores,
-    ridge_map,
-    select_alpha,
-    slerp,
-)
+from xbt.fusion import ALPHA_GRID, fuse_embeddings, nlerp, select_alpha, slerp
+from xbt.maps import orthogonal_procrustes, ridge_map
 
 
 def _unit(n, d, seed):
@@ -162,15 +154,29 @@ def test_fusion_refuses_bad_inputs():
 # ---------------------------------------------------------------------- retrieval and alpha selection
 
 
-def test_retrieval_scores_with_and_without_labels():
+def test_alpha_selection_scores_with_and_without_labels():
+    # alpha=0 scores the old queries alone, so the curve's first point is plain retrieval on them
     gallery = torch.eye(4)
     queries = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
-    r1, mrr = retrieval_scores(queries, gallery)  # query i should find row i
-    assert r1 == 0.75  # query 1 finds row 2
-    assert mrr == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    _, curve = select_alpha(queries, queries, gallery, grid=(0.0,))  # query i should find row i
+    assert curve["0.0"]["recall_at_1"] == 0.75  # query 1 finds row 2 first
+    # ... then rows 0, 1 and 3 tie at score 0 and come in index order: its row 1 is third
+    assert curve["0.0"]["mrr"] == pytest.approx((1 + 1 / 3 + 1 + 1) / 4)
     # with labels saying rows 1 and 2 are the same item, every query hits
     labels = torch.tensor([0, 1, 1, 3])
-    assert retrieval_scores(queries, gallery, labels, labels) == (1.0, 1.0)
+    _, curve = select_alpha(queries, queries, gallery, labels, labels, grid=(0.0,))
+    assert curve["0.0"] == {"recall_at_1": 1.0, "mrr": 1.0}
+    with pytest.raises(XBTError, match="query 0 has no correct item"):
+        select_alpha(queries, queries, gallery, torch.tensor([9, 1, 1, 3]), labels)
+
+
+def test_alpha_selection_uses_the_evaluators_tie_rule():
+    # a query tied between a wrong row 0 and its right row 1: lower gallery index first, as in
+    # xbt.search.recall_at_k, so it misses at R@1 and finds its row second (MRR 1/2)
+    gallery = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    query = torch.tensor([[1.0, 0.0]])
+    _, curve = select_alpha(query, query, gallery, torch.tensor([1]), torch.tensor([0, 1]), grid=(0.0,))
+    assert curve["0.0"] == {"recall_at_1": 0.0, "mrr": 0.5}
 
 
 def _planted_support(hit_windows, d_per=2):

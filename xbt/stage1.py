@@ -1,4 +1,4 @@
-"""The projection new space -> old space, and XBT stage 1: pretraining it on text alone.
+"""The projection head new space -> old space, and XBT stage 1: pretraining it on text alone.
 
 Stage 1 needs no images: both text encoders embed the same captions, and the projection learns to
 map new text embeddings onto old ones. Gaussian noise is added to the new embeddings during
@@ -21,57 +21,40 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .align import orthogonal_procrustes
+from .config import Stage1Config
 from .errors import XBTError
+from .losses import stage1_loss
+from .maps import orthogonal_procrustes
 
 
-def checked_config(cls, stage: str, kwargs: dict):
-    """``cls(**kwargs)`` for a config dataclass, or an ``XBTError`` listing the valid option names."""
-    valid = {f.name for f in fields(cls)}
-    unknown = sorted(set(kwargs) - valid)
-    if unknown:
-        raise XBTError(f"unknown {stage} option(s) {unknown}; valid options are {sorted(valid)}")
-    return cls(**kwargs)
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global RNG seeded to ``seed``; the caller's RNG state is restored after.
 
-
-@dataclass
-class Stage1Config:
-    """Stage-1 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
-
-    hidden: int = 1024  # width of the residual MLP; 0 gives a purely linear projection
-    noise_std: float = 0.1  # expected noise norm relative to the unit embedding
-    epochs: int = 30
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.05
-    cosine_weight: float = 0.5
-    val_fraction: float = 0.1
-    patience: int = 5
-    seed: int = 0
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> Stage1Config:
-        """Build from keyword arguments, rejecting unknown names with the list of valid ones."""
-        return checked_config(cls, "stage-1", kwargs)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict of the fields."""
-        return asdict(self)
+    For what draws from the global generator and cannot be given its own (module initialisation,
+    PEFT's LoRA initialisation, dropout): the same seed gives the same numbers, and the caller's
+    random stream (CPU and every CUDA device) is the same before and after.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 class Projection(nn.Module):
     """Maps new-model embeddings [n, d_new] to unit vectors in the old space [n, d_old].
 
     ``y = normalize(linear(x) + mlp(x))``: a linear path (Procrustes-initialised) plus a residual
-    MLP whose output layer starts at zero.
+    MLP whose output layer starts at zero. ``from_linear`` builds the ``hidden=0`` head that holds
+    a closed-form map.
     """
 
     def __init__(self, d_new: int, d_old: int, hidden: int = 1024) -> None:
@@ -84,6 +67,14 @@ class Projection(nn.Module):
             nn.init.zeros_(self.mlp[2].bias)
         else:
             self.mlp = None
+
+    @classmethod
+    def from_linear(cls, weight: torch.Tensor) -> Projection:
+        """A purely linear head (``hidden=0``) holding ``weight`` [d_old, d_new], in eval mode."""
+        proj = cls(weight.shape[1], weight.shape[0], hidden=0)
+        with torch.no_grad():
+            proj.linear.weight.copy_(weight)
+        return proj.eval()
 
     def config(self) -> dict:
         """Constructor arguments, for saving."""
@@ -105,15 +96,6 @@ def add_noise(x: torch.Tensor, noise_std: float, generator: torch.Generator | No
         return x
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x + noise * (noise_std / math.sqrt(x.shape[-1]))
-
-
-def stage1_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float, cosine_weight: float) -> torch.Tensor:
-    """Symmetric InfoNCE between matched rows plus ``cosine_weight * (1 - cos)``."""
-    logits = pred @ target.T / temperature
-    labels = torch.arange(len(pred), device=pred.device)
-    nce = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-    cos = (pred * target).sum(-1).mean()
-    return nce + cosine_weight * (1 - cos)
 
 
 def _split(n: int, val_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,19 +128,21 @@ def train_projection(
     Returns:
         The trained projection (best validation epoch, in eval mode) and a history dict with the
         per-epoch validation loss and cosine, and the Procrustes starting point's validation cosine.
+
+    Randomness comes from ``cfg.seed`` alone; the caller's global RNG is left untouched.
     """
     cfg = config or Stage1Config()
     if len(new_text) != len(old_text):
         raise XBTError(f"stage 1 needs the same texts under both models: got {len(new_text)} new and {len(old_text)} old embeddings")
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # the MLP's initialisation
     train_idx, val_idx = _split(len(new_text), cfg.val_fraction, gen)
     if len(val_idx) == 0:
         val_idx = train_idx  # too few texts to hold any out: validate on the training set
     x_tr, y_tr = new_text[train_idx], old_text[train_idx]
     x_va, y_va = new_text[val_idx], old_text[val_idx]
 
-    proj = Projection(new_text.shape[1], old_text.shape[1], cfg.hidden)
+    with seeded(cfg.seed):  # the MLP's initialisation
+        proj = Projection(new_text.shape[1], old_text.shape[1], cfg.hidden)
     with torch.no_grad():
         proj.linear.weight.copy_(orthogonal_procrustes(x_tr, y_tr))
     start_loss, start_cos = _val_loss(proj, x_va, y_va, cfg)

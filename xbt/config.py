@@ -1,0 +1,176 @@
+"""The options of every method, as dataclasses validated on construction.
+
+- ``Stage1Config`` / ``Stage2Config``: the hyperparameters of XBT's two training stages;
+- ``BaselineConfig``: the options of the training-free methods (``BASELINE_OPTIONS`` says which
+  apply to which method).
+
+They build with ``from_kwargs`` (unknown names are refused with the list of valid ones) and
+serialise with ``to_dict``; the CLI generates its flags from their fields (``metadata["help"]``).
+What an adapter saves about itself is ``xbt.adapter_config.AdapterConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from .errors import XBTError
+from .fusion import ALPHA_GRID, check_alpha
+from .maps import DEFAULT_RIDGE
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help text (the CLI's flag help)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults need default_factory")
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def need(ok: bool, message: str) -> None:
+    """Raise an ``XBTError`` with ``message`` unless ``ok``."""
+    if not ok:
+        raise XBTError(message)
+
+
+class Options:
+    """Shared behaviour of the option dataclasses: ``from_kwargs`` and ``to_dict``."""
+
+    #: how error messages name this set of options
+    what: ClassVar[str] = "option"
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any):
+        """Build from keyword arguments, rejecting unknown names with the list of valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise XBTError(f"unknown {cls.what} option(s) {unknown}; valid options are {sorted(valid)}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Stage1Config(Options):
+    """Stage-1 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
+
+    what: ClassVar[str] = "stage-1"
+
+    hidden: int = _opt(1024, "width of the projection's residual MLP; 0 gives a purely linear projection")
+    noise_std: float = _opt(0.1, "expected norm of the Gaussian noise added to new text embeddings (unit vectors)")
+    epochs: int = _opt(30, "training epochs over the texts")
+    batch_size: int = _opt(512, "texts per InfoNCE batch")
+    lr: float = _opt(1e-3, "AdamW learning rate")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    temperature: float = _opt(0.05, "InfoNCE temperature")
+    cosine_weight: float = _opt(0.5, "weight of the (1 - cosine) term beside InfoNCE")
+    val_fraction: float = _opt(0.1, "share of the texts held out for early stopping")
+    patience: int = _opt(5, "epochs without validation improvement before stopping")
+    seed: int = _opt(0, "seed of the split, noise, batches and initialisation")
+
+    def __post_init__(self) -> None:
+        need(self.hidden >= 0, f"hidden must be >= 0 (0: linear projection), got {self.hidden}")
+        need(self.noise_std >= 0, f"noise_std must be >= 0, got {self.noise_std}")
+        need(self.epochs >= 1 and self.batch_size >= 2, f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        need(self.lr > 0 and self.temperature > 0, f"lr and temperature must be positive, got {self.lr} and {self.temperature}")
+        need(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+
+
+@dataclass
+class Stage2Config(Options):
+    """Stage-2 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
+
+    what: ClassVar[str] = "stage-2"
+
+    rank: int = _opt(8, "LoRA rank")
+    alpha: float = _opt(16.0, "LoRA alpha (scale = alpha / rank)")
+    dropout: float = _opt(0.0, "LoRA dropout")
+    towers: tuple[str, ...] = _opt(("image", "text"), "which encoders get LoRA: image, text or both")
+    target_modules: tuple[str, ...] | None = _opt(None, "layer-name suffixes LoRA wraps (default: the backend's attention and MLP layers)")
+    epochs: int = _opt(10, "training epochs over the pairs")
+    batch_size: int = _opt(64, "pairs per batch")
+    lr: float = _opt(5e-4, "learning rate of the LoRA weights")
+    projection_lr: float = _opt(1e-4, "learning rate of the projection (gentler: it holds stage 1's knowledge)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    temperature: float = _opt(0.05, "temperature of the contrastive and ranking terms")
+    pair_weight: float = _opt(1.0, "InfoNCE between projected new image and projected new text of each pair")
+    caption_rank_weight: float = _opt(1.0, "each image ranks its caption among the stage-1 locations of the caption bank")
+    caption_bank_size: int = _opt(20_000, "stage-1 captions that join the pair captions in that bank (0: pairs only)")
+    confidence_weighting: bool = _opt(True, "weight that ranking by the NEW model's own confidence in each pair")
+    confidence_temperature: float | None = _opt(None, "temperature of that confidence (default: the new model's 1 / logit_scale)")
+    anchor_weight: float = _opt(1.0, "projected text stays at its stage-1 value")
+    image_keep_weight: float = _opt(1.0, "projected image stays near its stage-1 value")
+    old_image_weight: float = _opt(1.0, "with old image embeddings: InfoNCE(projected text, old image)")
+    old_image_cos_weight: float = _opt(0.0, "with old image embeddings: 1 - cos(projected image, old image)")
+    val_fraction: float = _opt(0.1, "share of the pairs held out for early stopping (none below 20 pairs)")
+    patience: int = _opt(3, "epochs without validation improvement before stopping")
+    precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
+    seed: int = _opt(0, "seed of the split, batches, bank sample and LoRA initialisation")
+
+    def __post_init__(self) -> None:
+        self.towers = (self.towers,) if isinstance(self.towers, str) else tuple(self.towers)
+        self.target_modules = tuple(self.target_modules) if self.target_modules else None
+        bad_towers = set(self.towers) - {"image", "text"}
+        need(bool(self.towers) and not bad_towers, f"towers must be a non-empty subset of ('image', 'text'), got {self.towers}")
+        need(self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        need(self.caption_bank_size >= 0,
+              f"caption_bank_size must be >= 0 (0 ranks among the pair captions only), got {self.caption_bank_size}")
+        need(self.confidence_temperature is None or self.confidence_temperature > 0,
+              f"confidence_temperature must be positive (or None for the new model's own 1/logit_scale), got {self.confidence_temperature}")
+        need(self.rank >= 1 and self.epochs >= 1 and self.batch_size >= 2,
+              f"rank and epochs must be >= 1 and batch_size >= 2, got {self.rank}, {self.epochs}, {self.batch_size}")
+        need(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+
+
+#: the training-free methods and which ``BaselineConfig`` fields apply to each
+BASELINE_OPTIONS = {
+    "procrustes": ("support",),
+    "linear": ("support", "ridge"),
+    "slerp": ("support", "base", "ridge", "alpha", "alpha_text", "alpha_image", "grid"),
+    "nlerp": ("support", "base", "ridge", "alpha", "alpha_text", "alpha_image", "grid"),
+}
+#: closed-form maps new -> old
+MAP_KINDS = ("procrustes", "linear")
+#: where a map's (new, old) support embeddings come from
+SUPPORTS = ("text", "image", "joint")
+
+
+@dataclass
+class BaselineConfig(Options):
+    """Options of the training-free methods; ``BASELINE_OPTIONS`` says which apply to which method."""
+
+    what: ClassVar[str] = "baseline"
+
+    support: str = _opt("text", "what the map is fitted on: text (the stage-1 texts), image (the pair images) or joint",
+                        choices=SUPPORTS)
+    ridge: float = _opt(DEFAULT_RIDGE, "relative ridge of the linear map (a fraction of the mean eigenvalue of X^T X)")
+    base: str = _opt("procrustes", "the map fusion blends with: procrustes or linear", choices=MAP_KINDS)
+    alpha: float | None = _opt(None, "fixed fusion weight of the new query for both directions (default: chosen on the pairs)")
+    alpha_text: float | None = _opt(None, "fixed fusion weight for text queries (overrides alpha)")
+    alpha_image: float | None = _opt(None, "fixed fusion weight for image queries (overrides alpha)")
+    grid: tuple[float, ...] = _opt(ALPHA_GRID, "the fusion weights tried when choosing on the pairs")
+
+    def __post_init__(self) -> None:
+        need(self.support in SUPPORTS, f"unknown support {self.support!r}; choose one of {list(SUPPORTS)}")
+        need(self.ridge >= 0, f"ridge must be >= 0, got {self.ridge}; use a small positive value such as 0.1")
+        need(self.base in MAP_KINDS, f"base={self.base!r} is not a map xbt can fit without training; choose one of "
+              f"{list(MAP_KINDS)}, or fuse an XBT adapter with xbt.fit.fuse")
+        for name in ("alpha", "alpha_text", "alpha_image"):
+            if getattr(self, name) is not None:
+                setattr(self, name, check_alpha(name, getattr(self, name)))
+        self.grid = tuple(check_alpha("grid value", a) for a in self.grid)
+
+    @classmethod
+    def for_method(cls, method: str, **kwargs: Any) -> BaselineConfig:
+        """The options of ``method``, refusing those that do not apply to it (naming the method)."""
+        if method not in BASELINE_OPTIONS:
+            raise XBTError(f"unknown baseline {method!r}; choose one of {list(BASELINE_OPTIONS)}")
+        valid = BASELINE_OPTIONS[method]
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise XBTError(f"unknown option(s) {unknown} for method {method!r}; valid options are {sorted(valid)}")
+        return cls(**kwargs)
