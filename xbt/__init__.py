@@ -19,7 +19,7 @@ from .datasets import RetrievalDataset, load_dataset
 from .encoders import CLIPEncoder, load_clip
 from .errors import XBTError
 from .evaluate import evaluate  # the function shadows the submodule name: use xbt.evaluate(...)
-from .fit import fit, fuse  # likewise: xbt.fit is the function; the module is importlib.import_module("xbt.fit")
+from .fit import fit, fuse  # likewise xbt.fit; `from xbt.fit import ...` still reaches the module
 from .report import Report
 from .version import __version__
 

@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import need
-from .errors import XBTError
+from .errors import XBTError, need
 from .fusion import FUSION_KINDS, check_alpha
 from .version import __version__
 

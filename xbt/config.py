@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from .errors import XBTError
+from .errors import XBTError, need
 from .fusion import ALPHA_GRID, check_alpha
 from .maps import DEFAULT_RIDGE
 
@@ -24,12 +24,6 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults need default_factory")
     return field(default=default, metadata={"help": help, **kw})
-
-
-def need(ok: bool, message: str) -> None:
-    """Raise an ``XBTError`` with ``message`` unless ``ok``."""
-    if not ok:
-        raise XBTError(message)
 
 
 class Options:

@@ -6,3 +6,9 @@ class XBTError(ValueError):
 
     A ``ValueError`` subclass, so callers that already catch ``ValueError`` keep working.
     """
+
+
+def need(ok: bool, message: str) -> None:
+    """Raise an ``XBTError`` with ``message`` unless ``ok`` (the validation of config dataclasses)."""
+    if not ok:
+        raise XBTError(message)
