@@ -70,8 +70,12 @@ class Projection(nn.Module):
 
     @classmethod
     def from_linear(cls, weight: torch.Tensor) -> Projection:
-        """A purely linear head (``hidden=0``) holding ``weight`` [d_old, d_new], in eval mode."""
-        proj = cls(weight.shape[1], weight.shape[0], hidden=0)
+        """A purely linear head (``hidden=0``) holding ``weight`` [d_old, d_new], in eval mode.
+
+        Its throwaway initialisation draws from a private seeded stream, not the caller's RNG.
+        """
+        with seeded(0):
+            proj = cls(weight.shape[1], weight.shape[0], hidden=0)
         with torch.no_grad():
             proj.linear.weight.copy_(weight)
         return proj.eval()
