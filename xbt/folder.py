@@ -44,8 +44,8 @@ def write_folder(path: str | os.PathLike, config: AdapterConfig, tensors: dict[s
         try:
             existing = folder_adapter_id(target)
         except XBTError as exc:
-            raise XBTError(f"{target} already holds files that are not an xbt adapter ({exc}); choose an empty or new "
-                           "directory, or pass overwrite=True to replace its contents") from exc
+            raise XBTError(f"{target} already holds files this xbt cannot read as an adapter ({exc}); choose an empty or "
+                           "new directory, or pass overwrite=True to replace its contents") from exc
         if existing != adapter_id:
             raise XBTError(f"{target} already holds a different adapter (id {existing}); pass overwrite=True to "
                            "replace it or save elsewhere")
