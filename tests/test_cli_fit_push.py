@@ -93,3 +93,80 @@ def test_push_refuses_a_folder_that_is_not_an_adapter(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["push", "--adapter", str(tmp_path / "x"), "--repo", "org/x"]) == 2
     assert "not an xbt adapter" in capsys.readouterr().err
+
+
+def test_fit_flags_are_generated_from_the_option_dataclasses(capsys):
+    import dataclasses
+
+    from xbt.cli import build_parser
+
+    fit_parser = build_parser()._subparsers._group_actions[0].choices["fit"]
+    flags = {s for a in fit_parser._actions for s in a.option_strings}
+    for cls, prefix in ((xbt.Stage1Config, "--stage1-"), (xbt.Stage2Config, "--stage2-"), (xbt.BaselineConfig, "--")):
+        for f in dataclasses.fields(cls):
+            if f.name != "seed":  # one --seed drives every stage
+                assert prefix + f.name.replace("_", "-") in flags, f.name
+    assert {"--old-image-embeddings", "--checkpoint-dir", "--no-stage1", "--push-to-hub", "--no-stage2-confidence-weighting"} <= flags
+
+
+@pytest.fixture(scope="module")
+def pair_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs") / "ds"
+    xbt.toy.pairs(24).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["npy", "safetensors"])
+def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_folder, tmp_path, fmt):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    old = xbt.toy.load_model("xbt-toy-old")
+    vectors = old.encode_image(list(xbt.toy.pairs(24)["image"]))
+    path = tmp_path / f"old.{fmt}"
+    if fmt == "npy":
+        np.save(path, vectors.numpy())
+    else:
+        save_file({"embeddings": vectors}, str(path))
+    out = tmp_path / "adapter"
+    assert main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file), "--pairs", str(pair_folder),
+                 "--old-image-embeddings", str(path), "--stage1-epochs", "1", "--stage1-noise-std", "0.05",
+                 "--stage2-epochs", "1", "--stage2-rank", "2", "--stage2-towers", "image", "--no-stage2-confidence-weighting",
+                 "--stage2-caption-bank-size", "10", "--out", str(out), "--quiet"]) == 0
+    training = json.loads((out / "xbt_config.json").read_text())["training"]
+    assert training["stage1"]["epochs"] == 1 and training["stage1"]["noise_std"] == 0.05
+    stage2 = training["stage2"]
+    assert (stage2["epochs"], stage2["rank"], stage2["towers"], stage2["confidence_weighting"]) == (1, 2, ["image"], False)
+    assert stage2["batch_size"] == xbt.Stage2Config().batch_size  # flags not given keep the dataclass default
+    assert training["used_old_image_embeddings"] and training["metrics"]["stage2"]["caption_bank"] == 24 + 10
+
+
+def test_fit_refuses_pickles_and_options_that_do_not_apply(caption_file, pair_folder, tmp_path, capsys):
+    import numpy as np
+
+    base = ["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file), "--out", str(tmp_path / "a")]
+    np.save(tmp_path / "objects.npy", np.array([{"not": "floats"}], dtype=object), allow_pickle=True)
+    assert main(base + ["--pairs", str(pair_folder), "--old-image-embeddings", str(tmp_path / "objects.npy")]) == 2
+    assert "pickled Python objects, which xbt never loads" in capsys.readouterr().err
+    (tmp_path / "v.pt").write_bytes(b"")
+    assert main(base + ["--old-image-embeddings", str(tmp_path / "v.pt")]) == 2
+    assert "never read" in capsys.readouterr().err
+    assert main(base + ["--method", "procrustes", "--stage2-epochs", "1"]) == 2
+    assert "['stage2'] only apply to method 'xbt'" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(base + ["--method", "linear", "--stage1-epochs", "1"]) == 2
+    assert "apply to method 'xbt' only, not to method 'linear'" in capsys.readouterr().err
+    assert main(base + ["--ridge", "0.2"]) == 2
+    assert "['ridge'] apply to the training-free methods" in capsys.readouterr().err
+    assert main(base + ["--method", "procrustes", "--ridge", "0.2"]) == 2
+    assert "unknown option(s) ['ridge'] for method 'procrustes'" in capsys.readouterr().err
+
+
+def test_push_refuses_a_folder_saved_by_an_older_xbt(tmp_path, capsys, hub_calls):
+    from .test_persistence import write_format_1
+
+    folder = tmp_path / "v1"
+
+    old, new = xbt.toy.load_clips()
+    write_format_1(xbt.fit(old, new, xbt.toy.text_corpus(100), method="procrustes", verbose=False), folder)
+    assert main(["push", "--adapter", str(folder), "--repo", "org/x"]) == 2
+    assert "saved by an older xbt" in capsys.readouterr().err and hub_calls == []
