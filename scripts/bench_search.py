@@ -5,7 +5,7 @@ each a noisy copy of its image's embedding, noise set so Recall@1 is far from 0 
 method computes per-query hits at K = 1, 5, 10 for both directions (image->text: 5,000 queries
 over 25,000 captions; text->image: 25,000 queries over 5,000 images), timed once (one run):
 
-* ``faiss_flat``: ``xbt.evaluate.recall_at_k`` with the default exact ``IndexFlatIP``
+* ``faiss_flat``: ``xbt.search.recall_at_k`` with the default exact ``IndexFlatIP``
   (what ``xbt.evaluate`` runs);
 * ``faiss_ivf``: the same with ``index="ivf"`` (approximate; includes k-means training; isotropic
   random vectors have no cluster structure, the worst case for IVF recall, so read its recall
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xbt.evaluate import recall_at_k
+from xbt.search import recall_at_k
 
 KS = (1, 5, 10)
 CHUNK = 2048

@@ -4,7 +4,7 @@
 
 For each (noise_std, cosine_weight) it fits stage 1 on the 50,000-caption toy corpus and reports
 new->old R@1 (image->text / text->image) on the toy test gallery, beside old->old and new->new.
-This is how the defaults in ``xbt.projection.Stage1Config`` were chosen.
+This is how the defaults in ``xbt.config.Stage1Config`` were chosen.
 """
 
 from __future__ import annotations

@@ -24,9 +24,10 @@ sys.path.insert(0, str(ROOT))
 import xbt  # noqa: E402
 from xbt import toy  # noqa: E402
 from xbt.adapter import Adapter  # noqa: E402
+from xbt.config import Stage2Config  # noqa: E402
 from xbt.embed import embed_images, embed_texts  # noqa: E402
 from xbt.fit import unique_texts  # noqa: E402
-from xbt.lora import Stage2Config, train_stage2  # noqa: E402
+from xbt.stage2 import train_stage2  # noqa: E402
 
 SETTINGS = {
     "default": {},
@@ -62,7 +63,7 @@ def main() -> None:
             lora, projection, _ = train_stage2(new, stage1.projection, images, captions, Stage2Config(seed=seed, **options),
                                                old_image_embeddings=old_vectors, verbose=False,
                                                bank_captions=texts, bank_caption_embeddings=new_texts)
-            adapters[f"seed{seed} | {name}"] = Adapter(new, projection, lora=lora)
+            adapters[f"seed{seed} | {name}"] = Adapter(new, projection, old=old, lora=lora)
             print(f"seed {seed}: {name} ({time.perf_counter() - start:.0f}s)", flush=True)
     report = xbt.evaluate(old, adapters, dataset="toy", verbose=False, query_cost=False)
     r1 = {n: {d: round(100 * m.recall[d][1], 2) for d in ("i2t", "t2i")} for n, m in report.methods.items()}
