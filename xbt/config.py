@@ -46,8 +46,18 @@ class Options:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+class TrainingOptions(Options):
+    """What both training stages share: epochs, batches, learning rate, temperature, early stopping."""
+
+    def __post_init__(self) -> None:
+        need(self.epochs >= 1 and self.batch_size >= 2, f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        need(self.lr > 0 and self.temperature > 0, f"lr and temperature must be positive, got {self.lr} and {self.temperature}")
+        need(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+
+
 @dataclass
-class Stage1Config(Options):
+class Stage1Config(TrainingOptions):
     """Stage-1 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
 
     what: ClassVar[str] = "stage-1"
@@ -65,16 +75,13 @@ class Stage1Config(Options):
     seed: int = _opt(0, "seed of the split, noise, batches and initialisation")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         need(self.hidden >= 0, f"hidden must be >= 0 (0: linear projection), got {self.hidden}")
         need(self.noise_std >= 0, f"noise_std must be >= 0, got {self.noise_std}")
-        need(self.epochs >= 1 and self.batch_size >= 2, f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
-        need(self.lr > 0 and self.temperature > 0, f"lr and temperature must be positive, got {self.lr} and {self.temperature}")
-        need(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
 
 
 @dataclass
-class Stage2Config(Options):
+class Stage2Config(TrainingOptions):
     """Stage-2 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
 
     what: ClassVar[str] = "stage-2"
@@ -105,6 +112,7 @@ class Stage2Config(Options):
     seed: int = _opt(0, "seed of the split, batches, bank sample and LoRA initialisation")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.towers = (self.towers,) if isinstance(self.towers, str) else tuple(self.towers)
         self.target_modules = tuple(self.target_modules) if self.target_modules else None
         bad_towers = set(self.towers) - {"image", "text"}
@@ -114,10 +122,7 @@ class Stage2Config(Options):
               f"caption_bank_size must be >= 0 (0 ranks among the pair captions only), got {self.caption_bank_size}")
         need(self.confidence_temperature is None or self.confidence_temperature > 0,
               f"confidence_temperature must be positive (or None for the new model's own 1/logit_scale), got {self.confidence_temperature}")
-        need(self.rank >= 1 and self.epochs >= 1 and self.batch_size >= 2,
-              f"rank and epochs must be >= 1 and batch_size >= 2, got {self.rank}, {self.epochs}, {self.batch_size}")
-        need(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
 
 
 #: the training-free methods and which ``BaselineConfig`` fields apply to each
