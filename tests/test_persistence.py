@@ -156,10 +156,12 @@ def test_model_card_has_metadata_and_the_evaluation_table(adapters, old_new, tmp
                                            stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False).adapter_id()
 
 
-def test_fusion_card_says_the_old_model_runs_on_every_query(adapters):
+def test_fusion_card_says_the_old_model_runs_on_every_query(adapters, captions_400):
     card = adapters["slerp"].model_card("org/s")
     assert "xbt.load_adapter('org/s', new=new, old=old)" in card.text and "SLERP" in card.text
     assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+    # the base map's (distinct) texts, the pairs its weights were chosen on
+    assert (card.data.corpus_texts, card.data.pairs) == (len(set(captions_400[:150])), 40)
 
 
 def test_base_model_is_the_new_models_hub_id():

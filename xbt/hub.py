@@ -111,12 +111,21 @@ def _eval_table(evaluation: dict[str, Any]) -> list[str]:
     return lines + ["", f"Backward compatible (new→old strictly above old→old at every K, both directions): **{verdict}**."]
 
 
+def _sizes(config: AdapterConfig) -> tuple[int | None, int | None]:
+    """(corpus texts, image-caption pairs) the adapter was made from; a fusion adapter's include its base's."""
+    records = [config.training, (config.fusion or {}).get("base_training") or {}]
+    selection = config.training.get("alpha_selection") or {}
+    texts = next((r["n_texts"] for r in records if r.get("n_texts")), None)
+    pairs = max([r.get("n_pairs") or 0 for r in records] + [selection.get("n_pairs") or 0]) or None
+    return texts, pairs
+
+
 def model_card(config: AdapterConfig, repo_id: str | None = None) -> ModelCard:
     """The model card of the adapter ``config`` describes (``repo_id`` names it in the title and code)."""
-    new, old, training = config.new_model, config.old_model, config.training
+    new, old = config.new_model, config.old_model
     where = repo_id or "path/to/adapter"
     title = repo_id or f"xbt adapter: {new.label} → {old.label}"
-    n_texts, n_pairs = training.get("n_texts"), training.get("n_pairs")
+    n_texts, n_pairs = _sizes(config)
     data = ModelCardData(
         library_name="xbt",
         tags=["xbt", "clip", "backward-compatible-training", "retrieval", config.method],
