@@ -3,8 +3,9 @@
 Every adapter honours one contract: ``encode_text`` / ``encode_image`` (small inputs) and
 ``embed_texts`` / ``embed_images`` (large, cached) return float32 [n, d_old] unit rows that
 search a gallery embedded by the old model; ``from_new_embeddings`` maps the bare new model's own
-embeddings when the adapter's query path starts from them (else ``None``); ``query_cost`` and
-``requires_old_encoder`` say which encoders a query runs.
+embeddings when the adapter's query path starts from them (else ``None``; a subclass that changes
+``embed_*`` must change it too); ``query_cost`` and ``requires_old_encoder`` say which encoders a
+query runs.
 
 - ``Adapter``: the new model (untouched), a projection head per query modality (``heads``; one
   shared head today) and optionally a LoRA copy of the new model that the ``lora_modalities``
@@ -32,7 +33,7 @@ from .embed import CacheSpec, check_images, embed_images, embed_texts
 from .encoders import CLIPEncoder, as_encoder
 from .errors import XBTError
 from .folder import content_id, read_heads, write_folder
-from .fusion import FUSION_KINDS, check_alpha, fuse_embeddings
+from .fusion import FUSION_KINDS, check_alpha, fuse_embeddings, models_run
 from .hub import model_card, push_folder, resolve
 from .lora import load_lora, lora_state, merged_copy, save_lora
 from .stage1 import Projection
@@ -254,11 +255,6 @@ class Adapter:
                    lora=lora, lora_modalities=config.lora_modalities, new_ref=config.new_model, evaluation=config.evaluation)
 
 
-def _runs(alpha: float) -> list[str]:
-    """Encoders a query runs at weight ``alpha``: the endpoints need only one of them."""
-    return (["new"] if alpha > 0 else []) + (["old"] if alpha < 1 else [])
-
-
 class FusionAdapter(Adapter):
     """Query fusion: the OLD model's query blended with a base adapter's query, in the old space.
 
@@ -302,7 +298,7 @@ class FusionAdapter(Adapter):
     @property
     def query_cost(self) -> dict[str, list[str]]:
         """Which models each query runs: both at an interior weight, one at weight 0 or 1."""
-        return {"text": _runs(self.alpha_text), "image": _runs(self.alpha_image)}
+        return {"text": models_run(self.alpha_text), "image": models_run(self.alpha_image)}
 
     @property
     def merged(self) -> bool:

@@ -115,6 +115,11 @@ def check_alpha(name: str, value: Any) -> float:
     return alpha
 
 
+def models_run(alpha: float) -> list[str]:
+    """The models a fused query runs at weight ``alpha``: both inside (0, 1), one at an endpoint."""
+    return (["new"] if alpha > 0 else []) + (["old"] if alpha < 1 else [])
+
+
 #: the depth of the MRR that breaks Recall@1 ties in ``select_alpha``
 MRR_DEPTH = 10
 
