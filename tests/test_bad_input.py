@@ -72,3 +72,17 @@ def test_not_a_clip_model(old_new, captions_400):
     old, _ = old_new
     with pytest.raises(XBTError, match="cannot use a Linear as a CLIP model"):
         xbt.fit(old, torch.nn.Linear(3, 3), captions_400[:50], verbose=False)
+
+
+def test_adapter_heads_must_fit_both_models(old_new):
+    from xbt.stage1 import Projection
+
+    old, new = old_new
+    with pytest.raises(XBTError, match="heads map into 16-d but the old model 'tiny-old' is 32-d"):
+        xbt.Adapter(new, Projection(48, 16, hidden=0), old=old)
+    with pytest.raises(XBTError, match="text head expects 40-d new embeddings but tiny-new gives 48-d"):
+        xbt.Adapter(new, Projection(40, 32, hidden=0), old=old)
+    with pytest.raises(XBTError, match="different widths"):
+        xbt.Adapter(new, heads={"text": Projection(48, 32, hidden=0), "image": Projection(48, 16, hidden=0)})
+    with pytest.raises(XBTError, match="exactly one of projection= .* or heads="):
+        xbt.Adapter(new)

@@ -261,7 +261,7 @@ def test_lazy_gallery_is_embedded_in_chunks_with_the_same_result(old_new, tmp_pa
 def test_evaluate_bad_inputs(old_new, toy_small):
     old, new = old_new
     wrong_dim = Adapter(new, Projection(new.embed_dim, 16, hidden=0), method="w")
-    with pytest.raises(XBTError, match="maps into a 16-d space but the old model"):
+    with pytest.raises(XBTError, match=r"adapter 'w' works with a 16-d old model.*tiny-old\) has 32-d embeddings"):
         xbt.evaluate(old, wrong_dim, dataset=toy_small, verbose=False)
     other_new = xbt.encoders.as_encoder(tiny_open_clip(48, seed=9), name="other-new")
     mixed = {"a": random_adapter(new, old), "b": random_adapter(other_new, old)}

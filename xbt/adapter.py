@@ -73,7 +73,8 @@ class Adapter:
                     f"{self.new.embed_dim}-d; use the new model the adapter was trained for"
                 )
         if heads["text"].d_old != heads["image"].d_old:
-            raise XBTError(f"the text and image heads map into different widths ({heads['text'].d_old} vs {heads['image'].d_old})")
+            raise XBTError(f"the text and image heads map into different widths ({heads['text'].d_old} vs "
+                           f"{heads['image'].d_old}); both must output the old model's width")
         self.heads = {m: h.eval() for m, h in heads.items()}
         if not set(lora_modalities) <= set(MODALITIES):
             raise XBTError(f"lora_modalities must be a subset of {list(MODALITIES)}, got {list(lora_modalities)}")
@@ -83,6 +84,9 @@ class Adapter:
             self.old_ref = old or ModelRef(name="unknown old model", embed_dim=self.embed_dim)
         else:
             self.old_ref = ModelRef.of(as_encoder(old))
+        if self.old_ref.embed_dim not in (None, self.embed_dim):
+            raise XBTError(f"the heads map into {self.embed_dim}-d but the old model {self.old_ref.label!r} is "
+                           f"{self.old_ref.embed_dim}-d; give heads whose output width is the old model's")
         self.new_ref = new_ref or ModelRef.of(self.new)
         self.training = dict(training or {})
         self.evaluation = evaluation
