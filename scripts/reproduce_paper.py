@@ -9,7 +9,7 @@ it cannot run on the project's offline CPU machines. Example:
 Stage 1 uses the COCO Karpathy *train* captions (text only); stage 2 uses ``--pairs`` image–caption
 pairs from the same train split; evaluation follows the paper's protocol: Flickr30k full (31,014
 images) and COCO val+restval (35,504 images), R@1/5/10 in both directions. The published anchors
-(DESIGN.md) are printed beside the measured figures.
+(the XBT paper and the training-free study that compares against it) are printed beside the measured figures.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 import xbt  # noqa: E402
 from xbt.datasets import load_dataset  # noqa: E402
 
-# R@1 image->text / text->image, new->old on the old B/32 gallery (DESIGN.md).
+# R@1 image->text / text->image, new->old on the old B/32 gallery, as published (XBT, arXiv 2405.14715,
+# and the training-free study that compares against it).
 PUBLISHED = {
     "flickr30k": {"old->old": (40.62, 21.73), "xbt": (42.47, 22.38), "procrustes": (42.89, 21.49),
                   "slerp": (48.00, 23.33), "new->new": (48.72, 28.27)},
