@@ -131,14 +131,15 @@ def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_f
     out = tmp_path / "adapter"
     assert main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file), "--pairs", str(pair_folder),
                  "--old-image-embeddings", str(path), "--stage1-epochs", "1", "--stage1-noise-std", "0.05",
-                 "--stage2-epochs", "1", "--stage2-rank", "2", "--stage2-towers", "image", "--no-stage2-confidence-weighting",
+                 "--stage2-epochs", "1", "--stage2-rank", "2", "--stage2-text-epochs", "1", "--no-stage2-confidence-weighting",
                  "--stage2-caption-bank-size", "10", "--out", str(out), "--quiet"]) == 0
     training = json.loads((out / "xbt_config.json").read_text())["training"]
     assert training["stage1"]["epochs"] == 1 and training["stage1"]["noise_std"] == 0.05
     stage2 = training["stage2"]
-    assert (stage2["epochs"], stage2["rank"], stage2["towers"], stage2["confidence_weighting"]) == (1, 2, ["image"], False)
+    assert (stage2["epochs"], stage2["rank"], stage2["text_epochs"], stage2["confidence_weighting"]) == (1, 2, 1, False)
     assert stage2["batch_size"] == xbt.Stage2Config().batch_size  # flags not given keep the dataclass default
-    assert training["used_old_image_embeddings"] and training["metrics"]["stage2"]["caption_bank"] == 24 + 10
+    assert training["pair_old_vectors"] == {"images": "given", "captions": "embedded with the old model"}
+    assert training["metrics"]["stage2"]["image"]["history"]["caption_bank"] == training["metrics"]["stage2"]["n_train"] + 10
 
 
 def test_fit_refuses_pickles_and_options_that_do_not_apply(caption_file, pair_folder, tmp_path, capsys):

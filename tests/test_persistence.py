@@ -110,6 +110,10 @@ def write_format_1(adapter, folder):
 def test_folders_of_format_1_load_and_can_be_saved_over(adapters, name, old_new, pairs, tmp_path):
     old, new = old_new
     adapter = adapters[name]
+    if adapter.heads["text"] is not adapter.heads["image"]:
+        # Format 1 knew one head for both query paths and LoRA on both towers: such an adapter.
+        adapter = xbt.Adapter(adapter.new, adapter.heads["image"], method=adapter.method, old=adapter.old_ref,
+                              training=adapter.training, lora=adapter.lora)
     write_format_1(adapter, tmp_path / "v1")
     loaded = xbt.load_adapter(tmp_path / "v1", new=new, old=old)
     assert type(loaded) is type(adapter) and loaded.method == adapter.method

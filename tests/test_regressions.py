@@ -38,9 +38,9 @@ def test_resuming_with_other_pairs_of_the_same_count_is_refused(old_new, caption
     changed = [(im, c + " again") for im, c in pairs[:40]]  # same images, other captions
     with pytest.raises(XBTError, match="different run"):
         _fit2(old, new, captions_400[:60], changed, checkpoint_dir=tmp_path / "ckpt")
-    old_vectors = old.encode_image([im for im, _ in pairs[:40]])
+    other_vectors = old.encode_image([im for im, _ in pairs[40:]])  # other OLD vectors for the same pairs
     with pytest.raises(XBTError, match="different run"):
-        _fit2(old, new, captions_400[:60], pairs[:40], old_image_embeddings=old_vectors, checkpoint_dir=tmp_path / "ckpt")
+        _fit2(old, new, captions_400[:60], pairs[:40], old_image_embeddings=other_vectors, checkpoint_dir=tmp_path / "ckpt")
 
 
 def test_no_validation_split_writes_null_not_nan(old_new, captions_400, tmp_path):
@@ -53,8 +53,10 @@ def test_no_validation_split_writes_null_not_nan(old_new, captions_400, tmp_path
         raise ValueError(f"non-standard JSON constant {token}")
 
     config = json.loads((tmp_path / "a" / "xbt_config.json").read_text(), parse_constant=refuse)
-    history = config["training"]["metrics"]["stage2"]
-    assert history["val_loss"] == [None] * 3 and history["best_val_loss"] is None
+    record = config["training"]["metrics"]["stage2"]
+    assert record["n_val"] == 0 and record["image"]["choice"] is None
+    epochs = config["training"]["stage2"]["epochs"]
+    assert record["image"]["history"]["val_geo_mean_rank"] == [None] * (epochs + 1)  # the start and each epoch: nothing to score
     # the one JSON writer turns any other non-finite number into null too
     assert json.loads(dumps_json({"x": [1.0, math.inf, math.nan]}), parse_constant=refuse) == {"x": [1.0, None, None]}
 

@@ -1,11 +1,17 @@
-"""Stage 2 on tiny random models: base weights untouched, LoRA save/load, merge, resume."""
+"""Stage 2 on tiny random models: two query paths, the guard, old vectors, LoRA on ViT/ResNet/transformers, resume."""
 
+import importlib
+
+import open_clip
 import pytest
 import torch
 
 import xbt
 from xbt import XBTError
+from xbt.encoders import as_encoder
 from xbt.toy import pair_list
+
+fit_module = importlib.import_module("xbt.fit")  # the module, not the function xbt.fit
 
 
 @pytest.fixture(scope="module")
@@ -14,13 +20,21 @@ def pairs_40():
 
 
 def _fit2(old, new, texts, pairs, **kw):
-    # No held-out split: on 40 pairs of random tiny models, early stopping on 4 validation pairs
-    # is noise and may restore the untrained start, which would leave nothing to test.
-    stage2 = {"epochs": 3, "batch_size": 8, "val_fraction": 0.0, **kw.pop("stage2", {})}
+    # No held-out split by default: on 40 pairs of random tiny models the guard would judge on 4
+    # pairs of noise and may keep stage 1, which would leave nothing to test. The guard has its own tests.
+    stage2 = {"epochs": 3, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0, **kw.pop("stage2", {})}
     return xbt.fit(old, new, texts, pairs=pairs, epochs=2, stage2=stage2, verbose=False, **kw)
 
 
-def test_base_weights_bit_identical_and_new_new_available(old_new, captions_400, pairs_40):
+def tiny_resnet_clip(embed_dim: int, seed: int):
+    """A random open_clip CLIP whose image tower is a ModifiedResNet (convolutions, batch norm, attention pool)."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(embed_dim=embed_dim, vision_cfg={"image_size": 32, "layers": (1, 1, 1, 1), "width": 8, "head_width": 8},
+                           text_cfg={"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1})
+    return model.eval()
+
+
+def test_base_weights_bit_identical_and_each_path_trained(old_new, captions_400, pairs_40):
     old, new = old_new
     before = {k: v.clone() for k, v in new.model.state_dict().items()}
     probe = captions_400[300:305]
@@ -29,13 +43,102 @@ def test_base_weights_bit_identical_and_new_new_available(old_new, captions_400,
     bare_images = new.encode_image(images)
     adapter = _fit2(old, new, captions_400[:100], pairs_40)
     after = new.model.state_dict()
-    assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(new.encode_text(probe), bare_before)  # the user's model still gives new->new
     assert adapter.lora is not None and adapter.lora.model is not new.model
-    # LoRA actually changed the image query path (the image->caption ranking trains it; without
-    # old gallery vectors the text side is only held at its stage-1 value)
-    assert not torch.allclose(adapter.lora.encode_image(images), bare_images, atol=1e-4)
+    assert adapter.lora_modalities == ("image",) and adapter.query_encoders["text"] is new
+    assert not torch.allclose(adapter.lora.encode_image(images), bare_images, atol=1e-4)  # LoRA moved image queries
+    assert torch.equal(adapter.lora.encode_text(probe), bare_before)  # the LoRA copy's text tower is untouched
+    # two heads: the text head was distilled away from stage 1, the image head trained with LoRA
+    stage1 = xbt.fit(old, new, captions_400[:100], epochs=2, verbose=False)
+    new_txt = new.encode_text(probe)
+    assert not torch.allclose(adapter.heads["text"](new_txt), stage1.projection(new_txt), atol=1e-4)
+    assert adapter.heads["text"] is not adapter.heads["image"]
+
+
+def test_fit_embeds_the_pairs_with_the_old_model_unless_given_or_off(old_new, captions_400, pairs_40, capsys):
+    old, new = old_new
+    images = [p[0] for p in pairs_40]
+    default = xbt.fit(old, new, captions_400[:100], pairs=pairs_40, epochs=1, stage2={"epochs": 1, "text_epochs": 1, "val_fraction": 0.0},
+                      verbose=True)
+    assert default.training["pair_old_vectors"] == {"images": "embedded with the old model", "captions": "embedded with the old model"}
+    assert "OLD vectors of the 40 pair images: embedded with the old model" in capsys.readouterr().out
+    stored = old.encode_image(images)
+    given = _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=stored)
+    assert given.training["pair_old_vectors"]["images"] == "given"
+    embedded = _fit2(old, new, captions_400[:100], pairs_40)
+    probe = captions_400[300:305]
+    assert torch.allclose(given.encode_text(probe), embedded.encode_text(probe), atol=1e-6)  # same vectors, same adapter
+    assert torch.allclose(given.encode_image(images[:4]), embedded.encode_image(images[:4]), atol=1e-6)
+    off = _fit2(old, new, captions_400[:100], pairs_40, embed_pairs_with_old=False)
+    assert off.training["pair_old_vectors"] == {"images": "none", "captions": "none"}
+    assert "not trained" in off.training["kept"]["text"]["reason"] and off.heads["text"] is not off.heads["image"]
+    with pytest.raises(XBTError, match=r"old_image_embeddings must be \[40, 32\]"):
+        _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=stored[:10])
+    no_stage1 = _fit2(old, new, captions_400[:100], pairs_40, use_stage1=False)
+    assert "stage1" not in no_stage1.training
+    with pytest.raises(XBTError, match="nothing that knows the old space"):
+        _fit2(old, new, captions_400[:100], pairs_40, use_stage1=False, embed_pairs_with_old=False)
+
+
+@pytest.fixture(scope="module")
+def toy_clips():
+    return xbt.toy.load_clips(device="cpu")
+
+
+def test_the_guard_keeps_stage1_for_a_path_that_got_worse(toy_clips, captions_400, pairs_40):
+    old, new = toy_clips  # trained models: their stage 1 is worth keeping, unlike random ones'
+    stage1 = xbt.fit(old, new, captions_400, epochs=2, verbose=False)
+    # An absurd learning rate wrecks both paths; the held-out pairs see it and each path keeps stage 1.
+    wrecked = {"lr": 50.0, "projection_lr": 50.0, "text_lr": 50.0, "val_fraction": 0.5}
+    guarded = _fit2(old, new, captions_400, pairs_40, stage2=wrecked)
+    assert guarded.training["kept"]["image"]["kept"] == "stage 1" and guarded.lora is None
+    assert guarded.training["kept"]["text"]["kept"] == "stage 1"
+    probe = captions_400[300:304]
+    assert torch.allclose(guarded.encode_text(probe), stage1.encode_text(probe), atol=1e-6)
+    assert torch.allclose(guarded.encode_image([p[0] for p in pairs_40[:4]]), stage1.encode_image([p[0] for p in pairs_40[:4]]), atol=1e-6)
+    record = guarded.training["metrics"]["stage2"]["image"]["choice"]
+    assert all(v > record["scores"]["stage 1"] for k, v in record["scores"].items() if k != "stage 1")
+    assert "kept stage 1" in guarded.model_card().text  # the card says what was kept and why
+    # Without the guard the same run keeps its last (wrecked) epoch before the loss turned non-finite.
+    blind = _fit2(old, new, captions_400, pairs_40, stage2={**wrecked, "guard": False})
+    diverged = blind.training["metrics"]["stage2"]["image"]["history"]["diverged_at_epoch"]
+    assert blind.lora is not None and blind.training["kept"]["image"]["kept"] == f"stage 2 (epoch {diverged - 1})"
+
+
+def test_lora_on_a_resnet_image_tower_leaves_batch_norm_alone(captions_400, pairs_40):
+    from xbt.lora import lora_parameter_count, lora_targets
+
+    from .conftest import tiny_open_clip
+
+    old = as_encoder(tiny_open_clip(32, seed=1))
+    new = as_encoder(tiny_resnet_clip(40, seed=5))
+    targets = lora_targets(new, ("image",))
+    assert "visual.layer4.0.conv3" in targets and "visual.attnpool.q_proj" in targets
+    bn_before = new.model.visual.layer1[0].bn1.running_mean.clone()
+    adapter = _fit2(old, new, captions_400[:100], pairs_40)
+    assert lora_parameter_count(adapter.lora) > 0
+    # training ran with the base in eval mode: the LoRA copy's batch-norm statistics are the base's
+    assert torch.equal(adapter.lora.model.visual.layer1[0].bn1.running_mean, bn_before)
+    images = [p[0] for p in pairs_40[:4]]
+    merged = xbt.load_adapter(_saved(adapter), new=new)
+    assert torch.allclose(merged.encode_image(images), adapter.encode_image(images), atol=1e-5)
+
+
+def _saved(adapter, _n=[0]):
+    import tempfile
+    from pathlib import Path
+
+    _n[0] += 1
+    return adapter.save_pretrained(Path(tempfile.mkdtemp()) / f"a{_n[0]}")
+
+
+def test_a_tower_without_target_layers_is_an_error(old_new):
+    from xbt.lora import lora_targets
+
+    _, new = old_new
+    with pytest.raises(XBTError, match="no LoRA target layer found in the image tower"):
+        lora_targets(new, ("image",), suffixes=("no_such_layer",))
 
 
 def test_pairs_as_dataset_and_as_tuples_give_the_same_adapter(old_new, captions_400, pairs_40):
@@ -44,33 +147,28 @@ def test_pairs_as_dataset_and_as_tuples_give_the_same_adapter(old_new, captions_
     old, new = old_new
     ds = datasets.Dataset.from_dict({"image": [p[0] for p in pairs_40], "caption": [p[1] for p in pairs_40]},
                                     features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}))
-    a = _fit2(old, new, captions_400[:100], pairs_40)
-    b = _fit2(old, new, captions_400[:100], ds)
-    assert a.adapter_id() == b.adapter_id()
+    assert _fit2(old, new, captions_400[:100], pairs_40).adapter_id() == _fit2(old, new, captions_400[:100], ds).adapter_id()
 
 
-def test_save_load_round_trip_with_lora(old_new, captions_400, pairs_40, tmp_path):
+def test_save_load_round_trip_with_lora_and_two_heads(old_new, captions_400, pairs_40, tmp_path):
     old, new = old_new
     adapter = _fit2(old, new, captions_400[:100], pairs_40)
     adapter.save_pretrained(tmp_path / "a")
     assert (tmp_path / "a" / "lora" / "adapter_model.safetensors").is_file()
     loaded = xbt.load_adapter(tmp_path / "a", new=new)
     images = [p[0] for p in pairs_40[:4]]
-    # PEFT re-injects the saved LoRA tensors exactly; float summation order can differ by an ulp
     assert torch.allclose(loaded.encode_image(images), adapter.encode_image(images), atol=1e-6)
     assert torch.allclose(loaded.encode_text(captions_400[:6]), adapter.encode_text(captions_400[:6]), atol=1e-6)
-    assert loaded.adapter_id() == adapter.adapter_id()
-    # only LoRA and projection are stored, not the new model
+    assert loaded.adapter_id() == adapter.adapter_id() and loaded.lora_modalities == ("image",)
     stored = sum(p.stat().st_size for p in (tmp_path / "a").rglob("*.safetensors"))
     model_bytes = sum(v.numel() * v.element_size() for v in new.model.state_dict().values())
-    assert stored < model_bytes / 5
+    assert stored < model_bytes / 5  # only LoRA and the heads are stored, not the new model
 
 
 def test_merged_equals_unmerged(old_new, captions_400, pairs_40):
     old, new = old_new
     adapter = _fit2(old, new, captions_400[:100], pairs_40, stage2={"rank": 4})
-    images = [p[0] for p in pairs_40[:6]]
-    texts = captions_400[200:210]
+    images, texts = [p[0] for p in pairs_40[:6]], captions_400[200:210]
     t0, i0 = adapter.encode_text(texts), adapter.encode_image(images)
     adapter.merge()
     assert adapter.merged and not any(hasattr(enc, "peft_model") for enc in adapter.query_encoders.values())
@@ -79,12 +177,8 @@ def test_merged_equals_unmerged(old_new, captions_400, pairs_40):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(old_new, captions_400, pairs_40, tmp_path, monkeypatch):
-    import importlib
-
-    fit_module = importlib.import_module("xbt.fit")  # the module, not the function xbt.fit
-
     old, new = old_new
-    stage2 = {"epochs": 4, "batch_size": 8, "patience": 10}
+    stage2 = {"epochs": 4, "patience": 10, "val_fraction": 0.5}
     full = _fit2(old, new, captions_400[:100], pairs_40, stage2=stage2)
 
     class Interrupt(Exception):
@@ -101,9 +195,11 @@ def test_resume_after_interruption_matches_uninterrupted_run(old_new, captions_4
             _fit2(old, new, captions_400[:100], pairs_40, stage2=stage2, checkpoint_dir=tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "stage2_checkpoint.safetensors").is_file()
     resumed = _fit2(old, new, captions_400[:100], pairs_40, stage2=stage2, checkpoint_dir=tmp_path / "ckpt")
-    assert resumed.training["metrics"]["stage2"]["resumed_from_epoch"] == 2
-    texts = captions_400[300:310]
-    assert torch.allclose(resumed.encode_text(texts), full.encode_text(texts), atol=1e-6)
+    record = resumed.training["metrics"]["stage2"]["image"]
+    assert record["history"]["resumed_from_epoch"] == 2
+    assert record["choice"] == full.training["metrics"]["stage2"]["image"]["choice"]
+    images = [p[0] for p in pairs_40[:5]]
+    assert torch.allclose(resumed.encode_image(images), full.encode_image(images), atol=1e-6)
 
 
 def test_checkpoint_of_another_run_is_refused(old_new, captions_400, pairs_40, tmp_path):
@@ -113,33 +209,14 @@ def test_checkpoint_of_another_run_is_refused(old_new, captions_400, pairs_40, t
         _fit2(old, new, captions_400[:100], pairs_40, stage2={"rank": 2}, checkpoint_dir=tmp_path / "ckpt")
 
 
-def test_old_image_embeddings_term_and_shape_check(old_new, captions_400, pairs_40):
-    old, new = old_new
-    images = [p[0] for p in pairs_40]
-    old_img = old.encode_image(images)
-    adapter = _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=old_img)
-    assert adapter.training["used_old_image_embeddings"]
-    # the text->old-image term trains the text tower's LoRA
-    probe = captions_400[300:305]
-    assert not torch.allclose(adapter.lora.encode_text(probe), new.encode_text(probe), atol=1e-4)
-    with pytest.raises(XBTError, match=r"old_image_embeddings must be \[40, 32\]"):
-        _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=old_img[:10])
-    no_stage1 = _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=old_img, use_stage1=False)
-    assert "stage1" not in no_stage1.training
-    with pytest.raises(XBTError, match="nothing that knows the old space"):
-        _fit2(old, new, captions_400[:100], pairs_40, use_stage1=False)
-
-
 def test_transformers_clip_stage2(captions_400, pairs_40):
-    from xbt.encoders import as_encoder
+    from xbt.lora import lora_parameter_count
 
     from .conftest import tiny_hf_clip
 
     old, new = as_encoder(tiny_hf_clip(32, seed=3)), as_encoder(tiny_hf_clip(40, seed=4))
     adapter = _fit2(old, new, captions_400[:100], pairs_40)
     assert adapter.encode_image([p[0] for p in pairs_40[:3]]).shape == (3, 32)
-    from xbt.lora import lora_parameter_count
-
     assert lora_parameter_count(adapter.lora) > 0
 
 
@@ -151,45 +228,17 @@ def test_bad_pairs(old_new, captions_400):
         xbt.fit(old, new, captions_400[:50], pairs=[("not an image", "a caption")], verbose=False)
     with pytest.raises(XBTError, match="unknown stage-2 option"):
         xbt.fit(old, new, captions_400[:50], pairs=pair_list(4), stage2={"rnk": 4}, verbose=False)
+    with pytest.raises(XBTError, match="caption_bank must be 'stage1' or 'old'"):
+        xbt.Stage2Config(caption_bank="gallery")
 
 
 def test_bf16_autocast_path_trains_on_cpu(old_new, captions_400, pairs_40):
     old, new = old_new
     adapter = _fit2(old, new, captions_400[:100], pairs_40, stage2={"precision": "bf16", "epochs": 1})
-    history = adapter.training["metrics"]["stage2"]
-    assert history["precision"] == "bf16"
-    assert all(torch.isfinite(torch.tensor(history["train_loss"])))
-    out = adapter.encode_text(captions_400[:3])
+    history = adapter.training["metrics"]["stage2"]["image"]["history"]
+    assert history["precision"] == "bf16" and all(torch.isfinite(torch.tensor(history["train_loss"])))
+    out = adapter.encode_image([p[0] for p in pairs_40[:3]])
     assert out.dtype == torch.float32 and torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
-
-
-def test_pair_confidence_is_the_softmax_diagonal_in_chunks_and_favours_specific_captions():
-    from xbt.losses import pair_confidence
-
-    gen = torch.Generator().manual_seed(0)
-    img = torch.nn.functional.normalize(torch.randn(50, 16, generator=gen), dim=-1)
-    txt = torch.nn.functional.normalize(img + 0.3 * torch.randn(50, 16, generator=gen), dim=-1)
-    reference = torch.softmax(img @ txt.T / 0.05, dim=-1).diagonal()
-    assert torch.allclose(pair_confidence(img, txt, 0.05), reference, atol=1e-6)
-    assert torch.allclose(pair_confidence(img, txt, 0.05, chunk=7), reference, atol=1e-6)  # chunk boundaries
-    # A vague caption: the same text for ten images. Each of those pairs is less sure than the
-    # pairs whose caption singles out its image.
-    vague = txt.clone()
-    vague[:10] = torch.nn.functional.normalize(img[:10].mean(0), dim=-1)
-    conf = pair_confidence(img, vague, 0.05)
-    assert conf[:10].max() < conf[10:].median()
-
-
-def test_logit_scale_is_read_from_the_model(old_new):
-    _, new = old_new
-    assert new.logit_scale == pytest.approx(new.model.logit_scale.exp().item())
-
-    class NoScale(torch.nn.Module):
-        pass
-
-    from xbt.encoders import CLIPEncoder
-
-    assert CLIPEncoder(NoScale(), None, None, "bare", "open_clip").logit_scale == 100.0
 
 
 def test_confidence_weighting_changes_what_stage2_learns(old_new, captions_400, pairs_40):
@@ -202,29 +251,60 @@ def test_confidence_weighting_changes_what_stage2_learns(old_new, captions_400, 
         _fit2(old, new, captions_400[:100], pairs_40, stage2={"confidence_temperature": 0.0})
 
 
-def test_stage1_texts_join_the_caption_bank_without_the_pair_captions(old_new, captions_400, pairs_40):
+def test_caption_bank_and_distractors_leave_the_pair_captions_out(old_new, captions_400, pairs_40):
     old, new = old_new
     texts = captions_400[:100] + [pairs_40[0][1]]  # one pair caption among the stage-1 texts
-    adapter = _fit2(old, new, texts, pairs_40)
-    distinct_pair_captions = {c for _, c in pairs_40}
-    extra = len(set(texts) - distinct_pair_captions)
-    assert adapter.training["metrics"]["stage2"]["caption_bank"] == len(pairs_40) + extra
-    capped = _fit2(old, new, texts, pairs_40, stage2={"caption_bank_size": 30})
-    assert capped.training["metrics"]["stage2"]["caption_bank"] == len(pairs_40) + 30
-    pairs_only = _fit2(old, new, texts, pairs_40, stage2={"caption_bank_size": 0})
-    assert pairs_only.training["metrics"]["stage2"]["caption_bank"] == len(pairs_40)
-
-
-def test_caption_bank_embeddings_must_match_the_captions(old_new, pairs_40):
-    from xbt.stage2 import train_stage2
-
-    old, new = old_new
-    adapter = xbt.fit(old, new, [c for _, c in pairs_40], epochs=1, verbose=False)
-    with pytest.raises(XBTError, match="3 rows for 2 bank_captions"):
-        train_stage2(new, adapter.projection, [p[0] for p in pairs_40], [p[1] for p in pairs_40],
-                     xbt.Stage2Config(epochs=1), bank_captions=["a", "b"],
-                     bank_caption_embeddings=torch.zeros(3, 48), verbose=False)
-    with pytest.raises(XBTError, match="caption_bank_size must be >= 0"):
-        xbt.Stage2Config.from_kwargs(caption_bank_size=-1)
+    free = len(set(texts) - {c for _, c in pairs_40})
+    distractors = free // 5  # a fifth of the free texts (at most 5,000) is kept out for the held-out search
+    bank = lambda a: a.training["metrics"]["stage2"]["image"]["history"]["caption_bank"]  # noqa: E731
+    assert bank(_fit2(old, new, texts, pairs_40)) == len(pairs_40) + free - distractors
+    assert bank(_fit2(old, new, texts, pairs_40, stage2={"caption_bank_size": 30})) == len(pairs_40) + 30
+    assert bank(_fit2(old, new, texts, pairs_40, stage2={"caption_bank_size": 0})) == len(pairs_40)
+    old_bank = _fit2(old, new, texts, pairs_40, stage2={"caption_bank": "old"})
+    assert old_bank.training["metrics"]["stage2"]["image"]["history"]["caption_bank_kind"] == "old"
     with pytest.raises(XBTError, match="caption_bank_size must be >= 0"):
         xbt.Stage2Config(caption_bank_size=-1)  # validated on construction, not only through from_kwargs
+
+
+def test_pair_confidence_is_the_softmax_diagonal_in_chunks_and_favours_specific_captions():
+    from xbt.losses import pair_confidence
+
+    gen = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(50, 16, generator=gen), dim=-1)
+    txt = torch.nn.functional.normalize(img + 0.3 * torch.randn(50, 16, generator=gen), dim=-1)
+    reference = torch.softmax(img @ txt.T / 0.05, dim=-1).diagonal()
+    assert torch.allclose(pair_confidence(img, txt, 0.05), reference, atol=1e-6)
+    assert torch.allclose(pair_confidence(img, txt, 0.05, chunk=7), reference, atol=1e-6)  # chunk boundaries
+    # A vague caption, the same text for ten images: each of those pairs is less sure than the
+    # pairs whose caption singles out its image.
+    vague = txt.clone()
+    vague[:10] = torch.nn.functional.normalize(img[:10].mean(0), dim=-1)
+    conf = pair_confidence(img, vague, 0.05)
+    assert conf[:10].max() < conf[10:].median()
+
+
+def test_logit_scale_is_read_from_the_model(old_new):
+    from xbt.encoders import CLIPEncoder
+
+    _, new = old_new
+    assert new.logit_scale == pytest.approx(new.model.logit_scale.exp().item())
+
+    class NoScale(torch.nn.Module):
+        pass
+
+    assert CLIPEncoder(NoScale(), None, None, "bare", "open_clip").logit_scale == 100.0
+
+
+def test_a_stage1_adapter_can_serve_several_stage2_runs(old_new, captions_400, pairs_40):
+    old, new = old_new
+    first = _fit2(old, new, captions_400[:100], pairs_40)
+    stage1 = xbt.fit(old, new, captions_400[:100], epochs=2, verbose=False)
+    reused = xbt.fit(old, new, captions_400[:100], pairs=pairs_40, stage1=stage1, verbose=False,
+                     stage2={"epochs": 3, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0})
+    assert reused.adapter_id() == first.adapter_id()  # the same as training stage 1 anew with the same seed
+    with pytest.raises(XBTError, match="drop .'epochs'."):
+        xbt.fit(old, new, captions_400[:100], pairs=pairs_40, stage1=stage1, epochs=3, verbose=False)
+    with pytest.raises(XBTError, match="adapter of a text-only fit"):
+        xbt.fit(old, new, captions_400[:100], pairs=pairs_40, stage1=first, verbose=False)
+    with pytest.raises(XBTError, match="another new model"):
+        xbt.fit(old, as_encoder(tiny_resnet_clip(48, seed=9)), captions_400[:100], pairs=pairs_40, stage1=stage1, verbose=False)

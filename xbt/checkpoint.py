@@ -30,16 +30,19 @@ META_NAME = "stage2_checkpoint.json"
 
 
 def run_key(cfg: Stage2Config, new_fingerprint: str, pixels: torch.Tensor, captions: list[str],
-            old_image_embeddings: torch.Tensor | None, bank_captions: list[str] | None) -> str:
+            old_vectors: dict[str, torch.Tensor | None], bank_captions: list[str] | None) -> str:
     """A hex id of one stage-2 run: configuration, new model and every input that shapes training.
 
-    ``pixels`` [n, 3, H, W] are the preprocessed pair images; ``old_image_embeddings`` [n, d_old]
-    or ``None``; ``bank_captions`` the extra caption-bank texts or ``None``.
+    ``pixels`` [n, 3, H, W] are the preprocessed pair images; ``old_vectors`` the OLD-model vectors
+    of the pairs by name (``"images"``, ``"captions"``; ``None`` when absent); ``bank_captions`` the
+    stage-1 texts the caption bank and the text head draw from, or ``None``.
     """
     h = hashlib.sha256(dumps_json({"cfg": cfg.to_dict(), "new": new_fingerprint}, indent=None).encode())
     h.update(hash_images(pixels).encode())
     h.update(hash_texts(captions).encode())
-    h.update(b"no-old" if old_image_embeddings is None else hash_images(old_image_embeddings.detach().cpu()).encode())
+    for name in sorted(old_vectors):
+        vectors = old_vectors[name]
+        h.update(f"{name}:".encode() + (b"none" if vectors is None else hash_images(vectors.detach().cpu()).encode()))
     h.update(hash_texts(bank_captions or []).encode())
     return h.hexdigest()[:24]
 

@@ -82,47 +82,57 @@ class Stage1Config(TrainingOptions):
 
 @dataclass
 class Stage2Config(TrainingOptions):
-    """Stage-2 hyperparameters (defaults tuned on the toy world; see BENCHMARKS.md)."""
+    """Stage-2 hyperparameters: the image path (LoRA + head), the text head, and the guard."""
 
     what: ClassVar[str] = "stage-2"
 
+    # the image path: LoRA on the NEW image tower + an image head, ranking captions
     rank: int = _opt(8, "LoRA rank")
     alpha: float = _opt(16.0, "LoRA alpha (scale = alpha / rank)")
     dropout: float = _opt(0.0, "LoRA dropout")
-    towers: tuple[str, ...] = _opt(("image", "text"), "which encoders get LoRA: image, text or both")
-    target_modules: tuple[str, ...] | None = _opt(None, "layer-name suffixes LoRA wraps (default: the backend's attention and MLP layers)")
-    epochs: int = _opt(10, "training epochs over the pairs")
-    batch_size: int = _opt(64, "pairs per batch")
+    target_modules: tuple[str, ...] | None = _opt(None, "layer-name suffixes LoRA wraps in the image tower (default: its attention/MLP or bottleneck-convolution layers)")
+    epochs: int = _opt(5, "image-path training epochs over the pairs")
+    batch_size: int = _opt(64, "pairs per image-path batch")
     lr: float = _opt(5e-4, "learning rate of the LoRA weights")
-    projection_lr: float = _opt(1e-4, "learning rate of the projection (gentler: it holds stage 1's knowledge)")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    temperature: float = _opt(0.05, "temperature of the contrastive and ranking terms")
-    pair_weight: float = _opt(1.0, "InfoNCE between projected new image and projected new text of each pair")
-    caption_rank_weight: float = _opt(1.0, "each image ranks its caption among the stage-1 locations of the caption bank")
-    caption_bank_size: int = _opt(20_000, "stage-1 captions that join the pair captions in that bank (0: pairs only)")
-    confidence_weighting: bool = _opt(True, "weight that ranking by the NEW model's own confidence in each pair")
+    projection_lr: float = _opt(1e-4, "learning rate of the image head (gentler: it holds stage 1's knowledge)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay of the image path")
+    temperature: float = _opt(0.05, "temperature of the caption ranking")
+    caption_rank_weight: float = _opt(1.0, "each pair image ranks its caption among the caption bank")
+    caption_bank_size: int = _opt(20_000, "stage-1 captions that join the training pair captions in that bank (0: pairs only)")
+    caption_bank: str = _opt("stage1", "where the bank's captions sit: stage1 (their stage-1 places) or old (the OLD model's caption vectors)",
+                             choices=("stage1", "old"))
+    confidence_weighting: bool = _opt(True, "weight each pair's ranking by the NEW model's own confidence in it")
     confidence_temperature: float | None = _opt(None, "temperature of that confidence (default: the new model's 1 / logit_scale)")
-    anchor_weight: float = _opt(1.0, "projected text stays at its stage-1 value")
     image_keep_weight: float = _opt(1.0, "projected image stays near its stage-1 value")
-    old_image_weight: float = _opt(1.0, "with old image embeddings: InfoNCE(projected text, old image)")
-    old_image_cos_weight: float = _opt(0.0, "with old image embeddings: 1 - cos(projected image, old image)")
-    val_fraction: float = _opt(0.1, "share of the pairs held out for early stopping (none below 20 pairs)")
-    patience: int = _opt(3, "epochs without validation improvement before stopping")
+    # the text path: a head on the frozen NEW text tower, distilled from the new model's own ranking
+    text_head: bool = _opt(True, "train a text head by distillation (needs OLD vectors of the pair images); off: text queries use stage 1")
+    text_epochs: int = _opt(3, "text-head epochs over the distillation captions")
+    text_lr: float = _opt(1e-3, "learning rate of the text head")
+    text_batch_size: int = _opt(512, "captions per text-head batch")
+    distill_texts: int = _opt(50_000, "stage-1 captions the text head is distilled on (a seeded sample)")
+    distill_temperature: float = _opt(0.05, "temperature of the student's ranking of OLD image vectors")
+    text_anchor_weight: float = _opt(1.0, "projected text stays near its stage-1 value")
+    # the guard
+    val_fraction: float = _opt(0.2, "share of the pairs held out to choose each path's state (none below 20 pairs)")
+    guard: bool = _opt(True, "keep, per path, the held-out-best state, stage 1 included; off: keep the last epoch")
+    patience: int = _opt(3, "image-path epochs without held-out improvement before stopping")
     precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = _opt(0, "seed of the split, batches, bank sample and LoRA initialisation")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.towers = (self.towers,) if isinstance(self.towers, str) else tuple(self.towers)
         self.target_modules = tuple(self.target_modules) if self.target_modules else None
-        bad_towers = set(self.towers) - {"image", "text"}
-        need(bool(self.towers) and not bad_towers, f"towers must be a non-empty subset of ('image', 'text'), got {self.towers}")
         need(self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        need(self.caption_bank in ("stage1", "old"), f"caption_bank must be 'stage1' or 'old', got {self.caption_bank!r}")
         need(self.caption_bank_size >= 0,
-              f"caption_bank_size must be >= 0 (0 ranks among the pair captions only), got {self.caption_bank_size}")
+             f"caption_bank_size must be >= 0 (0 ranks among the pair captions only), got {self.caption_bank_size}")
         need(self.confidence_temperature is None or self.confidence_temperature > 0,
-              f"confidence_temperature must be positive (or None for the new model's own 1/logit_scale), got {self.confidence_temperature}")
+             f"confidence_temperature must be positive (or None for the new model's own 1/logit_scale), got {self.confidence_temperature}")
         need(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
+        need(self.text_epochs >= 1 and self.text_batch_size >= 2 and self.text_lr > 0,
+             f"text_epochs >= 1, text_batch_size >= 2 and text_lr > 0 are needed, got {self.text_epochs}, {self.text_batch_size}, {self.text_lr}")
+        need(self.distill_texts >= 2 and self.distill_temperature > 0,
+             f"distill_texts must be >= 2 and distill_temperature > 0, got {self.distill_texts} and {self.distill_temperature}")
 
 
 #: the training-free methods and which ``BaselineConfig`` fields apply to each

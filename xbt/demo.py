@@ -1,7 +1,7 @@
 """``xbt demo``: the whole pipeline on the offline toy world, every method in one table.
 
 Loads the shipped toy OLD/NEW CLIPs, fits XBT stage 1 on the text corpus, stage 1+2 on the pair
-set (with the old gallery vectors of the pair images), the training-free baselines on the same
+set (fit embeds the pair images and captions with the old model), the training-free baselines on the same
 data, and evaluates them all on the toy test gallery with ``xbt.evaluate``. Runs on 2 CPU cores in
 a few minutes.
 """
@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from . import toy
-from .embed import embed_images
 from .evaluate import evaluate
 from .fit import fit, fuse
 from .io import write_json
@@ -56,11 +55,8 @@ def run_demo(
         if name == "xbt-stage1":
             adapters[name] = fit(old, new, texts, seed=seed, verbose=verbose)
         elif name == "xbt-stage1+2":
-            # The OLD gallery vectors of the pair images: a real user has them (the pairs come from
-            # their gallery); here the old toy model plays the gallery that was embedded long ago.
-            old_vectors = embed_images(old, pairs["image"], verbose=verbose)
-            adapter = fit(old, new, texts, pairs=pairs, old_image_embeddings=old_vectors, seed=seed, verbose=verbose)
-            adapters[name] = adapter.merge()  # serve merged: queries cost what the bare new model costs
+            # Plain fit: it embeds the pair images and captions with the old model itself.
+            adapters[name] = fit(old, new, texts, pairs=pairs, seed=seed, verbose=verbose).merge()  # serve merged
         elif name == "xbt-stage1+2+slerp":
             adapters[name] = fuse(adapters["xbt-stage1+2"], old, pairs=pairs, kind="slerp", method=name, verbose=verbose)
         else:

@@ -188,19 +188,6 @@ class CLIPEncoder:
         finally:
             self.model.train(was_training)
 
-    # ------------------------------------------------------------------ LoRA support
-    def lora_target_modules(self) -> list[str]:
-        """Module-name suffixes PEFT LoRA should wrap in this backend."""
-        if self.backend == "transformers":
-            return ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-        return ["attn", "mlp.c_fc", "mlp.c_proj"]
-
-    def tower_prefixes(self) -> dict[str, tuple[str, ...]]:
-        """Parameter-name prefixes of the image and text towers."""
-        if self.backend == "transformers":
-            return {"image": ("vision_model.",), "text": ("text_model.",)}
-        return {"image": ("visual.",), "text": ("transformer.",)}
-
 
 # ---------------------------------------------------------------------- construction
 

@@ -25,7 +25,7 @@ from .fusion import ALPHA_GRID, FUSION_KINDS, check_alpha, pair_groups, select_a
 from .maps import DEFAULT_RIDGE, orthogonal_procrustes, ridge_map
 from .pairs import as_pairs
 from .stage1 import Projection, seeded, train_projection
-from .stage2 import train_stage2
+from .stage2 import PairData, train_stage2
 
 #: every method ``fit`` knows; all but "xbt" are training-free
 METHODS = ("xbt", *BASELINE_OPTIONS)
@@ -60,8 +60,11 @@ def fit(
     verbose: bool = True,
     stage2: dict[str, Any] | None = None,
     old_image_embeddings: torch.Tensor | None = None,
+    old_caption_embeddings: torch.Tensor | None = None,
+    embed_pairs_with_old: bool = True,
     checkpoint_dir: str | None = None,
     use_stage1: bool = True,
+    stage1: Adapter | None = None,
     **config: Any,
 ) -> Adapter:
     """Train (or fit) an adapter that maps the NEW model's embeddings into the OLD model's space.
@@ -81,11 +84,21 @@ def fit(
         device: where to embed and train (CUDA when present by default).
         cache: embedding cache folder, ``None`` for the default, ``False`` to disable.
         verbose: progress bars.
-        stage2: (xbt) stage-2 options, see ``xbt.config.Stage2Config`` (rank, alpha, towers, epochs...).
-        old_image_embeddings: (xbt) optional float32 [n_pairs, d_old] OLD-model vectors of the pair
-            images (your existing gallery vectors): adds a direct alignment term to stage 2.
+        stage2: (xbt) stage-2 options, see ``xbt.config.Stage2Config`` (rank, epochs, text_head,
+            val_fraction...).
+        old_image_embeddings: (xbt) your stored OLD gallery vectors of the pair images, float32
+            [n_pairs, d_old]. By default ``fit`` embeds the pair images with ``old`` itself; stage 2
+            distils the text head onto these vectors and validates both query paths against them.
+        old_caption_embeddings: (xbt) likewise for the pair captions (default: embedded with ``old``).
+        embed_pairs_with_old: (xbt) False: do not embed the pairs with ``old`` (vectors you pass are
+            still used); without old vectors the text head is not trained and image queries are
+            validated against stage-1 places. ``training["pair_old_vectors"]`` records what was done.
         checkpoint_dir: (xbt) stage 2 checkpoints here after every epoch and resumes a matching run.
-        use_stage1: (xbt) False skips the text-only pretraining (for ablations; needs old_image_embeddings).
+        use_stage1: (xbt) False skips the text-only pretraining (for ablations: stage 2 then starts
+            from Procrustes on the pairs' OLD image vectors).
+        stage1: (xbt) a stage-1 adapter from an earlier ``fit(old, new, texts)`` of these same
+            models: its head is used as it is, so one stage 1 on a large corpus can serve several
+            stage-2 runs (``texts`` still feed the caption bank and the text head).
         **config: options of the method: stage-1 options for ``"xbt"`` (``xbt.config.Stage1Config``:
             noise_std, hidden, epochs...); ``xbt.config.BaselineConfig`` fields for the others.
 
@@ -98,7 +111,9 @@ def fit(
     old_enc, new_enc = as_encoder(old), as_encoder(new)
     check_model_pair(old_enc, new_enc)
     items = unique_texts(check_texts(texts))
-    xbt_only = {"stage2": stage2 is not None, "old_image_embeddings": old_image_embeddings is not None,
+    xbt_only = {"stage2": stage2 is not None, "stage1": stage1 is not None, "old_image_embeddings": old_image_embeddings is not None,
+                "old_caption_embeddings": old_caption_embeddings is not None,
+                "embed_pairs_with_old": not embed_pairs_with_old,
                 "checkpoint_dir": checkpoint_dir is not None, "use_stage1": not use_stage1}
     if method != "xbt":
         given = [name for name, on in xbt_only.items() if on]
@@ -115,32 +130,74 @@ def fit(
         raise XBTError(f"{given} only apply to stage 2, which trains on image-caption pairs: pass pairs=...")
 
     training: dict[str, Any] = {"n_texts": len(items), "metrics": {}}
+    if stage1 is not None:
+        _check_stage1(stage1, old_enc, new_enc, use_stage1, config)
     if use_stage1:
         old_text = embed_texts(old_enc, items, device=device, cache=cache, verbose=verbose)
         new_text = embed_texts(new_enc, items, device=device, cache=cache, verbose=verbose)
-        projection, history = train_projection(new_text, old_text, stage1_cfg, verbose=verbose)
-        training["stage1"] = stage1_cfg.to_dict()
+        if stage1 is None:
+            projection, history = train_projection(new_text, old_text, stage1_cfg, verbose=verbose)
+            training["stage1"] = stage1_cfg.to_dict()
+        else:
+            projection, history = stage1.projection, stage1.training["metrics"]["stage1"]
+            training["stage1"] = stage1.training["stage1"]
         training["metrics"]["stage1"] = history
     if pairs is None:
         return Adapter(new_enc, projection, method=method, old=old_enc, training=training)
 
     images, captions = as_pairs(pairs)
-    if old_image_embeddings is not None:
-        old_image_embeddings = check_finite(torch.as_tensor(old_image_embeddings).float(), "old_image_embeddings")
+    old_vectors, sources = {}, {}
+    for kind, given in (("images", old_image_embeddings), ("captions", old_caption_embeddings)):
+        name = f"old_{kind[:-1]}_embeddings"
+        if given is not None:
+            given = check_finite(torch.as_tensor(given).float(), name)
+            if tuple(given.shape) != (len(images), old_enc.embed_dim):
+                raise XBTError(f"{name} must be [{len(images)}, {old_enc.embed_dim}] (one OLD-model vector per pair "
+                               f"{kind[:-1]}), got {tuple(given.shape)}")
+            old_vectors[kind], sources[kind] = given, "given"
+        elif embed_pairs_with_old:
+            embed = embed_images if kind == "images" else embed_texts
+            old_vectors[kind] = embed(old_enc, images if kind == "images" else captions, device=device, cache=cache, verbose=verbose)
+            sources[kind] = "embedded with the old model"
+        else:
+            old_vectors[kind], sources[kind] = None, "none"
+    training["pair_old_vectors"] = sources
+    if verbose:
+        print(f"xbt stage 2: OLD vectors of the {len(images)} pair images: {sources['images']}; of their captions: {sources['captions']}")
     if not use_stage1:
-        projection = _projection_from_old_images(new_enc, images, old_image_embeddings, old_enc, stage1_cfg, device, cache, verbose)
-    # The stage-1 texts join the caption bank of stage 2's image->caption ranking (their new-model
-    # embeddings are already here); without stage 1 the projection knows no texts to place them.
-    bank = dict(bank_captions=items, bank_caption_embeddings=new_text) if use_stage1 else {}
-    lora_enc, projection, history2 = train_stage2(
-        new_enc, projection, images, captions, stage2_cfg, old_image_embeddings=old_image_embeddings,
-        device=device, checkpoint_dir=checkpoint_dir, verbose=verbose, **bank,
-    )
+        projection = _projection_from_old_images(new_enc, images, old_vectors["images"], old_enc, stage1_cfg, device, cache, verbose)
+    data = PairData(images, captions, old_images=old_vectors["images"], old_captions=old_vectors["captions"],
+                    **(dict(texts=items, texts_new=new_text, texts_old=old_text) if use_stage1 else {}))
+    result = train_stage2(new_enc, projection, data, stage2_cfg, device=device, checkpoint_dir=checkpoint_dir, verbose=verbose)
     training["stage2"] = stage2_cfg.to_dict()
     training["n_pairs"] = len(images)
-    training["used_old_image_embeddings"] = old_image_embeddings is not None
-    training["metrics"]["stage2"] = history2
-    return Adapter(new_enc, projection, method=method, old=old_enc, training=training, lora=lora_enc)
+    training["metrics"]["stage2"] = result.record
+    training["kept"] = {m: _kept(result.record[m]) for m in ("text", "image")}
+    return Adapter(new_enc, heads=result.heads, method=method, old=old_enc, training=training, lora=result.lora,
+                   lora_modalities=("image",))
+
+
+def _check_stage1(stage1: Any, old: CLIPEncoder, new: CLIPEncoder, use_stage1: bool, config: dict) -> None:
+    """Refuse a ``stage1=`` adapter that is not a stage-1 XBT adapter of these same two models."""
+    if not isinstance(stage1, Adapter) or stage1.method != "xbt" or stage1.lora is not None or "stage1" not in stage1.training \
+            or stage1.heads["text"] is not stage1.heads["image"]:
+        raise XBTError("stage1= takes the adapter of a text-only fit, xbt.fit(old, new, texts), with no pairs")
+    if not use_stage1 or config:
+        raise XBTError(f"stage1= reuses a trained stage 1: drop {'use_stage1=False' if not use_stage1 else sorted(config)}, "
+                       "which would configure another one")
+    for role, ref, enc in (("old", stage1.old_ref, old), ("new", stage1.new_ref, new)):
+        if ref.fingerprint != enc.fingerprint:
+            raise XBTError(f"the stage1= adapter was trained for another {role} model ({ref.label}, fingerprint {ref.fingerprint}) "
+                           f"than the one given ({enc.name}, {enc.fingerprint}); pass the models it was trained on")
+
+
+def _kept(path_record: dict) -> dict[str, str]:
+    """What a query path kept and why, in words (training record and model card)."""
+    choice = path_record.get("choice")
+    if choice is None:
+        return {"kept": path_record.get("kept", "last stage-2 epoch (no held-out pairs)"),
+                "reason": path_record.get("reason", "too few pairs to hold any out (or val_fraction=0): no guard")}
+    return {"kept": choice["chosen"], "reason": choice["reason"]}
 
 
 def _projection_from_old_images(new_enc, images, old_image_embeddings, old_enc, cfg, device, cache, verbose) -> Projection:

@@ -153,6 +153,11 @@ def model_card(config: AdapterConfig, repo_id: str | None = None) -> ModelCard:
         f"Stage-1 text corpus: {n_texts if n_texts is not None else '–'} captions; image-caption pairs: "
         f"{n_pairs if n_pairs is not None else '–'}. LoRA on the new model: {'yes' if config.lora else 'no'}.",
     ]
+    kept = (config.training or {}).get("kept")
+    if kept:
+        lines += ["", "## What stage 2 kept", "",
+                  "Each query path keeps the state that searched best on held-out pairs, stage 1 included:", ""]
+        lines += [f"- **{path} queries**: {kept[path]['kept']}. {kept[path]['reason']}." for path in ("text", "image") if path in kept]
     if config.fusion is not None:
         f = config.fusion
         lines += ["", f"Query fusion: {f['kind'].upper()} of the old model's query and the `{f['base_method']}` adapter's, "

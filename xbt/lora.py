@@ -1,16 +1,26 @@
-"""PEFT LoRA on a copy of the NEW model: inject, merge for serving, save and load.
+"""PEFT LoRA on a copy of the NEW model: choose the target layers, inject, merge for serving, save, load.
 
 The user's model object and its base weights are never touched: ``add_lora`` deep-copies the
-model and injects LoRA layers into the copy (open_clip ``attn``/``mlp.c_fc``/``mlp.c_proj``,
-transformers ``q/k/v/out_proj``/``fc1``/``fc2`` of the chosen towers, selected by a full-match
-regex). The copy is a ``CLIPEncoder`` whose ``peft_model`` attribute is the ``peft.PeftModel``.
-On disk the LoRA weights are PEFT's own folder (``adapter_config.json`` +
-``adapter_model.safetensors``); loading reads the safetensors file only.
+model and injects LoRA layers into the copy. Which layers, per tower (``lora_targets``):
+
+- transformer blocks (open_clip ViT and text towers, transformers CLIP): the attention and MLP
+  layers of every block;
+- open_clip's ``ModifiedResNet`` image tower: the three convolutions of every bottleneck and the
+  attention pool's q/k/v/c projections (PEFT wraps ``Conv2d`` as well as ``Linear``);
+- any other tower (a timm trunk, say): every ``Linear`` and ``Conv2d`` inside it.
+
+``target_modules`` narrows the choice to layer names ending in the given suffixes. A tower that was
+asked for and has no target layer is an error, never a silent no-op. The copy is a ``CLIPEncoder``
+whose ``peft_model`` attribute is the ``peft.PeftModel``. On disk the LoRA weights are PEFT's own
+folder (``adapter_config.json`` + ``adapter_model.safetensors``); loading reads the safetensors file
+only.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,33 +33,82 @@ from .errors import XBTError
 LORA_WEIGHTS = "adapter_model.safetensors"
 
 
-def lora_target_regex(encoder: CLIPEncoder, towers: tuple[str, ...], targets: tuple[str, ...] | None) -> str:
-    """A regex (PEFT full-matches module names) selecting the target layers of the chosen towers."""
-    suffixes = targets or tuple(encoder.lora_target_modules())
-    layer = "(" + "|".join(s.replace(".", r"\.") for s in suffixes) + ")"
-    if encoder.backend == "transformers":
-        prefix = {"image": r"vision_model\.encoder\.layers\.\d+\.", "text": r"text_model\.encoder\.layers\.\d+\."}
-        return "(" + "|".join(prefix[t] for t in towers) + r")(.*\.)?" + layer
-    prefix = {"image": r"visual\.transformer\.resblocks\.\d+\.", "text": r"transformer\.resblocks\.\d+\."}
-    return "(" + "|".join(prefix[t] for t in towers) + ")" + layer
+#: where each tower's layers live, by backend: a module-name prefix
+TOWER_PREFIXES = {
+    "open_clip": {"image": "visual.", "text": "transformer."},
+    "transformers": {"image": "vision_model.", "text": "text_model."},
+}
+#: the layers LoRA wraps in known tower families: a regex on the name below the tower prefix
+_FAMILY_LAYERS = (
+    # transformer blocks: open_clip ViT / text (resblocks), transformers CLIP (encoder.layers)
+    r"(transformer\.)?resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)",
+    r"encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)",
+    # open_clip ModifiedResNet: bottleneck convolutions and the attention pool
+    r"layer\d+\.\d+\.conv[123]",
+    r"attnpool\.(q_proj|k_proj|v_proj|c_proj)",
+)
 
 
-def add_lora(encoder: CLIPEncoder, cfg: Stage2Config) -> CLIPEncoder:
-    """A new ``CLIPEncoder`` over a deep copy of ``encoder.model`` with LoRA layers injected.
+def lora_targets(encoder: CLIPEncoder, towers: Sequence[str], suffixes: Sequence[str] | None = None) -> list[str]:
+    """The full names of the modules LoRA wraps in ``towers`` of ``encoder.model`` (sorted).
+
+    Known tower families get their attention/MLP (or bottleneck-convolution) layers; an unknown
+    tower gets every ``Linear`` and ``Conv2d`` in it. ``suffixes`` keeps only names ending in one of
+    them. Raises ``XBTError`` naming the tower when one asked for has no target layer.
+    """
+    prefixes = TOWER_PREFIXES[encoder.backend]
+    modules = dict(encoder.model.named_modules())
+    family = re.compile("|".join(f"(?:{p})" for p in _FAMILY_LAYERS))
+    chosen: list[str] = []
+    for tower in towers:
+        prefix = prefixes[tower]
+        inside = {name[len(prefix):]: m for name, m in modules.items() if name.startswith(prefix)}
+        if encoder.backend == "open_clip" and tower == "text":
+            inside = {n: m for n, m in inside.items() if not n.startswith("visual.")}
+        names = [n for n in inside if family.fullmatch(n)]
+        if not names:  # an unknown family: every linear and convolutional layer of the tower
+            names = [n for n, m in inside.items() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        if suffixes:
+            names = [n for n in names if any(n == s or n.endswith("." + s) for s in suffixes)]
+        if not names:
+            raise XBTError(
+                f"no LoRA target layer found in the {tower} tower of {encoder.name}"
+                + (f" among names ending in {list(suffixes)}" if suffixes else "")
+                + "; pass target_modules=... naming layers of that tower (see model.named_modules())"
+            )
+        chosen += [prefix + n for n in names]
+    return sorted(chosen)
+
+
+def add_lora(encoder: CLIPEncoder, cfg: Stage2Config, towers: Sequence[str] = ("image",)) -> CLIPEncoder:
+    """A new ``CLIPEncoder`` over a deep copy of ``encoder.model`` with LoRA layers in ``towers``.
 
     The copy is a ``peft.PeftModel``; only LoRA weights require grad. ``encoder`` is unchanged.
     PEFT initialises the LoRA weights from torch's global RNG (seed it around this call).
     """
     from peft import LoraConfig, get_peft_model
 
-    regex = lora_target_regex(encoder, cfg.towers, cfg.target_modules)
-    lora_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=regex)
+    targets = lora_targets(encoder, towers, cfg.target_modules)
+    lora_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets)
     model = copy.deepcopy(encoder.model)
     try:
         peft_model = get_peft_model(model, lora_cfg)
     except ValueError as exc:
-        raise XBTError(f"no LoRA target layers matched in {encoder.name} ({exc}); pass target_modules=... naming its layers") from exc
+        raise XBTError(f"PEFT cannot wrap the target layers of {encoder.name} ({exc}); pass target_modules=... naming other layers") from exc
     return wrap_peft(encoder, peft_model)
+
+
+def frozen_train_mode(encoder: CLIPEncoder) -> None:
+    """Put a LoRA encoder in training mode for LoRA only: the base model stays in eval mode.
+
+    Batch-norm layers (ResNet towers) would otherwise update their running statistics, which are
+    base weights: they are not saved with the LoRA weights, so a reloaded adapter would differ from
+    the trained one. Only LoRA's own dropout layers train.
+    """
+    encoder.model.eval()
+    for name, module in encoder.model.named_modules():
+        if "lora_dropout" in name:
+            module.train()
 
 
 def wrap_peft(encoder: CLIPEncoder, peft_model: torch.nn.Module) -> CLIPEncoder:

@@ -1,31 +1,33 @@
-"""XBT stage 2: PEFT LoRA on the NEW model's encoders, trained with the projection on image-text pairs.
+"""XBT stage 2: two query paths trained on image-caption pairs, each kept only if held-out pairs say so.
 
-Stage 1 taught the projection where new *text* embeddings belong in the old space. Stage 2 moves
-new *image* embeddings (and refines text ones) there, using a small set of image-caption pairs and
-without calling the old model. A LoRA copy of the new model (``xbt.lora.add_lora``: the user's
-model is never touched, so new->new stays available) and a copy of the projection are trained on
-(``Stage2Config`` weighs each term; ``xbt.losses`` has the math):
+Stage 1 left one head that maps new text embeddings where the old model put the same texts. Stage 2
+gives each kind of query its own path into the old space:
 
-- ``caption_rank_weight`` x each pair image ranking its own caption among the stage-1 locations
-  of a frozen caption bank (all pair captions plus up to ``caption_bank_size`` stage-1 texts, the
-  old caption gallery's stand-in): the image->text search itself. Each pair is weighted by the
-  frozen NEW model's own confidence in it (``xbt.losses.pair_confidence``), because captions differ
-  in how much they say: ranking a vague caption ("one shape: a star") first for its one image
-  pulls image queries towards vague captions, and the captions that single their image out
-  should teach the most;
-- ``pair_weight`` x symmetric InfoNCE between projected new image and projected new text;
-- ``anchor_weight`` x (1 - cos) between projected text and its frozen stage-1 value (the old
-  model's stand-in), which keeps the text side where old captions are;
-- ``image_keep_weight`` x (1 - cos) between projected image and its stage-1 value, which keeps
-  what stage 1 already got right while LoRA corrects the rest;
-- given the user's OLD gallery vectors of the pair images (``old_image_embeddings``),
-  ``old_image_weight`` x InfoNCE(projected text, old image): the direct text->image signal
-  (``old_image_cos_weight`` adds 1 - cos(projected image, old image), off by default: old image
-  vectors are not where old captions are, and image queries search captions).
+- **image queries** (they search the OLD caption gallery): PEFT LoRA on the NEW model's image
+  tower (``xbt.lora``) and an image head, both trained so that each pair image ranks its own
+  caption first among a frozen caption bank - the training pair captions plus up to
+  ``caption_bank_size`` stage-1 texts, at their stage-1 places (``caption_bank="stage1"``) or at
+  the OLD model's caption vectors (``"old"``). Each pair is weighted by the frozen new model's own
+  confidence in it (``xbt.losses.pair_confidence``): a vague caption matches many images, and
+  ranking it first for one of them would pull image queries towards vague captions. A keep term
+  holds projected images near their stage-1 place. The base model stays in eval mode throughout
+  (batch-norm statistics of ResNet towers are base weights, never trained);
+- **text queries** (they search the OLD image gallery): a head on the frozen new text tower,
+  distilled from the new model's own text->image ranking onto the OLD vectors of the pair images
+  (``xbt.distillation``).
 
-A held-out split of the pairs drives early stopping; with ``checkpoint_dir`` the state is saved
-after every epoch (``xbt.checkpoint``) and an interrupted run resumes where it stopped. How each
-choice was measured: BENCHMARKS.md (``scripts/sweep_stage2.py``).
+The guard: a share of the pairs (``val_fraction``) is held out, and each path keeps the state that
+searches best on them (``xbt.validation``: text queries against the old vectors of held-out images,
+image queries against the old vectors of held-out captions among distractor captions), stage 1
+included. A path whose every stage-2 state is worse than stage 1 on its held-out pairs stays at
+stage 1, so stage 2 never returns a path that its own validation says is worse. What was kept, and
+why, goes into the training record (and so into the model card).
+
+The OLD-model vectors of the pairs come from ``xbt.fit``, which embeds the pairs with the old
+model it is given (or takes the user's stored gallery vectors). Without them the text head is not
+trained and image queries are validated against stage-1 places, the old captions' stand-in.
+With ``checkpoint_dir`` the image path saves its state after every epoch (``xbt.checkpoint``) and
+an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import copy
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,16 +46,66 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_trainable_state, restore_optimizer, run_key, save_checkpoint, trainable_state
 from .config import Stage2Config
+from .distillation import distill_text_head
 from .embed import embed_images, embed_texts
 from .encoders import CLIPEncoder, best_device
 from .errors import XBTError
-from .losses import caption_ranking, cosine_gap, info_nce, pair_confidence
-from .lora import add_lora
+from .losses import caption_ranking, cosine_gap, pair_confidence
+from .lora import add_lora, frozen_train_mode
 from .stage1 import Projection, seeded
+from .validation import PathChoice, geometric_mean_rank, i2t_ranks
+
+#: distractor captions (stage-1 texts no path trains on) in the held-out image->caption search
+VAL_DISTRACTORS = 5_000
+I2T_MEASURE = ("I2T: held-out pair images search the OLD vectors of the held-out pair captions among distractor "
+               "captions; geometric-mean rank weighted by the new model's confidence in each pair")
 
 
-def _tokens_for(encoder: CLIPEncoder, captions: list[str], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return encoder.tokenize([captions[i] for i in idx.tolist()])
+@dataclass
+class PairData:
+    """What stage 2 trains on; ``xbt.fit`` assembles it.
+
+    Attributes:
+        images, captions: the pairs, ``images[i]`` described by ``captions[i]``.
+        old_images, old_captions: OLD-model vectors of the pair images / captions, float32
+            [n, d_old] unit rows, or ``None``.
+        texts: the stage-1 captions (caption bank, distillation queries, distractors), or ``None``.
+        texts_new, texts_old: their NEW / OLD text embeddings [len(texts), d], or ``None``.
+    """
+
+    images: list[Image.Image]
+    captions: list[str]
+    old_images: torch.Tensor | None = None
+    old_captions: torch.Tensor | None = None
+    texts: list[str] | None = None
+    texts_new: torch.Tensor | None = None
+    texts_old: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if n != len(self.captions):
+            raise XBTError(f"stage 2 got {n} images but {len(self.captions)} captions; pass matched pairs")
+        if n < 4:
+            raise XBTError(f"stage 2 needs at least 4 image-caption pairs (it contrasts them), got {n}")
+        for name in ("old_images", "old_captions"):
+            v = getattr(self, name)
+            if v is not None:
+                if v.ndim != 2 or len(v) != n:
+                    raise XBTError(f"{name} must be [{n}, d_old] (one OLD-model vector per pair), got {tuple(v.shape)}")
+                setattr(self, name, F.normalize(v.float(), dim=-1))
+        for name in ("texts_new", "texts_old"):
+            v = getattr(self, name)
+            if v is not None and (self.texts is None or len(v) != len(self.texts)):
+                raise XBTError(f"{name} has {len(v)} rows for {0 if self.texts is None else len(self.texts)} texts; pass one per text")
+
+
+@dataclass
+class Stage2Result:
+    """Stage 2's outcome: a head per query modality, the LoRA encoder (``None`` if the image path kept stage 1), the record."""
+
+    heads: dict[str, Projection]
+    lora: CLIPEncoder | None
+    record: dict = field(default_factory=dict)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -65,227 +118,223 @@ def _autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def _extra_bank(new: CLIPEncoder, captions: list[str], bank_captions: list[str] | None,
-                bank_embeddings: torch.Tensor | None, size: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
-    """NEW-model embeddings of up to ``size`` bank captions that are not pair captions, on ``dev``.
-
-    A pair caption repeated in the bank would be a false negative for its own image. Which
-    captions are kept (when there are more than ``size``) follows ``gen``, i.e. the seed.
-    """
-    if not bank_captions or size == 0:
-        return torch.empty(0, new.embed_dim, device=dev)
-    if bank_embeddings is not None and len(bank_embeddings) != len(bank_captions):
-        raise XBTError(f"bank_caption_embeddings has {len(bank_embeddings)} rows for {len(bank_captions)} bank_captions; pass one per caption")
-    paired = set(captions)
-    keep = torch.tensor([i for i, c in enumerate(bank_captions) if c not in paired], dtype=torch.long)
-    if len(keep) > size:
-        keep = keep[torch.randperm(len(keep), generator=gen)[:size]].sort().values
-    if bank_embeddings is None:
-        return embed_texts(new, [bank_captions[i] for i in keep.tolist()], device=dev, cache=False, verbose=False).to(dev)
-    return F.normalize(bank_embeddings[keep].float(), dim=-1).to(dev)
+def _apply(head: Projection, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    return torch.cat([head(x[s : s + chunk]) for s in range(0, len(x), chunk)]) if len(x) else x.new_zeros(0, head.d_old)
 
 
-def train_stage2(
-    new: CLIPEncoder,
-    projection: Projection,
-    images: list[Image.Image],
-    captions: list[str],
-    config: Stage2Config | None = None,
-    old_image_embeddings: torch.Tensor | None = None,
-    device: str | torch.device | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-    verbose: bool = True,
-    bank_captions: list[str] | None = None,
-    bank_caption_embeddings: torch.Tensor | None = None,
-) -> tuple[CLIPEncoder, Projection, dict]:
-    """Train LoRA on a copy of ``new`` and a copy of ``projection`` on image-caption pairs.
+def train_stage2(new: CLIPEncoder, stage1_head: Projection, data: PairData, config: Stage2Config | None = None,
+                 device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                 on_epoch_end: Callable[[int, dict], None] | None = None, verbose: bool = True) -> Stage2Result:
+    """Train the text head and the image path on ``data``; keep each path's held-out-best state.
 
     Args:
-        new: the NEW model (unchanged; a LoRA copy is trained).
-        projection: the stage-1 projection (copied; its frozen original provides the text anchor).
-        images, captions: the pairs, ``images[i]`` described by ``captions[i]``.
-        old_image_embeddings: optional float32 [n_pairs, d_old] OLD-model embeddings of ``images``.
-        checkpoint_dir: if given, a checkpoint is written after each epoch and a matching one is
-            resumed from.
-        on_epoch_end: called as ``fn(epoch, history)`` after each epoch (and its checkpoint).
-        bank_captions: more captions (``xbt.fit`` passes the stage-1 texts): up to
-            ``caption_bank_size`` of them, minus the pair captions, join the bank each image ranks
-            its caption in, so that a few hundred pairs still meet thousands of negatives.
-        bank_caption_embeddings: their NEW-model text embeddings, float32 [len(bank_captions),
-            d_new] (computed when omitted).
+        new: the NEW model (unchanged; LoRA goes into a copy).
+        stage1_head: the stage-1 projection (copied; also each path's stage-1 candidate).
+        data: the pairs and their old vectors, and the stage-1 texts (``PairData``).
+        checkpoint_dir: image-path checkpoints after every epoch; a matching one is resumed from.
+        on_epoch_end: called as ``fn(epoch, history)`` after each image-path epoch.
 
     Returns:
-        (LoRA encoder, trained projection, history) - best validation epoch restored. Without a
-        validation split (fewer than 20 pairs, or ``val_fraction=0``) the validation losses are
-        ``None`` and the last epoch is kept.
-
-    Randomness comes from ``config.seed`` alone; the caller's global RNG is left untouched.
+        ``Stage2Result``: ``heads["text"]`` / ``heads["image"]``, the LoRA encoder when the image
+        path kept a stage-2 state (its text tower is untouched), and the record (split sizes, each
+        path's ``PathChoice``, histories). Randomness comes from ``config.seed`` alone; the caller's
+        global RNG is left untouched.
     """
     cfg = config or Stage2Config()
-    n = len(images)
-    if n != len(captions):
-        raise XBTError(f"stage 2 got {n} images but {len(captions)} captions; pass matched pairs")
-    if n < 4:
-        raise XBTError(f"stage 2 needs at least 4 image-caption pairs (it contrasts them), got {n}")
-    if old_image_embeddings is not None:
-        if old_image_embeddings.shape != (n, projection.d_old):
-            raise XBTError(
-                f"old_image_embeddings must be [{n}, {projection.d_old}] (one OLD-model vector per pair image), "
-                f"got {tuple(old_image_embeddings.shape)}"
-            )
-        old_image_embeddings = F.normalize(old_image_embeddings.float(), dim=-1)
     with seeded(cfg.seed):  # LoRA's initialisation and dropout draw from the global RNG
-        return _train(new, projection, images, captions, cfg, old_image_embeddings, best_device(device),
-                      checkpoint_dir, on_epoch_end, verbose, bank_captions, bank_caption_embeddings)
+        return _train(new, stage1_head.eval(), data, cfg, best_device(device), checkpoint_dir, on_epoch_end, verbose)
 
 
-def _train(new, projection, images, captions, cfg, old_image_embeddings, dev, checkpoint_dir, on_epoch_end, verbose,
-           bank_captions, bank_caption_embeddings) -> tuple[CLIPEncoder, Projection, dict]:
-    """The body of ``train_stage2`` (checked arguments), run inside its seeded RNG scope."""
-    n = len(images)
+def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbose) -> Stage2Result:
+    n = len(data.images)
     gen = torch.Generator().manual_seed(cfg.seed)
-    if old_image_embeddings is not None:
-        old_image_embeddings = old_image_embeddings.to(dev)
-    new.to(dev)
-    lora_enc = add_lora(new, cfg)
-    lora_enc.to(dev)
-    frozen_proj = copy.deepcopy(projection).to(dev).eval().requires_grad_(False)
-    proj = copy.deepcopy(projection).to(dev).train().requires_grad_(True)
-
-    # Inputs are prepared once: pixels; the stage-1 values of every caption (the anchors, also the
-    # caption bank) and every image (the keep targets); and how sure the frozen NEW model itself is
-    # of each pair (the ranking weights), all from the frozen new model.
-    pixels = new.preprocess_images(images).cpu()
-    with torch.no_grad():
-        new_txt = embed_texts(new, captions, device=dev, cache=False, verbose=False).to(dev)
-        new_img = embed_images(new, pixels, device=dev, cache=False, verbose=False).to(dev)
-        extra = _extra_bank(new, captions, bank_captions, bank_caption_embeddings, cfg.caption_bank_size, gen, dev)
-        bank_new = torch.cat([new_txt, extra])  # the pair captions first: caption i sits at row i
-        anchors, image_keep = frozen_proj(new_txt), frozen_proj(new_img)
-        bank = torch.cat([anchors, frozen_proj(extra)]) if len(extra) else anchors
-        if cfg.confidence_weighting:
-            temperature = cfg.confidence_temperature if cfg.confidence_temperature is not None else 1.0 / new.logit_scale
-            rank_weights = pair_confidence(new_img, bank_new, temperature)
-            rank_weights = rank_weights / rank_weights.mean()
-        else:
-            rank_weights = torch.ones(n, device=dev)
-        del new_txt, new_img, extra, bank_new
     perm = torch.randperm(n, generator=gen)
     n_val = max(2, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 20 else 0
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    val, train = perm[:n_val], perm[n_val:]
+    new.to(dev)
+    pixels = new.preprocess_images(data.images).cpu()
+    new_img = embed_images(new, pixels, device=dev, cache=False, verbose=False)
+    new_txt = embed_texts(new, data.captions, device=dev, cache=False, verbose=False)
+    record: dict = {"n_train": len(train), "n_val": n_val, "old_vectors": data.old_images is not None}
+
+    # Stage-1 texts, pair captions left out (a pair caption among the negatives would be a false one):
+    # a training caption bank, and distractors for the held-out image->caption search.
+    texts_new, bank_ids, distractor_ids = _split_texts(new, data, cfg, gen, dev)
+    distractors_new = texts_new[distractor_ids] if texts_new is not None else new_txt[:0]
+    if data.texts_old is not None:
+        distractors_old = data.texts_old[distractor_ids]
+    else:
+        distractors_old = _apply(stage1_head, distractors_new)
+
+    heads = {"text": stage1_head, "image": stage1_head}
+    if cfg.text_head and data.old_images is not None:
+        corpus = texts_new[_sample(len(texts_new), cfg.distill_texts, gen)] if texts_new is not None else new_txt[train]
+        heads["text"], choice, history = distill_text_head(
+            stage1_head, corpus, new_img[train], data.old_images[train], 1.0 / new.logit_scale, cfg,
+            val_texts_new=new_txt[val] if n_val else None, val_images_old=data.old_images[val] if n_val else None,
+            verbose=verbose)
+        record["text"] = {"choice": choice.to_dict() if choice else None, "history": history, "distill_texts": len(corpus)}
+    else:
+        why = "text_head=False" if not cfg.text_head else "no OLD vectors of the pair images to distil onto"
+        record["text"] = {"choice": None, "kept": "stage 1", "reason": f"text head not trained: {why}"}
+
+    # The image path's held-out search: old caption vectors (or their stage-1 stand-in) among distractors.
+    old_val_caps = data.old_captions[val] if data.old_captions is not None else _apply(stage1_head, new_txt[val])
+    val_gallery = torch.cat([old_val_caps, distractors_old])
+    temperature = cfg.confidence_temperature or 1.0 / new.logit_scale
+    val_weights = pair_confidence(new_img[val], torch.cat([new_txt[val], distractors_new]), temperature) if n_val else None
+    lora, image_head, image_record = _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, train, val,
+                                                 texts_new, bank_ids, val_gallery, val_weights, temperature,
+                                                 checkpoint_dir, on_epoch_end, verbose)
+    heads["image"] = image_head
+    record["image"] = image_record
+    return Stage2Result(heads=heads, lora=lora, record=record)
+
+
+def _sample(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``min(n, k)`` distinct indices of ``range(n)``, seeded, in increasing order."""
+    return torch.arange(n) if n <= k else torch.randperm(n, generator=gen)[:k].sort().values
+
+
+def _split_texts(new, data, cfg, gen, dev):
+    """The stage-1 texts' NEW embeddings, and disjoint index sets: caption bank and held-out distractors."""
+    if not data.texts:
+        return None, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    texts_new = data.texts_new if data.texts_new is not None else embed_texts(new, data.texts, device=dev, cache=False, verbose=False)
+    paired = set(data.captions)
+    free = torch.tensor([i for i, t in enumerate(data.texts) if t not in paired], dtype=torch.long)
+    free = free[torch.randperm(len(free), generator=gen)]
+    n_distractors = min(VAL_DISTRACTORS, len(free) // 5)
+    distractors, rest = free[:n_distractors].sort().values, free[n_distractors:]
+    return F.normalize(texts_new.float(), dim=-1), rest[: cfg.caption_bank_size].sort().values, distractors
+
+
+def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, train, val, texts_new, bank_ids,
+                val_gallery, val_weights, temperature, checkpoint_dir, on_epoch_end, verbose):
+    """LoRA on the image tower + an image head; returns ``(lora or None, head, record)``."""
+    n_val = len(val)
+    lora_enc = add_lora(new, cfg).to(dev)
+    head = copy.deepcopy(stage1_head).to(dev).train().requires_grad_(True)
+    frozen = copy.deepcopy(stage1_head).to(dev)
+    with torch.no_grad():
+        extra_new = texts_new[bank_ids] if texts_new is not None else new_txt[:0]
+        if cfg.caption_bank == "old" and data.old_captions is not None and (texts_new is None or data.texts_old is not None):
+            extra_old = data.texts_old[bank_ids] if texts_new is not None else extra_new.new_zeros(0, stage1_head.d_old)
+            bank = torch.cat([data.old_captions[train], extra_old]).to(dev)
+            bank_kind = "old"
+        else:
+            bank = torch.cat([_apply(frozen, new_txt[train]), _apply(frozen, extra_new)]).to(dev)
+            bank_kind = "stage1"
+        keep = _apply(frozen, new_img).to(dev)
+        if cfg.confidence_weighting:
+            weights = pair_confidence(new_img[train], torch.cat([new_txt[train], extra_new]), temperature)
+            weights = (weights / weights.mean()).to(dev)
+        else:
+            weights = torch.ones(len(train), device=dev)
 
     lora_params = [p for p in lora_enc.peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": lora_params, "lr": cfg.lr}, {"params": list(proj.parameters()), "lr": cfg.projection_lr}],
-        weight_decay=cfg.weight_decay,
-    )
-    steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
+    opt = torch.optim.AdamW([{"params": lora_params, "lr": cfg.lr}, {"params": list(head.parameters()), "lr": cfg.projection_lr}],
+                            weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     autocast, precision = _autocast(dev, cfg.precision)
-    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (scaler disabled).
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
 
-    def forward(idx: torch.Tensor):
+    def encode(idx: torch.Tensor) -> torch.Tensor:
         with autocast:
-            img = lora_enc.image_features(pixels[idx].to(dev))
-            txt = lora_enc.text_features(_tokens_for(lora_enc, captions, idx))
-        z_img = proj(F.normalize(img.float(), dim=-1))
-        z_txt = proj(F.normalize(txt.float(), dim=-1))
-        return z_img, z_txt
-
-    def loss_of(idx: torch.Tensor, z_img: torch.Tensor, z_txt: torch.Tensor) -> torch.Tensor:
-        idx = idx.to(dev)
-        loss = cfg.anchor_weight * cosine_gap(z_txt, anchors[idx])
-        if cfg.caption_rank_weight:
-            # Image->text search against the stage-1 locations of the caption bank (frozen: the old
-            # caption gallery's stand-in), each pair weighted by the new model's own confidence.
-            loss = loss + cfg.caption_rank_weight * caption_ranking(z_img, bank, idx, cfg.temperature, rank_weights[idx])
-        if cfg.pair_weight:
-            loss = loss + cfg.pair_weight * info_nce(z_img, z_txt, cfg.temperature)
-        if cfg.image_keep_weight:
-            loss = loss + cfg.image_keep_weight * cosine_gap(z_img, image_keep[idx])
-        if old_image_embeddings is not None:
-            old_img = old_image_embeddings[idx]
-            loss = loss + cfg.old_image_weight * info_nce(z_txt, old_img, cfg.temperature)
-            if cfg.old_image_cos_weight:
-                loss = loss + cfg.old_image_cos_weight * cosine_gap(z_img, old_img)
-        return loss
+            feats = lora_enc.image_features(pixels[idx].to(dev))
+        return head(F.normalize(feats.float(), dim=-1))
 
     @torch.no_grad()
-    def validate() -> float | None:
+    def score() -> float | None:
         if n_val == 0:
-            return None  # nothing held out
-        lora_enc.model.eval()
-        proj.eval()
-        z_img, z_txt = forward(val_idx)
-        loss = loss_of(val_idx, z_img, z_txt).item()
-        lora_enc.model.train()
-        proj.train()
-        return loss
+            return None
+        head.eval()
+        lora_enc.model.eval()  # LoRA's dropout off too
+        z = torch.cat([encode(val[s : s + 256]) for s in range(0, n_val, 256)])
+        head.train()
+        frozen_train_mode(lora_enc)
+        return geometric_mean_rank(i2t_ranks(z, val_gallery.to(dev)), val_weights)
 
-    history: dict = {"val_loss": [], "train_loss": [], "precision": precision, "n_train": len(train_idx), "n_val": n_val,
-                     "caption_bank": len(bank)}
-    best = {"loss": validate(), "epoch": 0, "bad_epochs": 0, "state": trainable_state(lora_enc, proj)}
-    history["val_loss"].append(best["loss"])
-    start_epoch = 1
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    choice = PathChoice("image", I2T_MEASURE)
+    history: dict = {"train_loss": [], "val_geo_mean_rank": [], "precision": precision, "caption_bank": len(bank),
+                     "caption_bank_kind": bank_kind}
+    first = score()
+    history["val_geo_mean_rank"].append(first)
+    if first is not None:
+        choice.add("stage 1", first)
+    best = {"loss": first, "epoch": 0, "bad_epochs": 0, "state": trainable_state(lora_enc, head)}
+    start_epoch, folder = 1, Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
-        key = run_key(cfg, new.fingerprint, pixels, captions, old_image_embeddings, bank_captions)
+        key = run_key(cfg, new.fingerprint, pixels, data.captions, {"images": data.old_images, "captions": data.old_captions}, data.texts)
         folder.mkdir(parents=True, exist_ok=True)
         saved = load_checkpoint(folder, key)
         if saved is not None:
             tensors, meta = saved
-            load_trainable_state(lora_enc, proj, tensors)
+            load_trainable_state(lora_enc, head, tensors)
             restore_optimizer(opt, tensors, meta["optimizer"])
             sched.load_state_dict(meta["scheduler"])
             gen.set_state(tensors["rng.generator"])
             torch.set_rng_state(tensors["rng.torch"])
             best = {"loss": meta["best_loss"], "epoch": meta["best_epoch"], "bad_epochs": meta["bad_epochs"],
                     "state": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}}
-            history = meta["history"]
-            start_epoch = meta["epoch"] + 1
+            history, start_epoch = meta["history"], meta["epoch"] + 1
             history["resumed_from_epoch"] = meta["epoch"]
+            for e, v in enumerate(history["val_geo_mean_rank"]):
+                if v is not None and e > 0:
+                    choice.add(f"stage 2 (epoch {e})", v)
 
-    lora_enc.model.train()
-    proj.train()
-    bar = tqdm(range(start_epoch, cfg.epochs + 1), desc="stage 2 (LoRA on pairs)", disable=not verbose, leave=False)
+    frozen_train_mode(lora_enc)
     stopped = best["bad_epochs"] >= cfg.patience
+    bar = tqdm(range(start_epoch, cfg.epochs + 1), desc="stage 2 (image path)", disable=not verbose, leave=False)
     for epoch in bar:
         if stopped:
             break
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        order = torch.randperm(len(train), generator=gen)
         losses = []
-        # Full batches only (a tiny last batch gives a noisy InfoNCE), but at least one batch.
-        n_batches = max(1, len(order) // cfg.batch_size)
-        for b in range(n_batches):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            z_img, z_txt = forward(idx)
-            loss = loss_of(idx, z_img, z_txt)
+        for b in range(max(1, len(order) // cfg.batch_size)):  # full batches only, at least one
+            rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            idx = train[rows]
+            z = encode(idx)
+            loss = cfg.caption_rank_weight * caption_ranking(z, bank, rows.to(dev), cfg.temperature, weights[rows.to(dev)])
+            if cfg.image_keep_weight:
+                loss = loss + cfg.image_keep_weight * cosine_gap(z, keep[idx.to(dev)])
+            if not torch.isfinite(loss):  # diverged: this path stops, the guard keeps its best earlier state
+                history["diverged_at_epoch"] = epoch
+                break
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
             losses.append(loss.item())
-        history["train_loss"].append(sum(losses) / max(1, len(losses)))
-        val = validate()
-        history["val_loss"].append(val)
-        if n_val == 0 or val < best["loss"] - 1e-4:
-            best = {"loss": val, "epoch": epoch, "bad_epochs": 0, "state": trainable_state(lora_enc, proj)}
+        if "diverged_at_epoch" in history:
+            break
+        history["train_loss"].append(sum(losses) / len(losses))
+        val_score = score()
+        history["val_geo_mean_rank"].append(val_score)
+        if val_score is None or not cfg.guard:
+            best = {"loss": val_score, "epoch": epoch, "bad_epochs": 0, "state": trainable_state(lora_enc, head)}
+        elif choice.add(f"stage 2 (epoch {epoch})", val_score):
+            best = {"loss": val_score, "epoch": epoch, "bad_epochs": 0, "state": trainable_state(lora_enc, head)}
         else:
             best["bad_epochs"] += 1
             stopped = best["bad_epochs"] >= cfg.patience
-        bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val="-" if val is None else f"{val:.3f}")
+        bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", val="-" if val_score is None else f"{val_score:.3f}")
         if folder is not None:
-            save_checkpoint(folder, epoch, key, lora_enc, proj, best, opt, sched, gen, history)
+            save_checkpoint(folder, epoch, key, lora_enc, head, best, opt, sched, gen, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
 
-    load_trainable_state(lora_enc, proj, best["state"])
-    history["best_epoch"] = best["epoch"]
-    history["best_val_loss"] = best["loss"]
+    load_trainable_state(lora_enc, head, best["state"])
+    history["kept_epoch"] = best["epoch"]
+    if not cfg.guard and first is not None:
+        choice.scores.update({f"stage 2 (epoch {e})": v for e, v in enumerate(history["val_geo_mean_rank"]) if e and v is not None})
+        choice.chosen = f"stage 2 (epoch {best['epoch']})" if best["epoch"] else "stage 1"
+    record = {"choice": choice.to_dict() if first is not None else None, "history": history}
+    if best["epoch"] == 0:  # stage 1 kept: no LoRA, the stage-1 head
+        return None, stage1_head, record
     lora_enc.model.eval()
-    proj.eval().requires_grad_(False)
     lora_enc.refresh_fingerprint()
-    return lora_enc, proj.cpu(), history
+    return lora_enc, head.eval().requires_grad_(False).cpu(), record

@@ -1,0 +1,60 @@
+"""The held-out measures of stage 2's guard: ranks against a brute-force reference, mid-ranks for ties, choices."""
+
+import math
+
+import pytest
+import torch
+
+from xbt import XBTError
+from xbt.validation import PathChoice, geometric_mean_rank, i2t_ranks, t2i_ranks, target_ranks
+
+
+def test_ranks_match_a_brute_force_sort():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(30, 8, generator=gen), dim=-1)
+    g = torch.nn.functional.normalize(torch.randn(50, 8, generator=gen), dim=-1)
+    targets = torch.randint(50, (30,), generator=gen)
+    scores = q @ g.T
+    reference = torch.tensor([1 + int((scores[i] > scores[i, targets[i]]).sum()) for i in range(30)], dtype=torch.float64)
+    assert torch.equal(target_ranks(q, g, targets, chunk=7), reference)  # chunk boundaries too
+    assert torch.equal(t2i_ranks(q, q), torch.ones(30, dtype=torch.float64))  # each query is its own best item
+    assert torch.equal(i2t_ranks(q[:10], q), torch.ones(10, dtype=torch.float64))
+
+
+def test_ties_count_half_so_a_collapsed_head_is_not_perfect():
+    collapsed = torch.ones(10, 4) / 2.0  # every query and item the same vector
+    ranks = t2i_ranks(collapsed, collapsed)
+    assert torch.allclose(ranks, torch.full((10,), 5.5, dtype=torch.float64))  # the middle of 10, not 1
+    assert geometric_mean_rank(ranks) == pytest.approx(5.5)
+
+
+def test_a_diverged_query_ranks_last_not_first():
+    gallery = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
+    queries = gallery.clone()
+    queries[3] = float("nan")  # NaN compares false with everything: it must not come out on top
+    ranks = t2i_ranks(queries, gallery)
+    assert ranks[3] == 8 and torch.all(ranks[[0, 1, 2, 4, 5, 6, 7]] == 1)
+
+
+def test_geometric_mean_rank_weights_and_errors():
+    ranks = torch.tensor([1.0, 4.0, 16.0])
+    assert geometric_mean_rank(ranks) == pytest.approx(4.0)
+    assert geometric_mean_rank(ranks, torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert geometric_mean_rank(ranks, torch.tensor([0.0, 1.0, 1.0])) == pytest.approx(math.sqrt(64))
+    with pytest.raises(XBTError, match="no held-out queries"):
+        geometric_mean_rank(torch.zeros(0))
+    with pytest.raises(XBTError, match="embed both in the old space"):
+        target_ranks(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(XBTError, match="put each image's caption at its row"):
+        i2t_ranks(torch.zeros(5, 3), torch.zeros(2, 3))
+
+
+def test_a_path_keeps_stage1_unless_a_later_state_is_strictly_better():
+    choice = PathChoice("text", "T2I")
+    choice.add("stage 1", 3.0)
+    assert not choice.add("stage 2 (epoch 1)", 3.0)  # a tie keeps the earlier state
+    assert choice.kept_stage1 and "kept stage 1" in choice.reason()
+    assert choice.add("stage 2 (epoch 2)", 2.5) and choice.chosen == "stage 2 (epoch 2)"
+    assert not choice.add("stage 2 (epoch 3)", 2.7)
+    record = choice.to_dict()
+    assert record["chosen"] == "stage 2 (epoch 2)" and record["scores"]["stage 1"] == 3.0 and "2.500 vs stage 1's 3.000" in record["reason"]

@@ -1,0 +1,133 @@
+"""The text-query head of stage 2: the new model's own text->image ranking, distilled onto OLD image vectors.
+
+Text queries search the OLD image gallery (T2I). Stage 1 puts a new text embedding where the old
+model put the same text, so new text queries rank old images about as well as old ones did. The
+new model ranks images far better; this head learns to rank the *old* vectors of images the way
+the new model ranks their new embeddings:
+
+    loss = KL( softmax(new text . new pair images / T_new)  ||  softmax(head(new text) . OLD pair images / T) )
+           + anchor_weight * (1 - cos(head(new text), stage-1 head(new text)))
+
+over a sample of the stage-1 captions (``distill_texts`` of them: thousands of queries, where the
+pairs alone give a few hundred), teacher and student ranking the same training pair images.
+``T_new`` is the new model's own temperature (``1 / logit_scale``), so the teacher is as sharp as
+the model was trained to be; the anchor keeps every caption near its stage-1 place, so captions
+the pair images say nothing about stay where stage 1 put them.
+
+The head runs on the frozen new text tower (no LoRA): a query costs what stage 1's does. It starts
+as a copy of the stage-1 head; after every epoch it is scored on held-out pairs
+(``xbt.validation.t2i_ranks``) and the best state is kept, stage 1 included.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import Stage2Config
+from .errors import XBTError
+from .stage1 import Projection
+from .validation import PathChoice, geometric_mean_rank, t2i_ranks
+
+T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
+
+
+@torch.no_grad()
+def _apply(head: Projection, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    return torch.cat([head(x[s : s + chunk]) for s in range(0, len(x), chunk)]) if len(x) else x.new_zeros(0, head.d_old)
+
+
+def distill_text_head(
+    stage1_head: Projection,
+    texts_new: torch.Tensor,
+    images_new: torch.Tensor,
+    images_old: torch.Tensor,
+    teacher_temperature: float,
+    config: Stage2Config,
+    val_texts_new: torch.Tensor | None = None,
+    val_images_old: torch.Tensor | None = None,
+    verbose: bool = True,
+) -> tuple[Projection, PathChoice | None, dict]:
+    """Train the text head (a copy of ``stage1_head``) by distillation; keep its best held-out state.
+
+    Args:
+        stage1_head: the stage-1 projection (copied, never changed).
+        texts_new: NEW-model embeddings of the distillation captions, float32 [n, d_new], unit rows.
+        images_new, images_old: the training pair images under the NEW model [m, d_new] and the OLD
+            model [m, d_old] (row ``j`` is one image in both): the teacher ranks the first, the
+            student ranks the second.
+        teacher_temperature: the new model's own temperature (``1 / logit_scale``).
+        config: ``text_epochs``, ``text_lr``, ``text_batch_size``, ``distill_temperature``,
+            ``text_anchor_weight``, ``guard`` and ``seed`` are read.
+        val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of
+            their images [v, d_old]; without them every epoch is kept blind and the last one wins.
+
+    Returns:
+        ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None
+        without validation) and per-epoch losses and held-out scores.
+    """
+    if len(images_new) != len(images_old) or len(images_new) < 2:
+        raise XBTError(f"distillation needs the same training images under both models (at least 2), got {len(images_new)} and {len(images_old)}")
+    if len(texts_new) < 2:
+        raise XBTError(f"distillation needs at least 2 captions, got {len(texts_new)}")
+    cfg = config
+    gen = torch.Generator().manual_seed(cfg.seed)
+    head = copy.deepcopy(stage1_head).train().requires_grad_(True)
+    anchors = _apply(stage1_head.eval(), texts_new)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.text_lr, weight_decay=1e-4)
+    steps = cfg.text_epochs * math.ceil(len(texts_new) / cfg.text_batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    validate = val_texts_new is not None and val_images_old is not None and len(val_texts_new) > 0
+
+    def score(h: Projection) -> float:
+        return geometric_mean_rank(t2i_ranks(_apply(h, val_texts_new), val_images_old))
+
+    choice = PathChoice("text", T2I_MEASURE) if validate else None
+    best = copy.deepcopy(head.state_dict())
+    if choice is not None:
+        choice.add("stage 1", score(head.eval()))
+    history: dict = {"train_loss": [], "val_geo_mean_rank": [choice.scores["stage 1"]] if choice else []}
+    bar = tqdm(range(1, cfg.text_epochs + 1), desc="stage 2 (text head)", disable=not verbose, leave=False)
+    for epoch in bar:
+        head.train()
+        order = torch.randperm(len(texts_new), generator=gen)
+        total, batches = 0.0, 0
+        for s in range(0, len(order), cfg.text_batch_size):
+            idx = order[s : s + cfg.text_batch_size]
+            x = texts_new[idx]
+            z = head(x)
+            teacher = F.softmax(x @ images_new.T / teacher_temperature, dim=1)
+            student = F.log_softmax(z @ images_old.T / cfg.distill_temperature, dim=1)
+            loss = F.kl_div(student, teacher, reduction="batchmean")
+            if cfg.text_anchor_weight:
+                loss = loss + cfg.text_anchor_weight * (1 - (z * anchors[idx]).sum(-1)).mean()
+            if not torch.isfinite(loss):  # diverged: stop here, the best earlier state is kept
+                history["diverged_at_epoch"] = epoch
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, batches = total + loss.item(), batches + 1
+        if "diverged_at_epoch" in history:
+            break
+        history["train_loss"].append(total / max(1, batches))
+        if choice is not None and cfg.guard:
+            val = score(head.eval())
+            history["val_geo_mean_rank"].append(val)
+            if choice.add(f"stage 2 (epoch {epoch})", val):
+                best = copy.deepcopy(head.state_dict())
+            bar.set_postfix(val=f"{val:.3f}")
+        else:
+            best = copy.deepcopy(head.state_dict())
+            if choice is not None:  # guard off: scored for the record, the last epoch kept
+                val = score(head.eval())
+                history["val_geo_mean_rank"].append(val)
+                choice.scores[f"stage 2 (epoch {epoch})"] = val
+                choice.chosen = f"stage 2 (epoch {epoch})"
+    head.load_state_dict(best)
+    return head.eval().requires_grad_(False), choice, history
