@@ -372,3 +372,25 @@ def test_cli_errors_are_reported_not_raised(tmp_path, capsys):
                  "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "dataset_flickr30k.json" in capsys.readouterr().err
     assert main([]) == 2
+
+
+def test_a_ceiling_row_and_ceiling_closure(old_new):
+    from xbt.report import closure
+
+    old, new = old_new
+    adapter = xbt.fit(old, new, xbt.toy.text_corpus(200), epochs=1, verbose=False)
+    plain = xbt.evaluate(old, {"s1": adapter}, dataset="toy", limit=40, query_cost=False, verbose=False)
+    ceiling = {d: {k: min(1.0, plain.old_old[d][k] + 0.1) for k in plain.ks} for d in ("i2t", "t2i")}
+    report = xbt.evaluate(old, {"s1": adapter}, dataset="toy", limit=40, query_cost=False, verbose=False, ceiling=ceiling)
+    m = report.methods["s1"]
+    for d in ("i2t", "t2i"):
+        for k in report.ks:
+            assert m.ceiling_closure[d][k] == pytest.approx(closure(report.old_old[d][k], m.recall[d][k], ceiling[d][k]))
+    assert [label for label, _ in report.rows()][-2] == "ceiling (frozen old gallery)"
+    md = report.to_markdown()
+    assert "ceiling closure" in md and "| ceiling (frozen old gallery) |" in md
+    again = Report.from_dict(json.loads(report.to_json()))
+    assert again.ceiling == report.ceiling and again.methods["s1"].ceiling_closure == m.ceiling_closure
+    assert closure(0.2, 0.3, 0.2) is None and closure(0.2, 0.25, 0.3) == pytest.approx(0.5)
+    with pytest.raises(XBTError, match="the ceiling lacks Recall@K"):
+        report.set_ceiling({"i2t": {1: 0.5}})

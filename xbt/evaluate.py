@@ -34,7 +34,7 @@ from .datasets import RetrievalDataset, load_dataset
 from .embed import CacheSpec, embed_images, embed_texts
 from .encoders import CLIPEncoder, as_encoder
 from .errors import XBTError
-from .report import COST_IMAGES, COST_TEXTS, DIRECTIONS, MethodResult, Report
+from .report import closure, COST_IMAGES, COST_TEXTS, DIRECTIONS, MethodResult, Report
 from .search import Retrieval, check_ks, recall_at_k
 
 #: images materialised at a time when embedding a lazy gallery
@@ -60,10 +60,7 @@ def gap_closure(old_old: float, new_old: float, new_new: float) -> float | None:
 
     ``None`` when new->new equals old->old (no gap to close).
     """
-    gap = new_new - old_old
-    if abs(gap) < 1e-12:
-        return None
-    return (new_old - old_old) / gap
+    return closure(old_old, new_old, new_new)
 
 
 class _Embedder:
@@ -170,6 +167,7 @@ def evaluate(
     query_cost: bool = True,
     verbose: bool = True,
     check_fingerprint: bool = True,
+    ceiling: dict[str, dict] | None = None,
     **dataset_kwargs: Any,
 ) -> Report:
     """Evaluate an upgrade on a retrieval dataset: old->old, new->old per method, new->new.
@@ -191,6 +189,9 @@ def evaluate(
         verbose: progress bars.
         check_fingerprint: refuse an adapter made for an old model whose weights differ from
             ``old``'s (default); ``False`` when you know they are equivalent.
+        ceiling: optional Recall@K (direction -> K -> recall in [0, 1]) of the best query-side map a
+            frozen old gallery allows (measured elsewhere, e.g. ``scripts/ceiling.py``): adds a
+            ceiling row and each method's ceiling closure (``Report.set_ceiling``).
 
     Returns:
         a ``Report``. Galleries: new->old I2T searches adapter-embedded images against the OLD
@@ -230,14 +231,14 @@ def evaluate(
 
     t0 = time.perf_counter()
     base = both(old_img, old_txt, old_txt, old_img)
-    ceiling = both(new_img, new_txt, new_txt, new_img)
+    backfilled = both(new_img, new_txt, new_txt, new_img)
     results = {n: both(qi, old_txt, qt, old_img) for n, (qi, qt) in method_emb.items()}
     timings["search_s"] = round(time.perf_counter() - t0, 3)
 
     def recall_of(r: dict[str, Retrieval]) -> dict[str, dict[int, float]]:
         return {d: r[d].recall for d in DIRECTIONS}
 
-    old_old, new_new = recall_of(base), recall_of(ceiling)
+    old_old, new_new = recall_of(base), recall_of(backfilled)
     methods = {}
     for name, r in results.items():
         a = adapters[name]
@@ -257,8 +258,9 @@ def evaluate(
         )
     index_label = "faiss exact inner product (IndexFlatIP)" if index == "flat" else \
         f"faiss IVF (IndexIVFFlat, nlist={nlist or '≈√n'}, nprobe={nprobe or 16}; approximate)"
-    return Report(
+    report = Report(
         dataset=ds.name, split=ds.split, n_images=ds.n_images, n_captions=ds.n_captions, ks=ks,
         old_model=old_enc.name, new_model=new_enc.name, index=index_label,
         old_old=old_old, new_new=new_new, methods=methods, timings=timings,
     )
+    return report.set_ceiling(ceiling) if ceiling is not None else report

@@ -4,6 +4,11 @@ Recall dicts are direction (``"i2t"``, ``"t2i"``) -> K -> Recall@K in [0, 1]; ro
 new->old per method (``MethodResult``: recall, compatibility verdict, flips, gap closure, query
 cost) and new->new. ``xbt.evaluate`` builds it; ``summary(name)`` is what an adapter keeps of it
 for its model card.
+
+A report may carry a *ceiling* (``set_ceiling``): the Recall@K of a query-side map on frozen new
+features trained with abundant supervision against the old vectors - the best a frozen old gallery
+lets a query reach, which new->new is not. Each method's *ceiling closure* is then
+(new->old - old->old) / (ceiling - old->old), beside its gap closure against new->new.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ DIRECTION_LABELS = {"i2t": "image→text", "t2i": "text→image"}
 OLD_OLD, NEW_NEW = "old→old", "new→new"
 #: queries timed for the "query cost vs bare new" column
 COST_TEXTS, COST_IMAGES = 256, 64
+
+
+def closure(old_old: float, new_old: float, target: float) -> float | None:
+    """(new_old - old_old) / (target - old_old): 1 reaches the target, 0 is old->old, < 0 worse; None without a gap."""
+    gap = target - old_old
+    return None if abs(gap) < 1e-12 else (new_old - old_old) / gap
 
 
 def _kd(d: dict[int, Any]) -> dict[str, Any]:
@@ -59,6 +70,7 @@ class MethodResult:
     requires_old_encoder: bool = False
     query_cost: dict[str, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    ceiling_closure: dict[str, dict[int, float | None]] | None = None
 
     @property
     def backward_compatible(self) -> bool:
@@ -70,15 +82,18 @@ class MethodResult:
         per = {name: {d: _kd(v) for d, v in getattr(self, name).items()}
                for name in ("recall", "compatible", "pfr", "nfr", "delta", "gap_closure")}
         return {"name": self.name, **per, "backward_compatible": self.backward_compatible,
-                "requires_old_encoder": self.requires_old_encoder, "query_cost": self.query_cost, "info": self.info}
+                "requires_old_encoder": self.requires_old_encoder, "query_cost": self.query_cost, "info": self.info,
+                "ceiling_closure": None if self.ceiling_closure is None else {d: _kd(v) for d, v in self.ceiling_closure.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MethodResult:
         """Inverse of ``to_dict``."""
         per = {name: {dr: _ki(v) for dr, v in d[name].items()}
                for name in ("recall", "compatible", "pfr", "nfr", "delta", "gap_closure")}
+        cc = d.get("ceiling_closure")
         return cls(name=d["name"], **per, requires_old_encoder=bool(d.get("requires_old_encoder", False)),
-                   query_cost=d.get("query_cost"), info=dict(d.get("info", {})))
+                   query_cost=d.get("query_cost"), info=dict(d.get("info", {})),
+                   ceiling_closure=None if cc is None else {dr: _ki(v) for dr, v in cc.items()})
 
 
 @dataclass
@@ -102,6 +117,20 @@ class Report:
     new_new: dict[str, dict[int, float]] | None
     methods: dict[str, MethodResult] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    ceiling: dict[str, dict[int, float]] | None = None
+    ceiling_label: str = "ceiling"
+
+    def set_ceiling(self, recall: dict[str, dict], label: str = "ceiling") -> Report:
+        """Attach a ceiling row (direction -> K -> Recall@K in [0, 1]) and each method's ceiling closure; returns self."""
+        missing = [(d, k) for d in DIRECTIONS for k in self.ks if str(k) not in {str(x) for x in recall.get(d, {})}]
+        if missing:
+            raise XBTError(f"the ceiling lacks Recall@K for {missing}; give direction -> K -> recall for K in {list(self.ks)}")
+        self.ceiling = {d: {int(k): float(v) for k, v in recall[d].items() if int(k) in self.ks} for d in DIRECTIONS}
+        self.ceiling_label = label
+        for m in self.methods.values():
+            m.ceiling_closure = {d: {k: closure(self.old_old[d][k], m.recall[d][k], self.ceiling[d][k]) for k in self.ks}
+                                 for d in DIRECTIONS}
+        return self
 
     @property
     def backward_compatible(self) -> dict[str, bool]:
@@ -112,6 +141,8 @@ class Report:
         """(label, recall) per table row: old->old, new->old per method, new->new."""
         out = [(OLD_OLD, self.old_old)]
         out += [(f"new→old ({name})", m.recall) for name, m in self.methods.items()]
+        if self.ceiling is not None:
+            out.append((f"{self.ceiling_label} (frozen old gallery)", self.ceiling))
         if self.new_new is not None:
             out.append((NEW_NEW, self.new_new))
         return out
@@ -127,6 +158,8 @@ class Report:
             "methods": {n: m.to_dict() for n, m in self.methods.items()},
             "backward_compatible": self.backward_compatible,
             "timings": dict(self.timings),
+            "ceiling": None if self.ceiling is None else {d: _kd(v) for d, v in self.ceiling.items()},
+            "ceiling_label": self.ceiling_label,
         }
 
     @classmethod
@@ -139,6 +172,8 @@ class Report:
             new_new=None if d.get("new_new") is None else {dr: _ki(v) for dr, v in d["new_new"].items()},
             methods={n: MethodResult.from_dict(m) for n, m in d.get("methods", {}).items()},
             timings=dict(d.get("timings", {})),
+            ceiling=None if d.get("ceiling") is None else {dr: _ki(v) for dr, v in d["ceiling"].items()},
+            ceiling_label=d.get("ceiling_label", "ceiling"),
         )
 
     def to_json(self) -> str:
@@ -175,7 +210,7 @@ class Report:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for label, rec in self.rows():
             m = next((m for n, m in self.methods.items() if label == f"new→old ({n})"), None)
-            needs = ("yes" if m.requires_old_encoder else "no") if m is not None else ("no" if label == NEW_NEW else "–")
+            needs = ("yes" if m.requires_old_encoder else "no") if m is not None else ("no" if label in (NEW_NEW,) else "–")
             if m is not None and m.query_cost:
                 cost = " · ".join(f"{kind} {r:.2f}×" for kind, r in m.query_cost.items())
             else:
@@ -183,17 +218,23 @@ class Report:
             cells = [label, needs, cost] + [_pct(rec[d].get(k)) for d in DIRECTIONS for k in ks]
             lines.append("| " + " | ".join(cells) + " |")
         if self.methods:
+            ceiling = self.ceiling is not None
             lines += ["", "Against old→old (Δ = new→old − old→old; PFR/NFR = positive/negative flip rate; "
-                      "gap closure = Δ / (new→new − old→old)):", ""]
-            head = ["method", "direction", "K", "Δ R@K", "PFR", "NFR", "PFR − NFR", "gap closure", "new→old > old→old"]
+                      "gap closure = Δ / (new→new − old→old)" + ("; ceiling closure = Δ / (ceiling − old→old)" if ceiling else "") + "):", ""]
+            head = ["method", "direction", "K", "Δ R@K", "PFR", "NFR", "PFR − NFR", "gap closure"]
+            head += ["ceiling closure"] if ceiling else []
+            head += ["new→old > old→old"]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for name, m in self.methods.items():
                 for d in DIRECTIONS:
                     for k in ks:
                         gc = m.gap_closure[d][k]
                         cells = [name, d.upper(), str(k), _pct(m.recall[d][k] - self.old_old[d][k]), _pct(m.pfr[d][k]),
-                                 _pct(m.nfr[d][k]), _pct(m.delta[d][k]), "–" if gc is None else _num(gc),
-                                 "yes" if m.compatible[d][k] else "no"]
+                                 _pct(m.nfr[d][k]), _pct(m.delta[d][k]), "–" if gc is None else _num(gc)]
+                        if ceiling:
+                            cc = (m.ceiling_closure or {}).get(d, {}).get(k)
+                            cells.append("–" if cc is None else _num(cc))
+                        cells.append("yes" if m.compatible[d][k] else "no")
                         lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
             for name, m in self.methods.items():
