@@ -27,6 +27,7 @@ import torch
 from . import toy
 from .adapter import load_adapter
 from .adapter_config import read_config
+from .app import app_arguments, serve
 from .config import BASELINE_OPTIONS, BaselineConfig, Stage1Config, Stage2Config
 from .demo import run_demo
 from .encoders import CLIPEncoder, load_clip
@@ -348,6 +349,13 @@ def _run_export(args) -> int:
     out = load_adapter(args.adapter, new).export(args.format, args.out)
     print(f"exported {args.adapter} to {out}: load it with xbt_runtime.load({str(out)!r}) (numpy, onnxruntime, tokenizers)")
     return 0
+
+
+@subcommand
+def _app(sub) -> None:
+    p = sub.add_parser("app", help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report")
+    app_arguments(p)
+    p.set_defaults(func=lambda args: serve(args, load_model, _load_adapters, lambda path: _new_from_adapter_config(path, None)))
 
 
 # ---------------------------------------------------------------------- entry point
