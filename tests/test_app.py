@@ -129,3 +129,26 @@ def test_the_page_in_a_headless_browser(engine, tmp_path):
             browser.close()
     finally:
         page.close()
+
+
+def test_xbt_app_command_loads_adapters_and_galleries(engine, tmp_path, monkeypatch):
+    import xbt.app as app
+    from xbt.cli import main as cli_main
+
+    served = []
+    monkeypatch.setattr(app, "launch", lambda eng, report, k, **kw: served.append((eng, report, k, kw)))
+    saved = engine.adapters["xbt stage 1"].save_pretrained(tmp_path / "adapter")
+    assert cli_main(["app", "--adapter", f"mine={saved}", "--limit", "12", "--save-gallery", str(tmp_path / "g"), "--k", "3"]) == 0
+    eng, report, k, kw = served[-1]
+    assert eng.columns == [OLD_OLD, "new→old (mine)", NEW_NEW] and len(eng.gallery) == 12 and k == 3
+    assert kw["server_name"] == "127.0.0.1"
+    # the saved gallery serves again without re-embedding it; a report.json fills the Evaluation tab
+    report_json = tmp_path / "report.json"
+    report_json.write_text(eng.evaluate().to_json())
+    assert cli_main(["app", "--adapter", str(saved), "--gallery", str(tmp_path / "g"), "--no-new-new", "--report", str(report_json)]) == 0
+    eng2, report2, _, _ = served[-1]
+    assert eng2.columns == [OLD_OLD, "new→old (xbt)"] and eng2.gallery.dataset.captions == eng.gallery.dataset.captions
+    assert report2 == str(report_json)
+    caption = eng.gallery.dataset.captions[5][0]
+    assert [r["index"] for r in eng2.text_query(caption, 3)["new→old (xbt)"]] == [
+        r["index"] for r in eng.text_query(caption, 3)["new→old (mine)"]]

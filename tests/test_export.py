@@ -67,6 +67,7 @@ def test_onnxruntime_equals_torch(name, adapters, exported, probes):
     manifest = json.loads((folder / xbt_runtime.MANIFEST).read_text())
     assert manifest["adapter_id"] == adapter.adapter_id() and manifest["embed_dim"] == 64
     assert manifest["check"]["max_abs_diff"]["text"] <= TOL and manifest["image"]["preprocess"]["size"] == 48
+    assert manifest["check"]["preprocess_max_levels"] < 1e-3  # open_clip's preprocessing is reproduced exactly
     assert manifest["lora_merged"] == (["image"] if name == "stage1+2" else [])
 
 
@@ -139,3 +140,19 @@ def test_a_graph_that_does_not_reproduce_torch_is_refused(adapters, tmp_path, mo
     with pytest.raises(XBTError, match="exported text encoder differs"):
         adapters["stage1"].export("onnx", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_transformers_new_model_exports_too(old_new, captions_400, tmp_path):
+    from tests.conftest import tiny_hf_clip
+    from xbt.encoders import as_encoder
+
+    old, _ = old_new
+    new = as_encoder(tiny_hf_clip(48, seed=3), name="tiny-hf-new")
+    stage2 = {"epochs": 1, "batch_size": 8, "text_epochs": 1, "val_fraction": 0.0}
+    adapter = xbt.fit(old, new, captions_400, pairs=pair_list(16), epochs=1, stage2=stage2, verbose=False)
+    folder = adapter.export("onnx", tmp_path / "hf")
+    served = xbt_runtime.load(folder, threads=1)
+    assert set(served.tokenize(["a"])) == {"input_ids", "attention_mask"}  # transformers towers take the mask
+    texts, images = captions_400[:6], [im for im, _ in pair_list(5)]
+    assert np.abs(served.encode_text(texts) - adapter.encode_text(texts).numpy()).max() <= TOL
+    assert np.abs(served.encode_image(images) - adapter.encode_image(images).numpy()).max() <= TOL

@@ -72,7 +72,7 @@ def clip_tokenizer(encoder: CLIPEncoder, context_length: int, pad_id: int):
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    tok = encoder.tokenizer
+    tok = getattr(encoder.tokenizer, "source", encoder.tokenizer)  # xbt's transformers tokenizers wrap one
     hf = getattr(tok, "backend_tokenizer", None) or getattr(getattr(tok, "tokenizer", None), "backend_tokenizer", None)
     if hf is not None:
         out = Tokenizer.from_str(hf.to_str())
@@ -107,8 +107,14 @@ def preprocess_spec(encoder: CLIPEncoder) -> dict[str, Any]:
         size = size[0] if isinstance(size, (tuple, list)) else size
         return {"size": int(size), "mean": list(cfg.get("mean", _OPENAI_MEAN)), "std": list(cfg.get("std", _OPENAI_STD)),
                 "interpolation": cfg.get("interpolation", "bicubic"), "resize_mode": cfg.get("resize_mode", "shortest")}
-    size = int(encoder.model.config.vision_config.image_size)
-    return {"size": size, "mean": list(_OPENAI_MEAN), "std": list(_OPENAI_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
+    proc = getattr(encoder.preprocess, "processor", None)  # a transformers CLIPImageProcessor
+    if proc is None:
+        size = int(encoder.model.config.vision_config.image_size)
+        return {"size": size, "mean": list(_OPENAI_MEAN), "std": list(_OPENAI_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
+    crop = proc.crop_size if proc.do_center_crop else {"height": proc.size["shortest_edge"]}
+    interpolation = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(proc.resample), "bicubic")
+    return {"size": int(crop["height"]), "resize": int(proc.size["shortest_edge"]), "mean": [float(x) for x in proc.image_mean],
+            "std": [float(x) for x in proc.image_std], "interpolation": interpolation, "resize_mode": "shortest", "crop": "floor"}
 
 
 def probe_images() -> list[Image.Image]:
@@ -153,6 +159,9 @@ def export_onnx(encoders: dict[str, CLIPEncoder], heads: dict[str, nn.Module], f
     graphs = {m: QueryGraph(encoders[m], heads[m], m).eval() for m in ("text", "image")}
     tokens = text_enc.tokenize(PROBE_TEXTS[:1])
     context_length, pad_id = int(tokens["input_ids"].shape[1]), int(tokens["input_ids"][0, -1])
+    if text_enc.backend == "transformers":  # padded to the batch's longest: take the model's length and the pad token
+        context_length = int(text_enc.model.config.text_config.max_position_embeddings)
+        pad_id = int(getattr(getattr(text_enc.tokenizer, "source", None), "pad_token_id", None) or 0)
     text_inputs = ["input_ids"] + (["attention_mask"] if text_enc.backend == "transformers" else [])
     spec = preprocess_spec(image_enc)
     devices = {m: encoders[m].device for m in graphs}
@@ -200,16 +209,29 @@ def export_adapter(adapter: Any, format: str, folder: str | Path, **kwargs: Any)
 
 
 def _check(folder: Path, text_enc: CLIPEncoder, image_enc: CLIPEncoder, heads: dict[str, nn.Module], tolerance: float) -> dict:
-    """Run the exported folder on the probes and compare with the torch path; refuse a mismatch."""
+    """Run the exported folder on the probes and compare with the torch path; refuse a mismatch.
+
+    Text is compared end to end (strings in). Images are compared in two parts: the graph on the
+    torch path's own pixels (within ``tolerance``), and the runtime's preprocessing against the
+    model's, which must agree within one intensity level per pixel (transformers' image processor
+    resizes with torch kernels that PIL matches only to the nearest level).
+    """
     served = runtime.load(folder, threads=1)
     images = probe_images()
+    pixels = image_enc.preprocess_images(images)
     torch_text = heads["text"](text_enc.encode_text(PROBE_TEXTS).to(next(heads["text"].parameters()).device).float()).cpu()
-    torch_image = heads["image"](image_enc.encode_image(images).to(next(heads["image"].parameters()).device).float()).cpu()
+    torch_image = heads["image"](image_enc.encode_image(pixels).to(next(heads["image"].parameters()).device).float()).cpu()
     diff = {"text": float(np.abs(served.encode_text(PROBE_TEXTS) - torch_text.numpy()).max()),
-            "image": float(np.abs(served.encode_image(images) - torch_image.numpy()).max())}
+            "image": float(np.abs(served.encode_image(pixels.cpu().numpy()) - torch_image.numpy()).max())}
     for modality, d in diff.items():
         if not d <= tolerance:
             raise XBTError(f"the exported {modality} encoder differs from the torch one by {d:.2e} (> {tolerance:.0e}) on "
-                           f"probe inputs; the {'tokenizer' if modality == 'text' else 'preprocessing'} or a layer is not "
-                           "reproduced by ONNX: report it with the model name")
-    return {"probe_texts": len(PROBE_TEXTS), "probe_images": len(images), "max_abs_diff": diff, "tolerance": tolerance}
+                           f"probe inputs; the {'tokenizer or ' if modality == 'text' else ''}a layer is not reproduced by ONNX: "
+                           "report it with the model name")
+    std = np.asarray(served.manifest["image"]["preprocess"]["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    levels = float((np.abs(served.preprocess(images) - pixels.cpu().numpy()) * std * 255).max())
+    if not levels <= 1.0 + 1e-3:
+        raise XBTError(f"the runtime's image preprocessing differs from {image_enc.name}'s by {levels:.1f} intensity levels; "
+                       "its resize/crop/normalisation is not one the runtime knows: report it with the model name")
+    return {"probe_texts": len(PROBE_TEXTS), "probe_images": len(images), "max_abs_diff": diff,
+            "preprocess_max_levels": round(levels, 4), "tolerance": tolerance}

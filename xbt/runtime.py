@@ -34,11 +34,14 @@ _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling 
 def preprocess(images: Sequence, spec: dict) -> np.ndarray:
     """PIL images -> float32 pixels [n, 3, size, size] as the model's own eval transform makes them.
 
-    ``spec`` is the manifest's ``image.preprocess``: ``size``, ``mean``, ``std``, ``interpolation``
-    and ``resize_mode`` (``"shortest"``: resize the short side to ``size``, then centre-crop;
-    ``"squash"``: resize both sides to ``size``).
+    ``spec`` is the manifest's ``image.preprocess``: ``size`` (the output side), ``mean``, ``std``,
+    ``interpolation`` and ``resize_mode`` (``"shortest"``: resize the short side to ``resize``,
+    default ``size``, then centre-crop ``size``, the crop offset rounded (``crop: "round"``, torchvision)
+    or floored (``"floor"``, transformers); ``"squash"``: resize both sides to ``size``).
     """
     size = int(spec["size"])
+    short_side = int(spec.get("resize", size))
+    halve = (lambda x: int(round(x / 2.0))) if spec.get("crop", "round") == "round" else (lambda x: x // 2)
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
     resample = _RESAMPLE[spec.get("interpolation", "bicubic")]
@@ -50,11 +53,11 @@ def preprocess(images: Sequence, spec: dict) -> np.ndarray:
             image = image.resize((size, size), resample)
         else:
             short, long = (w, h) if w <= h else (h, w)
-            new_long = int(size * long / short)
-            new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+            new_long = int(short_side * long / short)
+            new_w, new_h = (short_side, new_long) if w <= h else (new_long, short_side)
             if (new_w, new_h) != (w, h):
                 image = image.resize((new_w, new_h), resample)
-            top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+            top, left = halve(new_h - size), halve(new_w - size)
             image = image.crop((left, top, left + size, top + size))
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
         out[i] = (pixels - mean) / std
