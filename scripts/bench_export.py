@@ -7,8 +7,10 @@ strings / PIL images in, old-space vectors out: tokenization and preprocessing i
 * ``torch``: ``adapter.encode_text`` / ``adapter.encode_image`` (merged LoRA for stage 1+2);
 * ``onnxruntime``: ``xbt_runtime.load(folder).encode_text`` / ``encode_image``;
 
-at batch sizes 1 and 32, both on ``--threads`` CPU threads (default 1), median of ``--repeats``
-timed calls after warm-up. Also reports the largest |onnxruntime - torch| on the timed inputs.
+at batch sizes 1 and 32, both on ``--threads`` CPU threads (default 1): ``--repeats`` rounds of one
+torch call then one onnxruntime call after warm-up; the medians of each and the median of the
+per-round ratio (alternating keeps a shared machine's load changes out of the ratio). Also reports
+the largest |onnxruntime - torch| on the timed inputs.
 Prints a table and writes JSON to ``--out`` (default benchmarks/out/export.json).
 
     python scripts/bench_export.py [--world toy] [--pairs 200] [--repeats 30] [--threads 1] [--out PATH]
@@ -39,15 +41,23 @@ def world(name: str):
     return xbt.toy.get_world(name)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def paired_times(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b`` and the median of their per-round ratio b / a.
+
+    The two are timed alternately, one call each per round after two warm-up rounds, so a change
+    in the machine's load hits both alike (the machine is shared).
+    """
+    rounds = []
+    for r in range(repeats + 2):
+        t0 = time.perf_counter()
+        fn_a()
+        t1 = time.perf_counter()
+        fn_b()
+        t2 = time.perf_counter()
+        if r >= 2:
+            rounds.append((t1 - t0, t2 - t1))
+    a, b = zip(*rounds)
+    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in rounds)
 
 
 def main() -> None:
@@ -78,10 +88,9 @@ def main() -> None:
                 for batch in (1, 32):
                     q = queries[modality][:batch]
                     diff = float(np.abs(ort_fn(q) - torch_fn(q).numpy()).max())
-                    t_torch = median_time(lambda: torch_fn(q), args.repeats)
-                    t_ort = median_time(lambda: ort_fn(q), args.repeats)
+                    t_torch, t_ort, ratio = paired_times(lambda: torch_fn(q), lambda: ort_fn(q), args.repeats)
                     rows.append({"adapter": name, "query": modality, "batch": batch, "torch_ms": 1e3 * t_torch,
-                                 "onnxruntime_ms": 1e3 * t_ort, "ratio_ort_over_torch": t_ort / t_torch, "max_abs_diff": diff})
+                                 "onnxruntime_ms": 1e3 * t_ort, "ratio_ort_over_torch": ratio, "max_abs_diff": diff})
     result = {"world": args.world, "threads": args.threads, "repeats": args.repeats, "texts": args.texts, "pairs": args.pairs,
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "onnxruntime": __import__("onnxruntime").__version__},

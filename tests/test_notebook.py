@@ -20,6 +20,8 @@ def test_quickstart_notebook_executes(tmp_path):
     assert len(figures) >= 5
     printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "the upgrade fixed" in printed and "PFR" in printed
+    html = "".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "<iframe" in html  # the search page renders inline
     assert not list(tmp_path.iterdir())  # the notebook writes its plot and adapter to a temporary folder, not here
     last = nb.cells[-1]["outputs"][-1]["data"]["text/plain"]
     assert last == "True"
