@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "xbt"
 MAX_LINES = 400
 #: only these may import the toy models (xbt.toy's model names, xbt.toy.models)
-TOY_MODEL_USERS = {"xbt", "xbt.demo", "xbt.cli"}
+TOY_MODEL_USERS = {"xbt", "xbt.demo", "xbt.app", "xbt.cli"}
 
 
 def module_name(path: Path) -> str:

@@ -7,9 +7,9 @@ embeddings when the adapter's query path starts from them (else ``None``; a subc
 ``embed_*`` must change it too); ``query_cost`` and ``requires_old_encoder`` say which encoders a
 query runs.
 
-- ``Adapter``: the new model (untouched), a projection head per query modality (``heads``; one
-  shared head today) and optionally a LoRA copy of the new model that the ``lora_modalities``
-  queries run through. ``merge()`` folds LoRA in for serving.
+- ``Adapter``: the new model (untouched), a projection head per query modality (``heads``) and
+  optionally a LoRA copy of the new model that the ``lora_modalities`` queries run through.
+  ``merge()`` folds LoRA in for serving; ``export("onnx", folder)`` writes the query path as ONNX.
 - ``FusionAdapter``: blends the OLD model's query with a base adapter's (SLERP/NLERP), so the old
   model runs on every query.
 
@@ -32,6 +32,7 @@ from .adapter_config import LORA_DIR, MODALITIES, AdapterConfig, ModelRef, read_
 from .embed import CacheSpec, check_images, embed_images, embed_texts
 from .encoders import CLIPEncoder, as_encoder
 from .errors import XBTError
+from .export import export_adapter
 from .folder import content_id, read_heads, write_folder
 from .fusion import FUSION_KINDS, check_alpha, fuse_embeddings, models_run
 from .hub import model_card, push_folder, resolve
@@ -127,9 +128,8 @@ class Adapter:
     def merge(self) -> Adapter:
         """Fold the LoRA weights into a plain copy of the new model for serving; returns self.
 
-        The merged query path costs exactly what the bare new model costs. The unmerged LoRA
-        weights are kept, so ``save_pretrained`` still writes the small PEFT adapter. An adapter
-        without LoRA has nothing to merge and is returned unchanged.
+        The merged query path costs exactly what the bare new model costs. The LoRA weights are kept
+        (``save_pretrained`` still writes them); without LoRA this is a no-op.
         """
         if self.lora is not None and self._merged is None:
             self._merged = merged_copy(self.lora)
@@ -170,6 +170,10 @@ class Adapter:
         """Like ``encode_image`` but for big inputs: batched, with progress, the encoder's outputs cached on disk."""
         enc = self.query_encoders["image"]
         return self._apply("image", embed_images(enc, images, batch_size=batch_size, device=device, cache=cache, verbose=verbose))
+
+    def export(self, format: str, folder: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write the query encoders (LoRA merged) for serving without torch, e.g. ``"onnx"`` (``xbt.export``); returns the folder."""
+        return export_adapter(self, format, folder, **kwargs)
 
     # ------------------------------------------------------------------ description and persistence
     def _head_names(self) -> dict[str, str]:
@@ -291,8 +295,7 @@ class FusionAdapter(Adapter):
         self.alpha_image = check_alpha("alpha_image", alpha_image)
 
     def __repr__(self) -> str:
-        return (f"FusionAdapter(method={self.method!r}, kind={self.kind!r}, alpha_text={self.alpha_text}, "
-                f"alpha_image={self.alpha_image}, base={self.base!r}, old={self.old.name!r})")
+        return f"FusionAdapter(method={self.method!r}, kind={self.kind!r}, alpha_text={self.alpha_text}, alpha_image={self.alpha_image}, base={self.base!r}, old={self.old.name!r})"  # noqa: E501
 
     @property
     def query_encoders(self) -> dict[str, CLIPEncoder]:
@@ -305,8 +308,7 @@ class FusionAdapter(Adapter):
         return {"text": models_run(self.alpha_text), "image": models_run(self.alpha_image)}
 
     @property
-    def merged(self) -> bool:
-        """Whether the base adapter's LoRA is merged."""
+    def merged(self) -> bool:  # whether the base adapter's LoRA is merged
         return self.base.merged
 
     def merge(self) -> FusionAdapter:
@@ -315,8 +317,7 @@ class FusionAdapter(Adapter):
         return self
 
     def from_new_embeddings(self, embeddings: torch.Tensor, modality: str) -> None:
-        """Always ``None``: a fused query needs the old model's embedding of the same input too."""
-        return None
+        return None  # a fused query needs the old model's embedding of the same input too
 
     def _fused(self, old_fn, new_fn, alpha: float) -> torch.Tensor:
         # The endpoints skip the encoder they do not need: same result, half the cost.

@@ -27,11 +27,13 @@ import torch
 from . import toy
 from .adapter import load_adapter
 from .adapter_config import read_config
+from .app import app_arguments, serve
 from .config import BASELINE_OPTIONS, BaselineConfig, Stage1Config, Stage2Config
 from .demo import run_demo
 from .encoders import CLIPEncoder, load_clip
 from .errors import XBTError
 from .evaluate import evaluate
+from .export import EXPORT_FORMATS
 from .fit import METHODS, fit
 from .hub import push_folder, resolve
 from .version import __version__
@@ -326,6 +328,35 @@ def _run_push(args) -> int:
     url = push_folder(args.adapter, args.repo, private=args.private, token=args.token)
     print(f"pushed {args.adapter} to {url}")
     return 0
+
+
+# ---------------------------------------------------------------------- export
+
+
+@subcommand
+def _export(sub) -> None:
+    p = sub.add_parser("export", help="write an adapter's query encoders (LoRA merged) as ONNX, served by onnxruntime alone",
+                       description="Write text.onnx, image.onnx, tokenizer.json, xbt_export.json and xbt_runtime.py to --out.")
+    p.add_argument("--adapter", required=True, help="adapter folder or Hub repo")
+    p.add_argument("--new", default=None, help="new model (default: the one named in the adapter's config)")
+    p.add_argument("--new-pretrained", default=None)
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    p.add_argument("--out", required=True, help="folder to write the exported encoders to")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    new = load_model(args.new, args.new_pretrained) if args.new else _new_from_adapter_config(args.adapter, None)
+    out = load_adapter(args.adapter, new).export(args.format, args.out)
+    print(f"exported {args.adapter} to {out}: load it with xbt_runtime.load({str(out)!r}) (numpy, onnxruntime, tokenizers)")
+    return 0
+
+
+@subcommand
+def _app(sub) -> None:
+    p = sub.add_parser("app", help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report")
+    app_arguments(p)
+    p.set_defaults(func=lambda args: serve(args, load_model, _load_adapters, lambda path: _new_from_adapter_config(path, None)))
 
 
 # ---------------------------------------------------------------------- entry point

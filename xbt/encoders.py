@@ -222,6 +222,7 @@ def _hf_defaults(model: torch.nn.Module) -> tuple[Callable, Callable]:
     def preprocess(image: Image.Image) -> torch.Tensor:
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
+    tokenizer.source, preprocess.processor = simple, processor  # what they wrap, for the ONNX export
     return tokenizer, preprocess
 
 
@@ -276,6 +277,7 @@ def load_clip(
         def preprocess(image: Image.Image) -> torch.Tensor:
             return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
+        tokenizer.source, preprocess.processor = hf_tok, processor  # what they wrap, for the ONNX export
         return CLIPEncoder(model, tokenizer, preprocess, name, "transformers", source=name, revision=revision)
 
     import open_clip
