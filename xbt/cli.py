@@ -1,4 +1,4 @@
-"""The ``xbt`` command: ``eval``, ``demo``, ``fit`` and ``push``.
+"""The ``xbt`` command: ``eval``, ``demo``, ``fit``, ``push`` and ``gallery`` (``xbt.gallery_commands``).
 
 Each subcommand is a function decorated with ``@subcommand`` that adds its parser to the
 subparsers object and sets ``func`` (called with the parsed args; returns the exit status).
@@ -33,6 +33,7 @@ from .encoders import CLIPEncoder, load_clip
 from .errors import XBTError
 from .evaluate import evaluate
 from .fit import METHODS, fit
+from .gallery_commands import register as register_gallery
 from .hub import push_folder, resolve
 from .version import __version__
 
@@ -325,6 +326,14 @@ def _run_push(args) -> int:
     url = push_folder(args.adapter, args.repo, private=args.private, token=args.token)
     print(f"pushed {args.adapter} to {url}")
     return 0
+
+
+# ---------------------------------------------------------------------- gallery (xbt/gallery_commands.py)
+
+
+@subcommand
+def _gallery(sub) -> None:
+    register_gallery(sub, load_model)
 
 
 # ---------------------------------------------------------------------- entry point

@@ -153,7 +153,7 @@ class MixedGallery:
         return self._anchor_cache
 
     def search(self, new_queries, adapted_queries, k: int = 10, merge: str = "calibrated") -> tuple[np.ndarray, np.ndarray]:
-        """Merged top-``k``: ``(scores, ids)`` float32 / int64 [n_q, k] (merged scale; ties by id).
+        """Merged top-``k``: ``(scores, ids)`` float32 / int64 [n_q, min(k, size)] (merged scale; ties by id).
 
         Args:
             new_queries: float32 [n_q, d_new] bare new-model queries (search the backfilled part).
@@ -164,6 +164,9 @@ class MixedGallery:
             raise XBTError(f"unknown merge {merge!r}; use one of {list(MERGES)}")
         if k < 1:
             raise XBTError(f"k must be >= 1, got {k}")
+        if self.size == 0:
+            raise XBTError("the gallery is empty; add items (add_old) before searching")
+        k = min(int(k), self.size)  # as search.search: K is clipped to the gallery size
         qn = as_vectors(new_queries, self.store.widths["new"], "new-model queries")
         n_q = qn.shape[0]
         n_new = int(self.store.in_new.sum())
