@@ -286,3 +286,27 @@ def test_gallery_json_records_models_and_spaces(world, tmp_path):
     assert g.in_new.sum() == sum(b["count"] for b in manifest["batches"]) == 24
     assert dataclasses.asdict(g.new_ref)["fingerprint"] == world["new"].fingerprint
     shutil.rmtree(folder)
+
+
+def test_the_gallery_cli_builds_backfills_and_searches(world, tmp_path, capsys):
+    from xbt.cli import main
+
+    adapter_dir = world["adapter"].save_pretrained(tmp_path / "adapter")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(world["texts"][:40]) + "\n")
+    gallery = tmp_path / "g"
+    base = ["--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
+    assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions)]) == 0
+    assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4"]) == 0
+    assert "10 of 40 items in the new space" in capsys.readouterr().out
+    assert main(["gallery", "backfill", *base, "--budget", "lots"]) == 2
+    assert "--budget must be" in capsys.readouterr().err
+    image = tmp_path / "q.png"
+    world["images"][0].save(image)
+    assert main(["gallery", "search", *base, "--query-image", str(image), "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("item ") == 3 and ("new" in out or "old" in out)
+    assert main(["gallery", "search", *base, "--query", "a red circle"]) == 2
+    assert "caption gallery" in capsys.readouterr().err
+    assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
+    assert not bf.open_gallery(gallery).in_new.any()

@@ -122,7 +122,7 @@ def _first_hit_ranks(merged: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray, old_g: np.ndarray,
                     target: np.ndarray, fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75), seed: int = 0,
-                    per_query: bool = False) -> ScoreCalibration:
+                    per_query: bool = False, order: np.ndarray | None = None) -> ScoreCalibration:
     """The global affine map that merges best on held-out pairs.
 
     Args:
@@ -130,6 +130,9 @@ def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray,
         new_g, old_g: float32 [n_g, d_new] / [n_g, d_old] the same gallery items in both spaces.
         target: bool [n_q, n_g], True where the gallery item answers the query.
         fractions: backfilled shares to simulate (a random mask each).
+        order: a backfill order of the gallery items (``planner.plan_order`` on their old
+            vectors): the simulated mixes are its prefixes instead of random masks, so the map
+            fits the mixes that order makes (a planned backfill is not a random sample).
 
     Returns:
         ``ScoreCalibration`` with the (scale, shift) of the best mean R@1 (ties: MRR) over the
@@ -147,7 +150,11 @@ def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray,
     depth = min(_DEPTH, s_new.shape[1])
     parts = []
     for f in fractions:
-        mask = rng.random(s_new.shape[1]) < f
+        if order is None:
+            mask = rng.random(s_new.shape[1]) < f
+        else:
+            mask = np.zeros(s_new.shape[1], bool)
+            mask[np.asarray(order)[: int(round(f * len(mask)))]] = True
         cand = []
         for scores, member in ((s_old, ~mask), (s_new, mask)):
             masked = np.where(member[None, :], scores, -np.inf)
