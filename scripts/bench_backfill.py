@@ -10,7 +10,9 @@ caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
   the global map), ``naive`` (raw cosines side by side), ``interleave`` (ranks, in proportion to
   each part's size);
 - orders (calibrated merge): ``random``, ``uncertainty`` (predicted old/adapter disagreement,
-  FastFill-style), ``density`` (crowded old-space regions first), ``combined``.
+  FastFill-style), ``density`` (crowded old-space regions first), ``spread`` (uncertainty
+  taken in turns over k-means clusters of the old vectors); each also with the map fitted on the
+  mixes its own order makes of the pairs (``plan-calibrated``).
 
 The calibration and the disagreement model are fitted on the world's image-caption pairs (the ones
 the adapter was trained on) and, for captions, the first ``--corpus`` texts of the stage-1 corpus;

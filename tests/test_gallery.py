@@ -144,7 +144,7 @@ def test_budgets_and_plans(world):
     adapted = world["old_img"] + 0.3 * rng.standard_normal(world["old_img"].shape).astype(np.float32) * world["old_img"][:, :1]
     adapted /= np.linalg.norm(adapted, axis=1, keepdims=True)
     model = DisagreementModel.fit(world["old_img"], adapted)
-    for plan in ("random", "uncertainty", "density", "combined"):
+    for plan in ("random", "uncertainty", "density", "spread"):
         order = plan_order(world["old_img"], plan, model=model)
         assert sorted(order.tolist()) == list(range(N))
     pred = model.predict(world["old_img"])

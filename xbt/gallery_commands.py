@@ -4,7 +4,7 @@
   OLD model into a gallery folder; with ``--pairs`` (a ``save_to_disk`` dataset of image–caption
   pairs) the score calibration is fitted for the adapter and recorded.
 - ``backfill``: re-embed with the adapter's NEW model up to ``--budget`` (fraction or count), in
-  ``--plan`` order (``uncertainty``/``combined`` fit their disagreement model on ``--pairs``);
+  ``--plan`` order (``uncertainty``/``spread`` fit their disagreement model on ``--pairs``);
   resumable, one job at a time (``xbt.backfill``).
 - ``search``: text (``--query``) or image (``--query-image``) queries through the adapter against
   the mixed gallery, merged on the calibrated score.
@@ -140,7 +140,7 @@ def register(sub, load_model: Callable[..., Any]) -> None:
     common(f)
     f.add_argument("--budget", default="1.0", help="fraction in [0, 1] (with a dot) or item count (default 1.0)")
     f.add_argument("--plan", choices=PLANS, default="random", help="order of a new backfill (default random)")
-    f.add_argument("--pairs", default=None, help="save_to_disk pairs (needed by --plan uncertainty/combined)")
+    f.add_argument("--pairs", default=None, help="save_to_disk pairs (needed by --plan uncertainty/spread)")
     f.add_argument("--batch-size", type=int, default=256)
     f.add_argument("--repair", action="store_true", help="re-embed committed batch files that fail their checksum")
     f.set_defaults(func=lambda a: _backfill(a, load_model))
@@ -205,7 +205,7 @@ def _backfill(args, load_model) -> int:
     order = None
     if read_manifest(args.gallery) is None:
         model = None
-        if args.plan in ("uncertainty", "combined"):
+        if args.plan in ("uncertainty", "spread"):
             pairs = _pairs(args.pairs)
             if pairs is None:
                 raise XBTError(f"--plan {args.plan} learns the adapter's disagreement from pairs: give --pairs DIR")
