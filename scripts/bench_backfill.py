@@ -208,7 +208,8 @@ def plot(results: dict, path: Path) -> None:
         for row, k in enumerate(KS):
             ax = axes[row, col]
             for name, vals in rows.items():
-                ax.plot(xs, [v[k] for v in vals], marker="o", label=name, lw=2 if name == "calibrated / random" else 1)
+                style = ":" if name.startswith("plan-calibrated") else "-"
+                ax.plot(xs, [v[k] for v in vals], style, marker="o", ms=3, label=name, lw=2.5 if name == "calibrated / random" else 1)
             cal = rows["calibrated / random"]
             ax.plot([0, 100], [cal[0][k], cal[-1][k]], "k--", lw=1, label="straight line new->old to new->new")
             ax.set_title(f"{direction.upper()} R@{k} ({results['world']})")
