@@ -51,7 +51,7 @@ KS = (1, 10)
 
 def load_world(name: str):
     if hasattr(toy, "get_world"):
-        return toy.get_world(name)
+        return toy.get_world("shapes" if name == "toy" else name)
     if name not in ("toy", "shapes"):
         raise SystemExit(f"world {name!r} is not available here (xbt.toy.get_world is missing); use --world toy")
     return toy
@@ -92,7 +92,8 @@ def curve(gallery: MixedGallery, vec, order: np.ndarray, merge: str, g_owner, q_
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--world", default="toy")
-    p.add_argument("--adapter", default="/work/notes/adapters/toy-stage12", help="adapter folder (fitted and saved here if missing)")
+    p.add_argument("--adapter", default=None,
+                   help="adapter folder, fitted and saved there if missing (default /work/notes/adapters/<world>-stage12)")
     p.add_argument("--seeds", type=int, default=3, help="random orders averaged")
     p.add_argument("--corpus", type=int, default=10_000, help="stage-1 texts the caption disagreement model is fitted on")
     p.add_argument("--out", default="benchmarks/out/backfill")
@@ -100,6 +101,8 @@ def main() -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     world = load_world(args.world)
+    if args.adapter is None:
+        args.adapter = f"/work/notes/adapters/{'toy' if args.world in ('toy', 'shapes') else args.world}-stage12"
     old, new = world.load_clips()
     if not (Path(args.adapter) / "xbt_config.json").is_file():
         print(f"fitting the adapter (stage 1+2) and saving it to {args.adapter}")

@@ -29,7 +29,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -276,7 +275,7 @@ def rollback(gallery_dir: str | Path) -> Path | None:
     with job_lock(folder):
         aside = folder.with_name(f"{BACKFILL_DIR}.rolled-back-{int(time.time())}")
         os.replace(folder, aside)
-    shutil.rmtree(aside / "lock", ignore_errors=True)
+    (aside / "lock").unlink(missing_ok=True)
     return aside
 
 

@@ -7,7 +7,8 @@ real vector database) and answers a query with both halves of an adapter:
 - the re-embedded part is searched with the bare NEW query (``adapter.new``),
 - the old part with the adapter's query (new model mapped into the old space),
 - the two top-k lists are merged on a calibrated score (``calibration``): old-space scores are
-  mapped to the new space's scale per query, from anchor items scored in both spaces.
+  mapped to the new space's scale by a map fitted on image–caption pairs (optionally per query,
+  from anchor items scored in both spaces).
 
 An adapter made for another old model is refused by fingerprint. The gallery's own files
 (``gallery.json`` and ``old.safetensors``) are written by ``save``; the backfilled vectors live in
@@ -56,7 +57,8 @@ class MixedGallery:
         new_width: the new model's embedding width.
         modality: what the items are: ``"image"`` (text queries, T2I) or ``"text"`` (image queries, I2T).
         store: ``"faiss"``, ``"qdrant"`` or a ``VectorStore``.
-        calibration: how old-space scores are put on the new scale (default: per query from anchors).
+        calibration: how old-space scores are put on the new scale (default: the identity, i.e. raw
+            cosines, until one is fitted with ``calibration.fit_calibration``).
         new_ref: the new model, once known (the backfill records it).
         n_anchors: at most this many backfilled items are scored in both spaces per query.
         items: a JSON description of where the items come from (the backfill re-reads them).
