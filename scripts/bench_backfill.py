@@ -94,7 +94,7 @@ def main() -> int:
     p.add_argument("--world", default="toy")
     p.add_argument("--adapter", default=None,
                    help="adapter folder, fitted and saved there if missing (default /work/notes/adapters/<world>-stage12)")
-    p.add_argument("--seeds", type=int, default=3, help="random orders averaged")
+    p.add_argument("--seeds", type=int, default=5, help="random orders averaged")
     p.add_argument("--corpus", type=int, default=10_000, help="stage-1 texts the caption disagreement model is fitted on")
     p.add_argument("--out", default="benchmarks/out/backfill")
     args = p.parse_args()
@@ -144,12 +144,14 @@ def main() -> int:
         gallery.add_old(s["g_old"])
         vec = {"q_new": s["q_new"], "q_ad": s["q_ad"], "g_new": s["g_new"]}
         rows: dict[str, list] = {}
+        spread: dict[str, list] = {}  # standard deviation over the random orders
         randoms = [plan_order(s["g_old"], "random", seed=seed) for seed in range(args.seeds)]
         for merge in MERGE_ROWS:
             gallery.calibration = calibrations.get(merge, cal)
             real = "calibrated" if merge == "per-query" else merge
             runs = [curve(gallery, vec, order, real, s["g_owner"], s["q_owner"]) for order in randoms]
             rows[f"{merge} / random"] = [{k: float(np.mean([r[i][k] for r in runs])) for k in KS} for i in range(len(FRACTIONS))]
+            spread[f"{merge} / random"] = [{k: float(np.std([r[i][k] for r in runs])) for k in KS} for i in range(len(FRACTIONS))]
         for plan in PLANS[1:]:
             order = plan_order(s["g_old"], plan, model=model)
             gallery.calibration = cal
@@ -158,7 +160,7 @@ def main() -> int:
             pair_order = plan_order(s["cal"][3], plan, model=model)
             gallery.calibration = fit_calibration(*s["cal"], order=pair_order)
             rows[f"plan-calibrated / {plan}"] = curve(gallery, vec, order, "calibrated", s["g_owner"], s["q_owner"])
-        results[direction] = {"rows": rows, "calibration": cal.to_dict(), "disagreement_holdout_spearman": model.holdout_spearman,
+        results[direction] = {"rows": rows, "random_order_std": spread, "calibration": cal.to_dict(), "disagreement_holdout_spearman": model.holdout_spearman,
                               "seconds": round(time.perf_counter() - t1, 1)}
         print(f"\n{direction.upper()} (calibration scale {cal.scale:.3f} shift {cal.shift:+.3f}; disagreement model "
               f"held-out Spearman {model.holdout_spearman:.3f}; {time.perf_counter() - t1:.0f} s)")
@@ -166,6 +168,8 @@ def main() -> int:
         print("|---" * (len(FRACTIONS) + 1) + "|")
         for name, vals in rows.items():
             print(f"| {name} | " + " | ".join(f"{v[1]:.2f} / {v[10]:.2f}" for v in vals) + " |")
+        sd = spread["calibrated / random"]
+        print("calibrated / random, std over the random orders: " + " | ".join(f"{v[1]:.2f} / {v[10]:.2f}" for v in sd))
         results[direction]["checks"] = checks(rows)
         for line in results[direction]["checks"]["lines"]:
             print("  " + line)
