@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import xbt  # noqa: E402
 from ceiling import read_ceiling  # noqa: E402
 from xbt import toy  # noqa: E402
-from xbt.datasets import RetrievalDataset  # noqa: E402
+from xbt.datasets import RetrievalDataset, load_toy  # noqa: E402
 from xbt.io import write_json  # noqa: E402
 
 #: each setting changes one thing in Stage2Config against the defaults
@@ -56,8 +56,7 @@ DIRS = ("i2t", "t2i")
 
 def world_dataset(world) -> RetrievalDataset:
     """The world's test gallery (1,000 images x 5 captions) as an evaluation dataset."""
-    images, captions = world.test_split()
-    return RetrievalDataset(images, captions, name=f"toy-{world.name}", split="test", source="toy")
+    return load_toy(world=world.name)
 
 
 def checks(rec: dict, old_old: dict, stage1: dict, slerp: dict) -> dict:

@@ -1,17 +1,20 @@
-"""Train the toy world's OLD and NEW CLIPs from scratch on CPU and write them into the package.
+"""Train a toy world's OLD and NEW CLIPs from scratch on CPU and write them into the package.
 
-    python scripts/train_toy_clips.py                 # both models, into xbt/toy/weights/
-    python scripts/train_toy_clips.py --which old     # one of them
+    python scripts/train_toy_clips.py                              # the shapes world, both models
+    python scripts/train_toy_clips.py --world patterns --which old # one model of the patterns world
 
-Each model is an open_clip ``CLIP`` built from the config below and trained with open_clip's
-``ClipLoss`` on procedurally drawn scenes (``xbt.toy``). OLD is small, sees 32-pixel images, has a
-64-d embedding and trains briefly; NEW is larger, sees 48-pixel images, has a 96-d
-embedding, another seed, and trains longer: a genuinely better model, as a real upgrade is.
+Shapes world: two open_clip ViT ``CLIP``s. OLD is small, sees 32-pixel images, has a 64-d
+embedding and trains briefly; NEW is larger, sees 48-pixel images, has a 96-d embedding, another
+seed, and trains longer: a genuinely better model, as a real upgrade is.
+Patterns world: OLD is a transformers ``CLIPModel`` (ViT, 16 pixels, 96-d); NEW an open_clip
+ModifiedResNet ``CLIP`` (32 pixels, 64-d, narrower than OLD), trained longer.
 
-Weights ship as open_clip ``local-dir`` folders (``open_clip_config.json`` + fp16
-``open_clip_model.safetensors``). ``metrics.json`` records each model's test Recall@1, measured
-after the fp16 round trip, which the tests check the shipped weights against.
-Not run in CI: see BENCHMARKS.md for its runtime.
+Every model is trained through ``xbt.load_clip`` on its own saved folder (so training sees the
+tokenizer and preprocessing users will get) with open_clip's ``ClipLoss``. Weights ship in fp16:
+open_clip ``local-dir`` folders (``open_clip_config.json`` + ``open_clip_model.safetensors``) or a
+transformers folder (``config.json``, ``model.safetensors``, tokenizer and processor files).
+``metrics.json`` records each model's test Recall@1 after the fp16 round trip, which the tests
+check the shipped weights against. Not run in CI: see BENCHMARKS.md for its runtime.
 """
 
 from __future__ import annotations
@@ -35,13 +38,15 @@ sys.path.insert(0, str(ROOT))
 import open_clip  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 
-from xbt.toy.data import test_split, train_split  # noqa: E402
+from xbt.encoders import load_clip  # noqa: E402
+from xbt.toy.worlds import get_world  # noqa: E402
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 
 MODELS = {
-    "old": {
+    ("shapes", "old"): {
+        "backend": "open_clip",
         "model_cfg": {
             "embed_dim": 64,
             "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "head_width": 16, "patch_size": 8},
@@ -49,7 +54,8 @@ MODELS = {
         },
         "train": {"seed": 1, "steps": 600, "batch_size": 256, "lr": 2e-3, "warmup": 50, "train_images": 30000},
     },
-    "new": {
+    ("shapes", "new"): {
+        "backend": "open_clip",
         "model_cfg": {
             "embed_dim": 96,
             "vision_cfg": {"image_size": 48, "layers": 4, "width": 96, "head_width": 24, "patch_size": 8},
@@ -57,46 +63,106 @@ MODELS = {
         },
         "train": {"seed": 2, "steps": 1500, "batch_size": 256, "lr": 2e-3, "warmup": 100, "train_images": 30000},
     },
+    ("patterns", "old"): {
+        "backend": "transformers",
+        "model_cfg": {
+            "projection_dim": 96,
+            "vision_config": {"image_size": 16, "patch_size": 4, "hidden_size": 64, "intermediate_size": 256,
+                              "num_hidden_layers": 3, "num_attention_heads": 4},
+            "text_config": {"vocab_size": 49408, "max_position_embeddings": 32, "hidden_size": 64,
+                            "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407},
+        },
+        "train": {"seed": 3, "steps": 400, "batch_size": 256, "lr": 2e-3, "warmup": 50, "train_images": 30000},
+    },
+    ("patterns", "new"): {
+        "backend": "open_clip",
+        "model_cfg": {
+            "embed_dim": 64,
+            "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+        },
+        "train": {"seed": 4, "steps": 1000, "batch_size": 128, "lr": 2e-3, "warmup": 100, "train_images": 30000},
+    },
 }
 
 
-def preprocess_batch(images, image_size: int) -> torch.Tensor:
-    """The same transform open_clip's eval preprocess applies (resize, to tensor, normalise)."""
-    cfg = open_clip.transform.PreprocessCfg(size=image_size, mean=MEAN, std=STD)
-    transform = open_clip.transform.image_transform_v2(cfg, is_train=False)
-    return torch.stack([transform(im) for im in images])
+def save_folder(model: torch.nn.Module, spec: dict, folder: Path, train: dict, dtype=torch.float16) -> dict:
+    """Write ``model`` as a folder ``xbt.load_clip`` reads (open_clip local-dir or transformers);
+    returns the state dict written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    if spec["backend"] == "transformers":
+        model.save_pretrained(folder, state_dict=state)
+        return state
+    size = spec["model_cfg"]["vision_cfg"]["image_size"]
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    config = {
+        "model_cfg": spec["model_cfg"],
+        "preprocess_cfg": {"size": size, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic", "resize_mode": "shortest"},
+        "xbt_training": train,
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return state
+
+
+def new_model(spec: dict, folder: Path) -> torch.nn.Module:
+    """A randomly initialised model; a transformers one gets its tokenizer and processor files."""
+    if spec["backend"] == "open_clip":
+        return open_clip.CLIP(**spec["model_cfg"])
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    cfg = spec["model_cfg"]
+    model = CLIPModel(CLIPConfig(text_config=cfg["text_config"], vision_config=cfg["vision_config"], projection_dim=cfg["projection_dim"]))
+    # CLIP's BPE is the same in both libraries: hand open_clip's vocabulary and merges to the
+    # transformers tokenizer (open_clip spells the two special tokens differently).
+    simple = open_clip.SimpleTokenizer()
+    special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {special.get(k, k): v for k, v in simple.encoder.items()}
+    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges], model_max_length=cfg["text_config"]["max_position_embeddings"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    size = cfg["vision_config"]["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                       image_mean=list(MEAN), image_std=list(STD)).save_pretrained(folder)
+    return model
+
+
+def load(spec: dict, folder: Path):
+    return load_clip(f"hf:{folder}" if spec["backend"] == "transformers" else f"local-dir:{folder}", device="cpu")
 
 
 @torch.no_grad()
-def recall_at_1(model, tokenizer, image_size: int) -> dict[str, float]:
+def recall_at_1(encoder, world) -> dict[str, float]:
     """Test-split Recall@1, image->text (any of the 5 captions) and text->image, brute force."""
-    model.eval()
-    images, caps = test_split()
-    pix = preprocess_batch(images, image_size)
+    images, caps = world.test_split()
     flat = [c for cs in caps for c in cs]
     owner = torch.arange(len(images)).repeat_interleave(5)
-    img = F.normalize(torch.cat([model.encode_image(b) for b in pix.split(500)]), dim=-1)
-    txt = F.normalize(torch.cat([model.encode_text(tokenizer(flat[i : i + 1000])) for i in range(0, len(flat), 1000)]), dim=-1)
+    img = torch.cat([encoder.encode_image(images[i : i + 500]) for i in range(0, len(images), 500)])
+    txt = torch.cat([encoder.encode_text(flat[i : i + 1000]) for i in range(0, len(flat), 1000)])
     i2t = owner[(img @ txt.T).argmax(1)] == torch.arange(len(images))
     t2i = (txt @ img.T).argmax(1) == owner
     return {"i2t_r1": 100 * i2t.float().mean().item(), "t2i_r1": 100 * t2i.float().mean().item()}
 
 
-def train_one(which: str, out_dir: Path, steps: int | None = None) -> dict:
-    spec = MODELS[which]
-    cfg, tr = spec["model_cfg"], dict(spec["train"])
+def train_one(world_name: str, which: str, out_dir: Path, steps: int | None = None) -> dict:
+    spec = MODELS[(world_name, which)]
+    tr = dict(spec["train"])
     if steps:
         tr["steps"] = steps
+    world = get_world(world_name)
+    folder = out_dir / f"{'toy' if world_name == 'shapes' else world_name}-{which}"
     torch.manual_seed(tr["seed"])
-    model = open_clip.CLIP(**cfg)
-    tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
-    image_size = cfg["vision_cfg"]["image_size"]
+    save_folder(new_model(spec, folder), spec, folder, tr, dtype=torch.float32)
+    encoder = load(spec, folder)
+    model = encoder.model
 
     start = time.time()
-    images, caps = train_split(tr["train_images"])
-    pix = preprocess_batch(images, image_size)
-    tokens = tokenizer([c for cs in caps for c in cs]).view(len(caps), 5, -1)
-    print(f"[{which}] data ready in {time.time() - start:.0f}s: {len(caps)} images", flush=True)
+    images, caps = world.train_split(tr["train_images"])
+    pix = torch.cat([encoder.preprocess_images(images[i : i + 1000]) for i in range(0, len(images), 1000)])
+    flat = [c for cs in caps for c in cs]
+    print(f"[{world_name}/{which}] data ready in {time.time() - start:.0f}s: {len(caps)} images", flush=True)
 
     loss_fn = ClipLoss()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -108,12 +174,13 @@ def train_one(which: str, out_dir: Path, steps: int | None = None) -> dict:
     )
     gen = torch.Generator().manual_seed(tr["seed"])
     model.train()
-    bar = tqdm(range(tr["steps"]), desc=f"train {which}")
+    bar = tqdm(range(tr["steps"]), desc=f"train {world_name}/{which}")
     for _ in bar:
         idx = torch.randint(len(caps), (tr["batch_size"],), generator=gen)
         which_cap = torch.randint(5, (tr["batch_size"],), generator=gen)
-        img_f = F.normalize(model.encode_image(pix[idx]), dim=-1)
-        txt_f = F.normalize(model.encode_text(tokens[idx, which_cap]), dim=-1)
+        img_f = F.normalize(encoder.image_features(pix[idx]), dim=-1)
+        tokens = encoder.tokenize([flat[5 * i + k] for i, k in zip(idx.tolist(), which_cap.tolist())])
+        txt_f = F.normalize(encoder.text_features(tokens), dim=-1)
         loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,25 +192,18 @@ def train_one(which: str, out_dir: Path, steps: int | None = None) -> dict:
     train_seconds = time.time() - start
 
     # Ship fp16 to keep the package small; metrics are taken after the round trip.
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    model.eval()
+    state = save_folder(model, spec, folder, tr)
     model.load_state_dict({k: v.float() for k, v in state.items()})
-    metrics = recall_at_1(model, tokenizer, image_size)
-    folder = out_dir / f"toy-{which}"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    config = {
-        "model_cfg": cfg,
-        "preprocess_cfg": {"size": image_size, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic", "resize_mode": "shortest"},
-        "xbt_training": tr,
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    metrics = recall_at_1(encoder, world)
     result = {**metrics, "train_seconds": round(train_seconds, 1), "steps": tr["steps"]}
-    print(f"[{which}] {result}", flush=True)
+    print(f"[{world_name}/{which}] {result}", flush=True)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", default="shapes", choices=["shapes", "patterns"])
     parser.add_argument("--which", nargs="+", default=["old", "new"], choices=["old", "new"])
     parser.add_argument("--out", type=Path, default=ROOT / "xbt" / "toy" / "weights")
     parser.add_argument("--steps", type=int, default=None, help="override the step count (for quick trials)")
@@ -151,9 +211,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     metrics_path = args.out / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     for which in args.which:
-        metrics[f"toy-{which}"] = train_one(which, args.out, args.steps)
+        result = train_one(args.world, which, args.out, args.steps)
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        metrics[f"{'toy' if args.world == 'shapes' else args.world}-{which}"] = result
         args.out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))

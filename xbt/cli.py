@@ -217,6 +217,7 @@ def _demo(sub) -> None:
         "no download).",
     )
     p.add_argument("--out", default="xbt-demo", help="folder for report.json, report.md, report.png (default: xbt-demo)")
+    p.add_argument("--world", default="shapes", choices=["shapes", "patterns"], help="toy world (default: shapes)")
     p.add_argument("--texts", type=int, default=50_000, help="stage-1 caption corpus size")
     p.add_argument("--pairs", type=int, default=2_000, help="image-caption pairs for stage 2 and SLERP's weights")
     p.add_argument("--seed", type=int, default=0)
@@ -225,7 +226,7 @@ def _demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    run_demo(out=args.out, n_texts=args.texts, n_pairs=args.pairs, seed=args.seed, verbose=not args.quiet)
+    run_demo(out=args.out, n_texts=args.texts, n_pairs=args.pairs, seed=args.seed, verbose=not args.quiet, world=args.world)
     return 0
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from .errors import XBTError
 from .sources import NOCAPS_FILE, LazyImages, read_karpathy, read_nocaps, read_webdataset
-from .toy.data import TEST_IMAGES, test_split
+from .toy.data import SCENES, TEST_IMAGES, test_split
 
 __all__ = ["ALIASES", "DEFAULT_SPLIT", "LazyImages", "RetrievalDataset", "load_dataset", "load_toy"]
 
@@ -154,7 +154,7 @@ def load_dataset(
         limit: keep only the first ``limit`` images (quick runs).
         max_captions: keep at most this many captions per image (COCO has 5 to 7).
         **kwargs: per-loader options: ``annotations=`` (path of the JSON), ``image_dir=`` (image
-            folder), ``repo=`` / ``revision=`` / ``cache_dir=`` (HF), ``seed=`` (toy).
+            folder), ``repo=`` / ``revision=`` / ``cache_dir=`` (HF), ``seed=`` and ``world=`` (toy).
     """
     key = ALIASES.get(str(name).lower())
     if key is None:
@@ -186,9 +186,15 @@ def load_dataset(
 # ---------------------------------------------------------------------- toy
 
 
-def load_toy(split: str = "test", n: int | None = None, seed: int = 0) -> RetrievalDataset:
-    """The toy world's test gallery: ``n`` (default all 1,000) images with five captions each."""
+def load_toy(split: str = "test", n: int | None = None, seed: int = 0, world: str = "shapes") -> RetrievalDataset:
+    """A toy world's test gallery: ``n`` (default all 1,000) images with five captions each.
+
+    ``world`` is ``"shapes"`` (the default toy world) or ``"patterns"``; the dataset is named
+    ``"toy"`` for the shapes world and ``"toy-<world>"`` otherwise.
+    """
     if split != "test":
         raise XBTError(f"the toy world has one evaluation split, 'test'; got split={split!r}")
-    images, captions = test_split(min(n or TEST_IMAGES, TEST_IMAGES), seed=seed)
-    return RetrievalDataset(images, captions, "toy", "test", "toy")
+    if world not in SCENES:
+        raise XBTError(f"unknown toy world {world!r}; choose one of {sorted(SCENES)}")
+    images, captions = test_split(min(n or TEST_IMAGES, TEST_IMAGES), seed=seed, scenes=SCENES[world])
+    return RetrievalDataset(images, captions, "toy" if world == "shapes" else f"toy-{world}", "test", "toy")

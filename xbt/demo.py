@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from . import toy
+from .datasets import load_toy
 from .evaluate import evaluate
 from .fit import fit, fuse
 from .io import write_json
@@ -30,8 +31,9 @@ def run_demo(
     seed: int = 0,
     verbose: bool = True,
     show: bool = True,
+    world: str = "shapes",
 ):
-    """Fit every method in ``methods`` on the toy world and evaluate them in one report.
+    """Fit every method in ``methods`` on a toy world and evaluate them in one report.
 
     Args:
         out: folder for report.json / report.md / report.png (None: write nothing).
@@ -40,15 +42,17 @@ def run_demo(
         methods: any of "procrustes", "linear", "slerp", "nlerp", "xbt-stage1", "xbt-stage1+2" and
             "xbt-stage1+2+slerp" (SLERP fusion on top of the stage-1+2 adapter; needs it listed before).
         verbose: progress bars and per-method fit times.
+        world: the toy world, ``"shapes"`` (default) or ``"patterns"`` (``xbt.toy.get_world``).
         show: print the comparison table (and where it was saved).
 
     Returns:
         The ``Report`` (also printed as markdown when ``verbose``).
     """
     start = time.perf_counter()
-    old, new = toy.load_clips()
-    texts = toy.text_corpus(n_texts)
-    pairs = toy.pairs(n_pairs)
+    toy_world = toy.get_world(world)
+    old, new = toy_world.load_clips()
+    texts = toy_world.text_corpus(n_texts)
+    pairs = toy_world.pairs(n_pairs)
     adapters, fit_seconds = {}, {}
     for name in methods:
         t0 = time.perf_counter()
@@ -64,7 +68,7 @@ def run_demo(
         fit_seconds[name] = round(time.perf_counter() - t0, 1)
         if verbose:
             print(f"fitted {name} in {fit_seconds[name]:.1f}s", flush=True)
-    report = evaluate(old, adapters, dataset="toy", verbose=verbose)
+    report = evaluate(old, adapters, dataset=load_toy(world=world), verbose=verbose)
     wall = round(time.perf_counter() - start, 1)
     if show:
         print(report.to_markdown())
@@ -72,7 +76,7 @@ def run_demo(
     if out is not None:
         folder = report.save(out)
         write_json(Path(folder) / "demo_timing.json",
-                   {"fit_seconds": fit_seconds, "wall_seconds": wall, "n_texts": n_texts, "n_pairs": n_pairs})
+                   {"world": world, "fit_seconds": fit_seconds, "wall_seconds": wall, "n_texts": n_texts, "n_pairs": n_pairs})
         if show:
             print(f"report written to {folder}/ (report.json, report.md, report.png)")
     return report

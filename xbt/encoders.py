@@ -266,7 +266,7 @@ def load_clip(
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         model_id = name[len(HF_PREFIX):]
-        model = CLIPModel.from_pretrained(model_id, revision=revision).to(dev).eval()
+        model = CLIPModel.from_pretrained(model_id, revision=revision, dtype=torch.float32).to(dev).eval()
         hf_tok = AutoTokenizer.from_pretrained(model_id, revision=revision)
         processor = CLIPImageProcessor.from_pretrained(model_id, revision=revision)
 

@@ -2,15 +2,17 @@
 
 ``load_clips()`` gives the two models (``load_model(name)`` one of them, ``MODEL_NAMES`` their
 names); ``text_corpus``, ``pairs`` and ``test_split`` give the stage-1 corpus, the stage-2 pair set
-and the evaluation gallery. The model names load lazily, so code that only needs the data
+and the evaluation gallery of the shapes world; ``get_world("patterns")`` gives the second world
+with the same methods. The model names load lazily, so code that only needs the data
 (``xbt.toy.data``) never imports model code.
 """
 
 from .data import pair_list, pairs, test_split, text_corpus, train_split
 
 _MODEL_ATTRS = ("load_clips", "load_model", "MODEL_NAMES", "WEIGHTS_DIR", "recorded_metrics")
+_WORLD_ATTRS = ("get_world", "WORLDS", "World")
 
-__all__ = [*_MODEL_ATTRS, "text_corpus", "pairs", "pair_list", "test_split", "train_split"]
+__all__ = [*_MODEL_ATTRS, *_WORLD_ATTRS, "text_corpus", "pairs", "pair_list", "test_split", "train_split"]
 
 
 def __getattr__(name: str):
@@ -18,4 +20,8 @@ def __getattr__(name: str):
         from . import models
 
         return getattr(models, name)
+    if name in _WORLD_ATTRS:
+        from . import worlds
+
+        return getattr(worlds, name)
     raise AttributeError(f"module 'xbt.toy' has no attribute {name!r}")

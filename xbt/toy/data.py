@@ -1,69 +1,78 @@
-"""The toy world's splits: the CLIP training set, the test gallery, the pair set and the text corpus.
+"""A toy world's splits: the CLIP training set, the test gallery, the pair set and the text corpus.
 
-Each split draws from its own seeded scene stream (see ``world.SPLIT_SEEDS``), so they are
-disjoint streams and any prefix is stable: ``text_corpus(1000)`` is the start of ``text_corpus(50000)``.
+Each function takes the world's scene module as ``scenes`` (anything with ``make_scene``,
+``render`` and ``captions``: ``world`` for the shapes world, ``patterns`` for the patterns world;
+the shapes world by default). Each split draws from its own seeded scene stream (the module's
+``SPLIT_SEEDS``), so splits are disjoint and any prefix is stable: ``text_corpus(1000)`` is the
+start of ``text_corpus(50000)``.
 """
 
 from __future__ import annotations
 
 from PIL import Image
 
-from .world import captions, make_scene, render
+from types import ModuleType
+
+from . import patterns
+from . import world as shapes
+
+#: each toy world's scene module by world name
+SCENES: dict[str, ModuleType] = {"shapes": shapes, "patterns": patterns}
 
 TEST_IMAGES = 1000
 MAX_PAIRS = 2000
 CAPTIONS_PER_IMAGE = 5
 
 
-def text_corpus(n: int = 50_000, seed: int = 0) -> list[str]:
+def text_corpus(n: int = 50_000, seed: int = 0, scenes: ModuleType = shapes) -> list[str]:
     """``n`` captions of scenes that are never drawn: the text-only corpus of XBT stage 1.
 
     Caption ``i`` uses template ``i % 5`` of its own scene, so every template is represented.
     """
     if n < 1:
         raise ValueError(f"text_corpus needs n >= 1, got {n}")
-    return [captions(make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE] for i in range(n)]
+    return [scenes.captions(scenes.make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE] for i in range(n)]
 
 
-def pair_list(n: int = MAX_PAIRS, seed: int = 0) -> list[tuple[Image.Image, str]]:
+def pair_list(n: int = MAX_PAIRS, seed: int = 0, scenes: ModuleType = shapes) -> list[tuple[Image.Image, str]]:
     """``n`` (PIL image, caption) pairs from the pair split, disjoint from the test gallery."""
     if not 1 <= n <= MAX_PAIRS:
         raise ValueError(f"the toy pair set holds 1..{MAX_PAIRS} pairs, asked for {n}")
     out = []
     for i in range(n):
-        scene = make_scene("pairs", i, seed)
-        out.append((render(scene), captions(scene)[i % CAPTIONS_PER_IMAGE]))
+        scene = scenes.make_scene("pairs", i, seed)
+        out.append((scenes.render(scene), scenes.captions(scene)[i % CAPTIONS_PER_IMAGE]))
     return out
 
 
-def pairs(n: int = MAX_PAIRS, seed: int = 0):
+def pairs(n: int = MAX_PAIRS, seed: int = 0, scenes: ModuleType = shapes):
     """The pair set as a ``datasets.Dataset`` with an ``image`` (PIL) and a ``caption`` column."""
     import datasets
 
-    items = pair_list(n, seed)
+    items = pair_list(n, seed, scenes)
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     return datasets.Dataset.from_dict(
         {"image": [im for im, _ in items], "caption": [c for _, c in items]}, features=features
     )
 
 
-def test_split(n: int = TEST_IMAGES, seed: int = 0) -> tuple[list[Image.Image], list[list[str]]]:
+def test_split(
+    n: int = TEST_IMAGES, seed: int = 0, scenes: ModuleType = shapes
+) -> tuple[list[Image.Image], list[list[str]]]:
     """The test gallery: ``n`` images and, for image ``i``, its five captions ``captions[i]``."""
     if not 1 <= n <= TEST_IMAGES:
         raise ValueError(f"the toy test split holds 1..{TEST_IMAGES} images, asked for {n}")
-    images, caps = [], []
-    for i in range(n):
-        scene = make_scene("test", i, seed)
-        images.append(render(scene))
-        caps.append(captions(scene, CAPTIONS_PER_IMAGE))
-    return images, caps
+    return train_split(n, seed, split="test", scenes=scenes)
 
 
-def train_split(n: int, seed: int = 0, split: str = "train") -> tuple[list[Image.Image], list[list[str]]]:
-    """``n`` images with five captions each from ``split``, for training the toy CLIPs themselves."""
+def train_split(
+    n: int, seed: int = 0, split: str = "train", scenes: ModuleType = shapes
+) -> tuple[list[Image.Image], list[list[str]]]:
+    """``n`` images with five captions each from ``split`` (``"train"`` trains the toy CLIPs
+    themselves, ``"ceiling"`` feeds the benchmarks' supervised ceiling map)."""
     images, caps = [], []
     for i in range(n):
-        scene = make_scene(split, i, seed)
-        images.append(render(scene))
-        caps.append(captions(scene, CAPTIONS_PER_IMAGE))
+        scene = scenes.make_scene(split, i, seed)
+        images.append(scenes.render(scene))
+        caps.append(scenes.captions(scene, CAPTIONS_PER_IMAGE))
     return images, caps

@@ -1,4 +1,8 @@
-"""The shipped toy CLIPs: an OLD and a NEW open_clip model trained by scripts/train_toy_clips.py."""
+"""The shipped toy CLIPs, trained by scripts/train_toy_clips.py: each world's OLD and NEW model.
+
+Most are open_clip ``local-dir`` folders; the patterns world's OLD model is a transformers
+``CLIPModel`` folder (``config.json``), loaded through ``hf:<folder>`` as any Hub CLIP would be.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,16 @@ from ..errors import XBTError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the toy models by name -> their ``local-dir`` folder under ``WEIGHTS_DIR``
-MODEL_NAMES = {"xbt-toy-old": "toy-old", "xbt-toy-new": "toy-new"}
+MODEL_NAMES = {
+    "xbt-toy-old": "toy-old",
+    "xbt-toy-new": "toy-new",
+    "xbt-patterns-old": "patterns-old",
+    "xbt-patterns-new": "patterns-new",
+}
 
 
 def load_model(name: str, device=None) -> CLIPEncoder:
-    """One shipped toy CLIP by name (``"xbt-toy-old"`` or ``"xbt-toy-new"``) as a ``CLIPEncoder``.
+    """One shipped toy CLIP by name (a key of ``MODEL_NAMES``) as a ``CLIPEncoder``.
 
     The encoder's ``name`` and ``source`` are the toy name, so adapters record it and the CLI can
     load it again.
@@ -22,11 +31,14 @@ def load_model(name: str, device=None) -> CLIPEncoder:
     if name not in MODEL_NAMES:
         raise XBTError(f"unknown toy model {name!r}; choose one of {sorted(MODEL_NAMES)}")
     folder = WEIGHTS_DIR / MODEL_NAMES[name]
-    if not (folder / "open_clip_model.safetensors").is_file():
+    if (folder / "config.json").is_file():
+        encoder = load_clip(f"hf:{folder}", device=device)
+    elif (folder / "open_clip_model.safetensors").is_file():
+        encoder = load_clip(f"local-dir:{folder}", device=device)
+    else:
         raise XBTError(
             f"toy CLIP weights for {name} are missing from {folder}; regenerate them with `python scripts/train_toy_clips.py`"
         )
-    encoder = load_clip(f"local-dir:{folder}", device=device)
     encoder.name = encoder.source = name
     return encoder
 

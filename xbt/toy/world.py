@@ -62,7 +62,7 @@ SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 PICTURE_WORDS = ("picture", "image", "drawing", "photo")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 
-SPLIT_SEEDS = {"train": 11, "test": 22, "pairs": 33, "text": 44, "val": 55}
+SPLIT_SEEDS = {"train": 11, "test": 22, "pairs": 33, "text": 44, "val": 55, "ceiling": 66}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,72 @@
+"""The toy worlds by name: each a scene generator and its shipped OLD/NEW pair of tiny CLIPs.
+
+``get_world("shapes")`` is the original toy world (``xbt.toy``'s module-level functions are its
+shortcuts); ``get_world("patterns")`` is a second world, different in kind (textured regions and
+counted items, another caption grammar, a transformers ``CLIPModel`` as OLD and an open_clip
+ModifiedResNet as NEW, 96-d -> 64-d). Benchmarks and defaults are measured on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..encoders import CLIPEncoder
+from ..errors import XBTError
+from . import data, models
+
+
+@dataclass(frozen=True)
+class World:
+    """A named toy world: its scene module and the names of its shipped OLD and NEW models."""
+
+    name: str
+    scenes: ModuleType
+    old_model: str
+    new_model: str
+
+    def load_clips(self, device=None) -> tuple[CLIPEncoder, CLIPEncoder]:
+        """The world's (old, new) CLIP pair, loaded offline from the package."""
+        return models.load_model(self.old_model, device), models.load_model(self.new_model, device)
+
+    def text_corpus(self, n: int = 50_000, seed: int = 0) -> list[str]:
+        """``n`` captions of never-drawn scenes: the stage-1 corpus."""
+        return data.text_corpus(n, seed, self.scenes)
+
+    def pair_list(self, n: int = data.MAX_PAIRS, seed: int = 0):
+        """``n`` (PIL image, caption) pairs, disjoint from the test gallery."""
+        return data.pair_list(n, seed, self.scenes)
+
+    def pairs(self, n: int = data.MAX_PAIRS, seed: int = 0):
+        """The pair set as a ``datasets.Dataset`` (``image``, ``caption``)."""
+        return data.pairs(n, seed, self.scenes)
+
+    def test_split(self, n: int = data.TEST_IMAGES, seed: int = 0):
+        """The 1,000-image x 5-caption test gallery (images, captions per image)."""
+        return data.test_split(n, seed, self.scenes)
+
+    def train_split(self, n: int, seed: int = 0):
+        """``n`` images x 5 captions of the split the world's CLIPs were trained on."""
+        return data.train_split(n, seed, "train", self.scenes)
+
+    def ceiling_split(self, n: int, seed: int = 0):
+        """``n`` images x 5 captions that no model or adapter trains on: the ceiling map's supervision."""
+        return data.train_split(n, seed, "ceiling", self.scenes)
+
+    def recorded_metrics(self) -> dict:
+        """Test Recall@1 of the world's two models as their training script recorded it."""
+        recorded = models.recorded_metrics()
+        return {which: recorded[models.MODEL_NAMES[name]] for which, name in (("old", self.old_model), ("new", self.new_model))}
+
+
+WORLDS = {
+    "shapes": World("shapes", data.SCENES["shapes"], "xbt-toy-old", "xbt-toy-new"),
+    "patterns": World("patterns", data.SCENES["patterns"], "xbt-patterns-old", "xbt-patterns-new"),
+}
+
+
+def get_world(name: str) -> World:
+    """The toy world called ``name`` (``"shapes"`` or ``"patterns"``)."""
+    if name not in WORLDS:
+        raise XBTError(f"unknown toy world {name!r}; choose one of {sorted(WORLDS)}")
+    return WORLDS[name]
