@@ -296,9 +296,15 @@ def test_the_gallery_cli_builds_backfills_and_searches(world, tmp_path, capsys):
     captions.write_text("\n".join(world["texts"][:40]) + "\n")
     gallery = tmp_path / "g"
     base = ["--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
-    assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions)]) == 0
-    assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4"]) == 0
+    pairs = tmp_path / "pairs"
+    xbt.toy.pairs(60).save_to_disk(str(pairs))
+    assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions), "--pairs", str(pairs)]) == 0
+    assert json.loads((gallery / "gallery.json").read_text())["calibration"]["source"].startswith("fitted on 60 queries")
+    assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread"]) == 2
+    assert "--pairs" in capsys.readouterr().err
+    assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread", "--pairs", str(pairs)]) == 0
     assert "10 of 40 items in the new space" in capsys.readouterr().out
+    assert bf.read_manifest(gallery)["plan"] == "spread"
     assert main(["gallery", "backfill", *base, "--budget", "lots"]) == 2
     assert "--budget must be" in capsys.readouterr().err
     image = tmp_path / "q.png"
