@@ -1,4 +1,4 @@
-"""The ``xbt`` command: ``eval``, ``demo``, ``fit`` and ``push``.
+"""The ``xbt`` command: ``eval``, ``demo``, ``fit``, ``push`` and ``gallery`` (``xbt.gallery_commands``).
 
 Each subcommand is a function decorated with ``@subcommand`` that adds its parser to the
 subparsers object and sets ``func`` (called with the parsed args; returns the exit status).
@@ -35,6 +35,7 @@ from .errors import XBTError
 from .evaluate import evaluate
 from .export import EXPORT_FORMATS
 from .fit import METHODS, fit
+from .gallery_commands import register as register_gallery
 from .hub import push_folder, resolve
 from .version import __version__
 
@@ -357,6 +358,14 @@ def _app(sub) -> None:
     p = sub.add_parser("app", help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report")
     app_arguments(p)
     p.set_defaults(func=lambda args: serve(args, load_model, _load_adapters, lambda path: _new_from_adapter_config(path, None)))
+
+
+# ---------------------------------------------------------------------- gallery (xbt/gallery_commands.py)
+
+
+@subcommand
+def _gallery(sub) -> None:
+    register_gallery(sub, load_model)
 
 
 # ---------------------------------------------------------------------- entry point

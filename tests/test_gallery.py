@@ -1,0 +1,318 @@
+"""The mixed old/new gallery, its merge, the backfill planner and the resumable backfill job, on the toy CLIPs."""
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xbt
+from xbt import backfill as bf
+from xbt.adapter_config import ModelRef
+from xbt.calibration import ScoreCalibration, fit_calibration
+from xbt.embed import embed_images, embed_texts
+from xbt.gallery import MixedGallery
+from xbt.planner import DisagreementModel, budget_count, plan_order
+from xbt.search import search
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 96
+
+
+@pytest.fixture(scope="module")
+def world():
+    old, new = xbt.toy.load_clips(device="cpu")
+    adapter = xbt.fit(old, new, xbt.toy.text_corpus(3000), epochs=3, verbose=False)
+    images, caps = xbt.toy.test_split(N)
+    texts = [c[0] for c in caps]
+    vec = {
+        "old_img": embed_images(old, images, verbose=False).numpy(),
+        "new_img": embed_images(new, images, verbose=False).numpy(),
+        "new_txt": embed_texts(new, texts, verbose=False).numpy(),
+    }
+    vec["ad_txt"] = adapter.from_new_embeddings(torch.from_numpy(vec["new_txt"]), "text").numpy()
+    return {"old": old, "new": new, "adapter": adapter, "images": images, "texts": texts, **vec}
+
+
+def image_gallery(w, store="faiss", calibration=None):
+    g = MixedGallery(ModelRef.of(w["old"]), w["new"].embed_dim, "image", store=store, calibration=calibration)
+    g.add_old(w["old_img"])
+    return g
+
+
+def saved_gallery(w, folder):
+    return image_gallery(w).save(folder)
+
+
+# ---------------------------------------------------------------------- merge
+
+
+def test_the_ends_of_a_backfill_are_the_adapter_search_and_the_new_model_search(world):
+    g = image_gallery(world, calibration=ScoreCalibration(scale=0.5, shift=0.3))
+    _, ids0 = g.search(world["new_txt"], world["ad_txt"], k=10)
+    np.testing.assert_array_equal(ids0, search(world["ad_txt"], world["old_img"], 10)[1])
+    g.set_new(np.arange(N), world["new_img"])
+    _, ids1 = g.search(world["new_txt"], world["ad_txt"], k=10)
+    np.testing.assert_array_equal(ids1, search(world["new_txt"], world["new_img"], 10)[1])
+    g.rollback()
+    np.testing.assert_array_equal(g.search(world["new_txt"], world["ad_txt"], k=10)[1], ids0)
+
+
+def test_the_calibrated_merge_equals_a_brute_force_merge_of_both_parts(world):
+    cal = ScoreCalibration(scale=0.4, shift=0.35)
+    g = image_gallery(world, calibration=cal)
+    chosen = np.arange(0, N, 3)
+    g.set_new(chosen, world["new_img"][chosen])
+    scores, ids = g.search(world["new_txt"], world["ad_txt"], k=10)
+    in_new = np.zeros(N, bool)
+    in_new[chosen] = True
+    full = np.where(in_new, world["new_txt"] @ world["new_img"].T, cal.scale * (world["ad_txt"] @ world["old_img"].T) + cal.shift)
+    expect = np.argsort(-full, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(ids, expect)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, expect, 1), atol=1e-5)
+
+
+def test_interleave_alternates_the_parts_at_half_backfilled(world):
+    g = image_gallery(world)
+    g.set_new(np.arange(0, N, 2), world["new_img"][::2])
+    _, ids = g.search(world["new_txt"], world["ad_txt"], k=6, merge="interleave")
+    in_new = g.in_new[ids]
+    assert (in_new[:, ::2] != in_new[:, 1::2]).all()
+
+
+def test_fit_calibration_merges_pairs_at_least_as_well_as_its_starting_map(world):
+    n = 60
+    target = np.eye(n, dtype=bool)
+    args = (world["new_txt"][:n], world["ad_txt"][:n], world["new_img"][:n], world["old_img"][:n], target)
+    cal = fit_calibration(*args, fractions=(0.5,))
+    s_new, s_old = args[0] @ args[2].T, args[1] @ args[3].T
+    mask = np.random.default_rng(0).random(n) < 0.5
+
+    def r1(scale, shift):
+        return (np.where(mask, s_new, scale * s_old + shift).argmax(1) == np.arange(n)).mean()
+
+    start = s_new.std() / s_old.std()
+    assert r1(cal.scale, cal.shift) >= r1(start, s_new.mean() - start * s_old.mean())
+    assert ScoreCalibration.from_dict(cal.to_dict()) == cal
+
+
+def test_faiss_and_qdrant_give_the_same_top10(world):
+    galleries = [image_gallery(world, store) for store in ("faiss", "qdrant")]
+    chosen = plan_order(world["old_img"], "random", seed=1)[: int(0.4 * N)]
+    for g in galleries:
+        g.calibration = ScoreCalibration(scale=0.4, shift=0.35)
+        g.set_new(chosen, world["new_img"][chosen])
+    for merge in ("calibrated", "naive", "interleave"):
+        (s_f, i_f), (s_q, i_q) = (g.search(world["new_txt"], world["ad_txt"], k=10, merge=merge) for g in galleries)
+        np.testing.assert_array_equal(i_f, i_q)
+        np.testing.assert_allclose(s_f, s_q, atol=1e-5)
+
+
+def test_an_adapter_for_another_old_model_is_refused_by_fingerprint(world):
+    other_old = copy.deepcopy(world["old"])
+    with torch.no_grad():
+        for p in other_old.model.parameters():
+            p.add_(0.01)
+    other_old.refresh_fingerprint()
+    assert other_old.fingerprint != world["old"].fingerprint
+    g = MixedGallery(ModelRef.of(other_old), world["new"].embed_dim, "image")
+    g.add_old(embed_images(other_old, world["images"][:8], verbose=False))
+    with pytest.raises(xbt.XBTError, match="fingerprint"):
+        g.search_with(world["adapter"], ["a red circle"])
+    assert g.search_with(world["adapter"], ["a red circle"], check_fingerprint=False)[1].shape == (1, 8)
+    mine = image_gallery(world)
+    assert mine.search_with(world["adapter"], ["a red circle"], k=3)[1].shape == (1, 3)
+
+
+# ---------------------------------------------------------------------- planner
+
+
+def test_budgets_and_plans(world):
+    assert budget_count(0.25, 100) == 25 and budget_count(30, 100) == 30 and budget_count(500, 100) == 100
+    with pytest.raises(xbt.XBTError, match="budget"):
+        budget_count(1.5, 100)
+    rng = np.random.default_rng(0)
+    adapted = world["old_img"] + 0.3 * rng.standard_normal(world["old_img"].shape).astype(np.float32) * world["old_img"][:, :1]
+    adapted /= np.linalg.norm(adapted, axis=1, keepdims=True)
+    model = DisagreementModel.fit(world["old_img"], adapted)
+    for plan in ("random", "uncertainty", "density", "spread"):
+        order = plan_order(world["old_img"], plan, model=model)
+        assert sorted(order.tolist()) == list(range(N))
+    pred = model.predict(world["old_img"])
+    assert (np.diff(pred[plan_order(world["old_img"], "uncertainty", model=model)]) <= 1e-6).all()
+    with pytest.raises(xbt.XBTError, match="DisagreementModel"):
+        plan_order(world["old_img"], "uncertainty")
+
+
+# ---------------------------------------------------------------------- the backfill job
+
+
+def final_state(folder):
+    g = bf.open_gallery(folder)
+    return g.in_new, g.store.vectors("new", np.flatnonzero(g.in_new))
+
+
+def test_a_backfill_interrupted_between_writes_resumes_to_the_same_gallery(world, tmp_path, monkeypatch):
+    order = plan_order(world["old_img"], "random", seed=3)
+    ref, broken = saved_gallery(world, tmp_path / "ref"), saved_gallery(world, tmp_path / "broken")
+    full = bf.BackfillJob(ref, world["new"], world["images"], order=order, batch_size=16).run(0.5, verbose=False)
+    assert full == {"embedded": 48, "adopted": 0, "repaired": 0, "done": 48, "target": 48}
+
+    calls = {"n": 0}
+    real = bf.write_json
+
+    def failing(path, obj):  # call 1 starts the manifest, call k+1 commits batch k: fail committing batch 1
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(path, obj)
+
+    monkeypatch.setattr(bf, "write_json", failing)
+    with pytest.raises(OSError):
+        bf.BackfillJob(broken, world["new"], world["images"], order=order, batch_size=16).run(0.5, verbose=False)
+    monkeypatch.setattr(bf, "write_json", real)
+    assert bf.read_manifest(broken)["batches"][-1]["index"] == 0  # batch 1's file exists, unrecorded
+    resumed = bf.BackfillJob(broken, world["new"], world["images"], batch_size=16).run(0.5, verbose=False)
+    assert resumed["adopted"] == 16 and resumed["embedded"] == 16  # 16 + 16 + 16 = 48: nothing embedded twice
+    (in_a, v_a), (in_b, v_b) = final_state(ref), final_state(broken)
+    np.testing.assert_array_equal(in_a, in_b)
+    np.testing.assert_array_equal(v_a, v_b)
+
+
+def test_a_killed_backfill_process_resumes_to_the_same_gallery(world, tmp_path):
+    order = plan_order(world["old_img"], "random", seed=4)
+    ref, killed = saved_gallery(world, tmp_path / "ref"), saved_gallery(world, tmp_path / "killed")
+    np.save(tmp_path / "order.npy", order)
+    bf.BackfillJob(ref, world["new"], world["images"], order=order, batch_size=16).run(1.0, verbose=False)
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, numpy as np, torch, xbt
+        torch.set_num_threads({torch.get_num_threads()})  # the fingerprint's float sum depends on the thread count
+        from xbt import backfill as bf
+        old, new = xbt.toy.load_clips(device="cpu")
+        images, _ = xbt.toy.test_split({N})
+        real, calls = bf.write_json, [0]
+        def write_then_die(path, obj):  # killed after batch 2's file is written, before the manifest records it
+            calls[0] += 1
+            if calls[0] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, obj)
+        bf.write_json = write_then_die
+        bf.BackfillJob({str(killed)!r}, new, images, order=np.load({str(tmp_path / 'order.npy')!r}), batch_size=16).run(1.0, verbose=False)
+    """))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert len(bf.read_manifest(killed)["batches"]) == 2
+    resumed = bf.BackfillJob(killed, world["new"], world["images"], batch_size=16).run(1.0, verbose=False)
+    assert resumed["adopted"] == 16 and resumed["embedded"] == N - 48
+    (in_a, v_a), (in_b, v_b) = final_state(ref), final_state(killed)
+    assert in_a.all() and in_b.all()
+    np.testing.assert_array_equal(v_a, v_b)
+
+
+def test_a_corrupt_batch_file_is_refused_and_repair_re_embeds_it(world, tmp_path):
+    folder = saved_gallery(world, tmp_path / "g")
+    bf.BackfillJob(folder, world["new"], world["images"], batch_size=32).run(1.0, verbose=False)
+    before = final_state(folder)[1]
+    batch = folder / bf.BACKFILL_DIR / bf.batch_name(1)
+    data = bytearray(batch.read_bytes())
+    data[-5] ^= 0xFF
+    batch.write_bytes(bytes(data))
+    with pytest.raises(xbt.XBTError, match="corrupt.*repair"):
+        bf.open_gallery(folder)
+    with pytest.raises(xbt.XBTError, match="corrupt"):
+        bf.BackfillJob(folder, world["new"], world["images"]).run(1.0, verbose=False)
+    stats = bf.BackfillJob(folder, world["new"], world["images"]).run(1.0, repair=True, verbose=False)
+    assert stats["repaired"] == 32 and stats["embedded"] == 0
+    np.testing.assert_allclose(final_state(folder)[1], before, atol=1e-6)
+
+
+def test_a_second_job_is_refused_while_one_holds_the_lock(world, tmp_path):
+    folder = saved_gallery(world, tmp_path / "g")
+    with bf.job_lock(folder / bf.BACKFILL_DIR):
+        with pytest.raises(xbt.XBTError, match="another backfill job"):
+            bf.BackfillJob(folder, world["new"], world["images"]).run(0.5, verbose=False)
+    assert bf.BackfillJob(folder, world["new"], world["images"]).run(0.25, verbose=False)["done"] == 24
+
+
+def test_another_new_model_cannot_resume_a_backfill(world, tmp_path):
+    folder = saved_gallery(world, tmp_path / "g")
+    bf.BackfillJob(folder, world["new"], world["images"], batch_size=16).run(16, verbose=False)
+    other = copy.deepcopy(world["new"])
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.add_(0.01)
+    other.refresh_fingerprint()
+    with pytest.raises(xbt.XBTError, match="started with new model"):
+        bf.BackfillJob(folder, other, world["images"]).run(1.0, verbose=False)
+
+
+def test_rollback_until_cutover(world, tmp_path):
+    folder = saved_gallery(world, tmp_path / "g")
+    job = bf.BackfillJob(folder, world["new"], world["images"], batch_size=32)
+    job.run(0.5, verbose=False)
+    with pytest.raises(xbt.XBTError, match="finish the backfill"):
+        bf.cutover(folder)
+    assert bf.rollback(folder) is not None
+    assert not bf.open_gallery(folder).in_new.any()
+    bf.BackfillJob(folder, world["new"], world["images"], batch_size=32).run(1.0, verbose=False)
+    bf.cutover(folder)
+    g = bf.open_gallery(folder)
+    assert g.in_new.all() and not g.store.has_old
+    with pytest.raises(xbt.XBTError, match="cannot roll back"):
+        bf.rollback(folder)
+    _, ids = g.search(world["new_txt"], world["ad_txt"], k=5)
+    np.testing.assert_array_equal(ids, search(world["new_txt"], world["new_img"], 5)[1])
+
+
+def test_gallery_json_records_models_and_spaces(world, tmp_path):
+    folder = saved_gallery(world, tmp_path / "g")
+    bf.BackfillJob(folder, world["new"], world["images"], batch_size=16).run(0.25, verbose=False)
+    meta = json.loads((folder / "gallery.json").read_text())
+    assert meta["old_model"]["fingerprint"] == world["old"].fingerprint
+    manifest = bf.read_manifest(folder)
+    assert manifest["new_model"]["fingerprint"] == world["new"].fingerprint
+    g = bf.open_gallery(folder)
+    assert g.in_new.sum() == sum(b["count"] for b in manifest["batches"]) == 24
+    assert dataclasses.asdict(g.new_ref)["fingerprint"] == world["new"].fingerprint
+    shutil.rmtree(folder)
+
+
+def test_the_gallery_cli_builds_backfills_and_searches(world, tmp_path, capsys):
+    from xbt.cli import main
+
+    adapter_dir = world["adapter"].save_pretrained(tmp_path / "adapter")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(world["texts"][:40]) + "\n")
+    gallery = tmp_path / "g"
+    base = ["--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
+    pairs = tmp_path / "pairs"
+    xbt.toy.pairs(60).save_to_disk(str(pairs))
+    assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions), "--pairs", str(pairs)]) == 0
+    assert json.loads((gallery / "gallery.json").read_text())["calibration"]["source"].startswith("fitted on 60 queries")
+    assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread"]) == 2
+    assert "--pairs" in capsys.readouterr().err
+    assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread", "--pairs", str(pairs)]) == 0
+    assert "10 of 40 items in the new space" in capsys.readouterr().out
+    assert bf.read_manifest(gallery)["plan"] == "spread"
+    assert main(["gallery", "backfill", *base, "--budget", "lots"]) == 2
+    assert "--budget must be" in capsys.readouterr().err
+    image = tmp_path / "q.png"
+    world["images"][0].save(image)
+    assert main(["gallery", "search", *base, "--query-image", str(image), "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("item ") == 3 and ("new" in out or "old" in out)
+    assert main(["gallery", "search", *base, "--query", "a red circle"]) == 2
+    assert "caption gallery" in capsys.readouterr().err
+    assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
+    assert not bf.open_gallery(gallery).in_new.any()
