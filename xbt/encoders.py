@@ -116,7 +116,8 @@ class CLIPEncoder:
                 sample = flat[::step][:64].float().cpu()
                 h.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
                 h.update(sample.numpy().tobytes())
-                h.update(f"{flat.float().sum().item():.6e}".encode())
+                # float64, so the sum does not depend on how many threads reduced it
+                h.update(f"{flat.double().sum().item():.6e}".encode())
         self._fingerprint = h.hexdigest()[:24]
         return self._fingerprint
 
