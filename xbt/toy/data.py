@@ -6,6 +6,8 @@ disjoint streams and any prefix is stable: ``text_corpus(1000)`` is the start of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from PIL import Image
 
 from .world import captions, make_scene, render
@@ -23,6 +25,14 @@ def text_corpus(n: int = 50_000, seed: int = 0) -> list[str]:
     if n < 1:
         raise ValueError(f"text_corpus needs n >= 1, got {n}")
     return [captions(make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE] for i in range(n)]
+
+
+def iter_text_corpus(n: int = 50_000, seed: int = 0) -> Iterator[str]:
+    """``text_corpus(n)`` as a lazy generator: the same captions in the same order, one at a time (no list)."""
+    if n < 1:
+        raise ValueError(f"text_corpus needs n >= 1, got {n}")
+    for i in range(n):
+        yield captions(make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE]
 
 
 def pair_list(n: int = MAX_PAIRS, seed: int = 0) -> list[tuple[Image.Image, str]]:
