@@ -69,7 +69,8 @@ def read_shard(path: Path, rows: int | None = None) -> torch.Tensor | None:
         emb = load_file(str(path))["embeddings"]
     except (SafetensorError, KeyError, OSError):
         return None  # corrupt or foreign: recomputed, never trusted
-    return emb.float() if rows is None or emb.shape[0] == rows else None
+    # a copy: the loaded tensor maps the file, and a file changed underneath a mapping crashes its reader
+    return emb.to(torch.float32, copy=True) if rows is None or emb.shape[0] == rows else None
 
 
 class PairShards:

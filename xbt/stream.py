@@ -136,6 +136,7 @@ def unique_chunks(texts: Any, chunk_size: int, stats: TextStats | None = None, w
     if chunk_size < 1:
         raise XBTError(f"chunk_size must be >= 1, got {chunk_size}")
     seen, stats = HashSet(), stats or TextStats()
+    read_size = min(read_size, chunk_size)  # a chunk is handed on as soon as its texts are read
     chunk: list[str] = []
     buffer: list[str] = []
 
