@@ -24,7 +24,7 @@ def world() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True accelerate runs CPU processes apart
         return state.process_index, state.num_processes
     return 0, 1
 
@@ -42,3 +42,13 @@ def broadcast_module(module: nn.Module, src: int = 0) -> nn.Module:
             for t in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(t.data, src)
     return module
+
+
+def mean_across(value: torch.Tensor) -> float:
+    """The mean of a scalar tensor over all processes (itself in a plain process), e.g. a loss for the record."""
+    value = value.detach().float().reshape(1).clone()
+    n = world()[1]
+    if n > 1:
+        dist.all_reduce(value)
+        value /= n
+    return value.item()
