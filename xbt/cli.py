@@ -278,7 +278,7 @@ def run_fit(args: argparse.Namespace) -> int:
     path = Path(args.texts)
     if not path.is_file():
         raise XBTError(f"--texts {path} does not exist; give a UTF-8 text file with one caption per line")
-    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = path  # read lazily, line by line (xbt.stream): a caption file larger than memory is fine
     pairs = None
     if args.pairs:
         import datasets

@@ -26,6 +26,7 @@ from .fusion import ALPHA_GRID, FUSION_KINDS, check_alpha, pair_groups, select_a
 from .maps import DEFAULT_RIDGE, orthogonal_procrustes, ridge_map
 from .pairs import as_pairs
 from .shards import corpus_shards
+from .stream import iter_texts
 from .stage1 import Projection, seeded, train_projection
 from .stage2 import PairData, train_stage2
 
@@ -126,7 +127,7 @@ def fit(
         if given:
             raise XBTError(f"{given} only apply to method 'xbt' (stage 2); method {method!r} is training-free and would "
                            "ignore them: drop them, or use method='xbt'")
-        items = unique_texts(check_texts(texts))
+        items = unique_texts(check_texts(iter_texts(texts)))
         return fit_baseline(method, old_enc, new_enc, items, pairs=pairs, seed=seed, device=device, cache=cache, verbose=verbose, **config)
     stage1_cfg = Stage1Config.from_kwargs(**{"seed": seed, **config})
     stage2_cfg = Stage2Config.from_kwargs(**{"seed": seed, **(stage2 or {})})
@@ -152,7 +153,7 @@ def fit(
             new_text, old_text = shards.head(len(items)) if items else (None, None)
         training: dict[str, Any] = {"n_texts": n_texts, "metrics": {"stage1": history}, "stage1": training_stage1}
     else:
-        items = unique_texts(check_texts(texts))
+        items = unique_texts(check_texts(iter_texts(texts)))
         if len(items) < 2:
             raise XBTError(f"stage 1 needs at least 2 distinct texts (it contrasts them), got {len(items)}")
         training = {"n_texts": len(items), "metrics": {}}

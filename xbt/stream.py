@@ -69,8 +69,8 @@ def _raw(texts: Any, column: str | None) -> Iterable[Any]:
 def _lines(path: Path) -> Iterator[str]:
     with path.open(encoding="utf-8") as f:
         for line in f:
-            line = line.rstrip("\r\n")
-            if line.strip():
+            line = line.strip()
+            if line:
                 yield line
 
 
@@ -79,7 +79,7 @@ def iter_texts(texts: Any, what: str = "texts", column: str | None = None) -> It
 
     ``texts``: a list or any iterable of strings, a ``datasets.Dataset`` / ``IterableDataset``
     (``column``, or the column detected: ``TEXT_COLUMNS`` or its only string column), or a
-    ``pathlib.Path`` to a UTF-8 text file with one caption per line (blank lines skipped).
+    ``pathlib.Path`` to a UTF-8 text file with one caption per line (stripped; blank lines skipped).
     """
     for i, t in enumerate(_raw(texts, column)):
         if not isinstance(t, str):
