@@ -53,7 +53,7 @@ def lazy_corpus(world_name: str, n: int):
     return (gen(n) if gen is not None else iter(world.text_corpus(n))), world
 
 
-def one_stage1(n: int, world_name: str, threads: int, out: Path) -> dict:
+def one_stage1(n: int, world_name: str, threads: int) -> dict:
     import torch
 
     import xbt
@@ -164,7 +164,7 @@ def main() -> None:
         if args.one == "gallery":
             data.mkdir(exist_ok=True)
             return make_gallery(args.images, args.dim, 5, data)
-        res = one_stage1(int(args.one), args.world, args.threads, args.out_dir) if args.part == "stage1" \
+        res = one_stage1(int(args.one), args.world, args.threads) if args.part == "stage1" \
             else one_search(args.one, data, 5)
         name = f"stage1-{args.world}-{int(args.one)}" if args.part == "stage1" else f"search-{args.one}-{args.images}"
         (args.out_dir / f"{name}.json").write_text(json.dumps(res, indent=2))
