@@ -126,8 +126,11 @@ def table(out_dir: Path) -> dict:
         lo, hi = s1[0], s1[-1]
         summary["rss_ratio_largest_vs_smallest"] = round(hi["peak_rss_mb"] / lo["peak_rss_mb"], 3)
         summary["time_per_distinct_ratio_max_over_min"] = round(max(r["us_per_distinct"] for r in s1) / min(r["us_per_distinct"] for r in s1), 3)
+        per_text = [1e6 * r["wall_s"] / r["n_texts"] for r in s1]
+        summary["time_per_text_ratio_max_over_min"] = round(max(per_text) / min(per_text), 3)
         print(f"peak RSS {hi['n_texts']:,} / {lo['n_texts']:,}: {summary['rss_ratio_largest_vs_smallest']}x (target <= 1.2); "
-              f"time per distinct text max/min: {summary['time_per_distinct_ratio_max_over_min']}x (target <= 1.3)")
+              f"time per text read max/min: {summary['time_per_text_ratio_max_over_min']}x, per distinct text: "
+              f"{summary['time_per_distinct_ratio_max_over_min']}x (target <= 1.3)")
     if se:
         print("\n| search | images x captions | wall (s) | peak RSS (MB) | R@1 I2T | R@1 T2I |\n|---|---|---:|---:|---:|---:|")
         for r in se:
