@@ -175,7 +175,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--source", default="local", choices=("local", "hf"), help="local files or Hugging Face webdataset")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (quick runs)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10], help="K values of Recall@K (default 1 5 10)")
-    p.add_argument("--index", default="flat", choices=("flat", "ivf"), help="faiss index: flat (exact) or ivf")
+    p.add_argument("--index", default="flat", choices=("flat", "block", "ivf"), help="search: flat (faiss, exact), block (exact, bounded memory) or ivf")
     p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query (default min(nlist, 16))")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
@@ -282,7 +282,7 @@ def run_fit(args: argparse.Namespace) -> int:
     path = Path(args.texts)
     if not path.is_file():
         raise XBTError(f"--texts {path} does not exist; give a UTF-8 text file with one caption per line")
-    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = path  # read lazily, line by line (xbt.stream): a caption file larger than memory is fine
     pairs = None
     if args.pairs:
         import datasets

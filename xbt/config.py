@@ -73,11 +73,16 @@ class Stage1Config(TrainingOptions):
     val_fraction: float = _opt(0.1, "share of the texts held out for early stopping")
     patience: int = _opt(5, "epochs without validation improvement before stopping")
     seed: int = _opt(0, "seed of the split, noise, batches and initialisation")
+    val_max: int = _opt(10_000, "most texts held out, whatever the corpus size (validation memory and time stay bounded)")
+    val_block: int = _opt(1_000, "held-out texts per InfoNCE block; the validation loss averages full blocks, so it does not depend on the split size")
+    shuffle_buffer: int = _opt(65_536, "texts mixed at a time while streaming over the embedding shards (a corpus this small is fully shuffled)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         need(self.hidden >= 0, f"hidden must be >= 0 (0: linear projection), got {self.hidden}")
         need(self.noise_std >= 0, f"noise_std must be >= 0, got {self.noise_std}")
+        need(self.val_max >= 0 and self.val_block >= 2, f"val_max must be >= 0 and val_block >= 2, got {self.val_max} and {self.val_block}")
+        need(self.shuffle_buffer >= 2 * self.batch_size, f"shuffle_buffer must hold at least two batches ({2 * self.batch_size}), got {self.shuffle_buffer}")
 
 
 @dataclass

@@ -182,7 +182,8 @@ def evaluate(
             dataset name (refused with a ``RetrievalDataset``, which is already loaded).
         limit: evaluate on the first ``limit`` images only.
         ks: the K of Recall@K.
-        index: ``"flat"`` (exact inner product) or ``"ivf"`` (approximate; ``nlist``/``nprobe``).
+        index: ``"flat"`` (exact inner product), ``"block"`` (the same in bounded memory, for
+            full-protocol galleries) or ``"ivf"`` (approximate; ``nlist``/``nprobe``).
         cache: embedding cache (``None`` default folder, ``False`` off, or a folder).
         device: where to run the models (CUDA when present by default).
         query_cost: time each adapter's query encoding against the bare new model.
@@ -257,6 +258,7 @@ def evaluate(
             info={"method": a.method, "repr": repr(a)},
         )
     index_label = "faiss exact inner product (IndexFlatIP)" if index == "flat" else \
+        "faiss exact inner product in blocks (IndexFlatIP, running top-k)" if index == "block" else \
         f"faiss IVF (IndexIVFFlat, nlist={nlist or '≈√n'}, nprobe={nprobe or 16}; approximate)"
     report = Report(
         dataset=ds.name, split=ds.split, n_images=ds.n_images, n_captions=ds.n_captions, ks=ks,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapter import Adapter, FusionAdapter
+from .distributed import broadcast_module
 from .config import BASELINE_OPTIONS, MAP_KINDS, SUPPORTS, BaselineConfig, Stage1Config, Stage2Config
 from .embed import CacheSpec, check_finite, check_texts, embed_images, embed_texts
 from .encoders import CLIPEncoder, as_encoder
@@ -24,11 +25,16 @@ from .errors import XBTError
 from .fusion import ALPHA_GRID, FUSION_KINDS, check_alpha, pair_groups, select_alpha
 from .maps import DEFAULT_RIDGE, orthogonal_procrustes, ridge_map
 from .pairs import as_pairs
+from .shards import corpus_shards
+from .stream import iter_texts
 from .stage1 import Projection, seeded, train_projection
 from .stage2 import PairData, train_stage2
 
 #: every method ``fit`` knows; all but "xbt" are training-free
 METHODS = ("xbt", *BASELINE_OPTIONS)
+#: the first distinct stage-1 texts stage 2 keeps in memory (with their embeddings) to draw its caption bank and
+#: distillation captions from: above its defaults (20,000 + 50,000), bounded for corpora of millions
+STAGE2_TEXTS = 200_000
 
 
 def check_model_pair(old: CLIPEncoder, new: CLIPEncoder) -> None:
@@ -73,8 +79,10 @@ def fit(
         old: the model that embedded the gallery (``xbt.load_clip`` result, open_clip CLIP or
             transformers ``CLIPModel``).
         new: the model to query with; its weights are never changed.
-        texts: captions for stage 1 (any iterable of strings: a list, a ``datasets`` column); with
-            pairs, up to ``stage2["caption_bank_size"]`` of them also serve as stage 2's caption bank.
+        texts: captions for stage 1: any stream ``xbt.stream.iter_texts`` reads (list, generator,
+            ``datasets`` table or streaming dataset, ``pathlib.Path`` of a text file), embedded
+            into the sharded cache (``xbt.shards``); with pairs, the first ``STAGE2_TEXTS`` also
+            feed stage 2's caption bank.
         pairs: optional image-caption pairs (a ``datasets.Dataset`` with image and caption columns,
             or an iterable of ``(PIL image, caption)``): XBT stage 2, or the support set of a baseline.
         method: ``"xbt"`` (stage 1, + stage 2 with pairs) or a training-free baseline:
@@ -110,7 +118,6 @@ def fit(
         raise XBTError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     old_enc, new_enc = as_encoder(old), as_encoder(new)
     check_model_pair(old_enc, new_enc)
-    items = unique_texts(check_texts(texts))
     xbt_only = {"stage2": stage2 is not None, "stage1": stage1 is not None, "old_image_embeddings": old_image_embeddings is not None,
                 "old_caption_embeddings": old_caption_embeddings is not None,
                 "embed_pairs_with_old": not embed_pairs_with_old,
@@ -120,28 +127,36 @@ def fit(
         if given:
             raise XBTError(f"{given} only apply to method 'xbt' (stage 2); method {method!r} is training-free and would "
                            "ignore them: drop them, or use method='xbt'")
+        items = unique_texts(check_texts(iter_texts(texts)))
         return fit_baseline(method, old_enc, new_enc, items, pairs=pairs, seed=seed, device=device, cache=cache, verbose=verbose, **config)
-    if len(items) < 2:
-        raise XBTError(f"stage 1 needs at least 2 distinct texts (it contrasts them), got {len(items)}")
     stage1_cfg = Stage1Config.from_kwargs(**{"seed": seed, **config})
     stage2_cfg = Stage2Config.from_kwargs(**{"seed": seed, **(stage2 or {})})
     if pairs is None and any(xbt_only.values()):
         given = [name for name, on in xbt_only.items() if on]
         raise XBTError(f"{given} only apply to stage 2, which trains on image-caption pairs: pass pairs=...")
 
-    training: dict[str, Any] = {"n_texts": len(items), "metrics": {}}
     if stage1 is not None:
         _check_stage1(stage1, old_enc, new_enc, use_stage1, config)
-    if use_stage1:
-        old_text = embed_texts(old_enc, items, device=device, cache=cache, verbose=verbose)
-        new_text = embed_texts(new_enc, items, device=device, cache=cache, verbose=verbose)
-        if stage1 is None:
-            projection, history = train_projection(new_text, old_text, stage1_cfg, verbose=verbose)
-            training["stage1"] = stage1_cfg.to_dict()
-        else:
-            projection, history = stage1.projection, stage1.training["metrics"]["stage1"]
-            training["stage1"] = stage1.training["stage1"]
-        training["metrics"]["stage1"] = history
+    if use_stage1:  # the texts stream through a sharded embedding cache: memory does not grow with their number
+        with corpus_shards(new_enc, old_enc, texts, cache, device=device, verbose=verbose,
+                           keep_texts=STAGE2_TEXTS if pairs is not None else 0) as shards:
+            n_texts, items = len(shards), shards.texts
+            if n_texts < 2:
+                raise XBTError(f"stage 1 needs at least 2 distinct texts (it contrasts them), got {n_texts}")
+            if stage1 is None:
+                projection, history = train_projection(shards, None, stage1_cfg, verbose=verbose)
+                broadcast_module(projection)  # several processes: rank 0's stage 1 is everyone's
+                training_stage1 = stage1_cfg.to_dict()
+            else:
+                projection, history = stage1.projection, stage1.training["metrics"]["stage1"]
+                training_stage1 = stage1.training["stage1"]
+            new_text, old_text = shards.head(len(items)) if items else (None, None)
+        training: dict[str, Any] = {"n_texts": n_texts, "metrics": {"stage1": history}, "stage1": training_stage1}
+    else:
+        items = unique_texts(check_texts(iter_texts(texts)))
+        if len(items) < 2:
+            raise XBTError(f"stage 1 needs at least 2 distinct texts (it contrasts them), got {len(items)}")
+        training = {"n_texts": len(items), "metrics": {}}
     if pairs is None:
         return Adapter(new_enc, projection, method=method, old=old_enc, training=training)
 

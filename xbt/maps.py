@@ -44,8 +44,15 @@ def orthogonal_procrustes(source: torch.Tensor, target: torch.Tensor) -> torch.T
     (W W^T = I); otherwise its columns are (W^T W = I).
     """
     _check_pair(source, target)
-    m = target.double().T @ source.double()  # [d_t, d_s]
-    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    return procrustes_from_cross(target.double().T @ source.double())
+
+
+def procrustes_from_cross(cross: torch.Tensor) -> torch.Tensor:
+    """``orthogonal_procrustes`` from the cross-product ``target.T @ source`` [d_target, d_source] alone.
+
+    The cross-product is a sum over rows, so a corpus too large for memory can accumulate it shard by shard.
+    """
+    u, _, vh = torch.linalg.svd(cross.double(), full_matrices=False)
     return (u @ vh).float()
 
 

@@ -1,7 +1,9 @@
 """Exact and approximate nearest-neighbour search with FAISS, and Recall@K on its results.
 
 One search, one tie rule, one recall: every Recall@K in xbt (the evaluator's, and the alpha
-selection of query fusion) comes from ``recall_at_k`` here.
+selection of query fusion) comes from ``recall_at_k`` here. ``block_search`` (``index="block"``) is
+the same exact search in bounded memory for full-protocol galleries (31K images x 155K captions and
+more): FAISS on blocks of queries x gallery with a running top-k.
 
 - Scores are inner products of float32 embeddings (cosine for the unit rows xbt produces).
 - Ties: equal scores are ordered by gallery index, ascending - the order of a stable argsort of
@@ -68,7 +70,7 @@ def build_index(gallery: np.ndarray, index: str = "flat", nlist: int | None = No
         idx.train(gallery)
         idx.nprobe = int(min(nlist, nprobe or 16))
     else:
-        raise XBTError(f"unknown index {index!r}; use 'flat' (exact) or 'ivf' (approximate, large galleries)")
+        raise XBTError(f"unknown index {index!r}; use 'flat' (exact), 'block' (exact, bounded memory) or 'ivf' (approximate)")
     idx.add(gallery)
     return idx
 
@@ -85,6 +87,8 @@ def search(
     tie across rank k are recomputed exactly with numpy. IVF rows may end in id -1 (fewer than
     ``k`` candidates in the probed cells); those count as misses.
     """
+    if index == "block":
+        return block_search(queries, gallery, k)
     q = _as_matrix(queries, "queries")
     g = _as_matrix(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
@@ -112,6 +116,76 @@ def search(
             ids[rows] = top
             scores[rows] = np.take_along_axis(exact, top, 1)
     return scores[:, :k], ids[:, :k]
+
+
+def _block(x: Any, start: int, size: int, what: str) -> np.ndarray:
+    """Rows ``start:start+size`` of ``x`` (a tensor, array or ``np.memmap``) as a float32 array, checked finite."""
+    rows = x[start : start + size]
+    arr = rows.detach().float().cpu().numpy() if isinstance(rows, torch.Tensor) else np.ascontiguousarray(rows, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise XBTError(f"{what} holds NaN or inf values (rows {start}..{start + len(arr) - 1}); check the model and its inputs")
+    return arr
+
+
+def _sorted_search(idx, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores, ids = idx.search(q, k)
+    order = np.lexsort((ids, -scores), axis=-1)
+    return np.take_along_axis(scores, order, -1), np.take_along_axis(ids, order, -1)
+
+
+def _exact_block(q: np.ndarray, g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``min(k, len(g))`` of ``g`` per query with the tie rule; every score from the one FAISS kernel.
+
+    FAISS keeps an arbitrary subset of the items tied at rank k; rows whose tie run reaches the
+    end of the returned list are searched again with twice the depth until the run ends, so the
+    lower indices of a tie are kept without mixing in scores computed another way.
+    """
+    idx = build_index(g)
+    k = min(k, len(g))
+    depth = min(k + 1, len(g))
+    scores, ids = _sorted_search(idx, q, depth)
+    rows = np.flatnonzero(scores[:, k - 1] == scores[:, depth - 1]) if depth > k else np.zeros(0, dtype=np.int64)
+    while len(rows):
+        depth = min(2 * depth, len(g))
+        s, i = _sorted_search(idx, q[rows], depth)
+        scores[rows], ids[rows] = s[:, : scores.shape[1]], i[:, : scores.shape[1]]
+        rows = rows[s[:, k - 1] == s[:, depth - 1]] if depth < len(g) else rows[:0]
+    return scores[:, :k], ids[:, :k]
+
+
+def block_search(queries: Any, gallery: Any, k: int, query_block: int = 16_384,
+                 gallery_block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """``search`` (exact inner product, same tie rule) in bounded memory: ``(scores, ids)`` [n_queries, k'].
+
+    Queries and gallery are read ``query_block`` x ``gallery_block`` rows at a time, each pair of
+    blocks searched with FAISS ``IndexFlatIP`` and merged into a running top-k per query. A score
+    is one FAISS inner product of one query and one gallery row (below FAISS's BLAS threshold of
+    queries per call, as ``query_block`` is by default, it does not depend on the block), so
+    duplicates tie exactly wherever they sit. Memory is a block of each plus the outputs, whatever the gallery size; both may be
+    ``np.memmap`` arrays that never enter memory whole. Among equal scores the lower gallery index
+    wins, as in ``search``.
+    """
+    if k < 1:
+        raise XBTError(f"k must be >= 1, got {k}")
+    for x, what in ((queries, "queries"), (gallery, "gallery")):
+        if len(x.shape) != 2 or x.shape[0] == 0:
+            raise XBTError(f"{what} must be a non-empty 2-D [n, d] array of embeddings, got shape {tuple(x.shape)}")
+    if queries.shape[1] != gallery.shape[1]:
+        raise XBTError(f"queries are {queries.shape[1]}-d but the gallery is {gallery.shape[1]}-d; embed both in the same space")
+    n_q, n = queries.shape[0], gallery.shape[0]
+    k = min(int(k), n)
+    out_s, out_i = np.empty((n_q, k), dtype=np.float32), np.empty((n_q, k), dtype=np.int64)
+    for qs in range(0, n_q, query_block):
+        q = _block(queries, qs, query_block, "queries")
+        best_s, best_i = np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
+        for gs in range(0, n, gallery_block):
+            top, ids = _exact_block(q, _block(gallery, gs, gallery_block, "gallery"), k)
+            # the running list holds lower ids than this block: a stable sort keeps them first among ties
+            both_s, both_i = np.concatenate([best_s, top], 1), np.concatenate([best_i, ids + gs], 1)
+            order = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(both_s, order, 1), np.take_along_axis(both_i, order, 1)
+        out_s[qs : qs + len(q)], out_i[qs : qs + len(q)] = best_s, best_i
+    return out_s, out_i
 
 
 @dataclass
@@ -172,13 +246,16 @@ def recall_at_k(
         query_owner, gallery_owner: integer ids, one per row.
         ks: the K values. K above the gallery size is clipped to it (recall 1.0 for queries whose
             target is in the gallery). Ties: lower gallery index first (see ``search``).
-        index, nlist, nprobe: FAISS index choice, see ``build_index``.
+        index, nlist, nprobe: FAISS index choice, see ``build_index``; ``index="block"``: the exact
+            search in bounded memory of ``block_search`` (same tie rule), for galleries of 100K+ items.
 
     Returns:
         a ``Retrieval`` holding per-query hits (for flip rates) and ``recall``.
     """
-    q = _as_matrix(query_emb, "query_emb")
-    g = _as_matrix(gallery_emb, "gallery_emb")
+    if index == "block":  # read in blocks as they are: no float32 copy of the whole gallery
+        q, g = (x if hasattr(x, "shape") else np.asarray(x, dtype=np.float32) for x in (query_emb, gallery_emb))
+    else:
+        q, g = _as_matrix(query_emb, "query_emb"), _as_matrix(gallery_emb, "gallery_emb")
     qo = _as_owner(query_owner, q.shape[0], "query_owner")
     go = _as_owner(gallery_owner, g.shape[0], "gallery_owner")
     ks = check_ks(ks)

@@ -42,11 +42,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_trainable_state, restore_optimizer, run_key, save_checkpoint, trainable_state
 from .config import Stage2Config
 from .distillation import distill_text_head
+from .distributed import broadcast_module, mean_across, world
 from .embed import embed_images, embed_texts
 from .encoders import CLIPEncoder, best_device
 from .errors import XBTError
@@ -187,6 +190,8 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
                                                  texts_new, bank_ids, val_gallery, val_weights, temperature,
                                                  checkpoint_dir, on_epoch_end, verbose)
     heads["image"] = image_head
+    if heads["text"] is not stage1_head:
+        broadcast_module(heads["text"])  # distilled in every process alike; rank 0's is everyone's, whatever the device
     record["image"] = image_record
     return Stage2Result(heads=heads, lora=lora, record=record)
 
@@ -207,6 +212,19 @@ def _split_texts(new, data, cfg, gen, dev):
     n_distractors = min(VAL_DISTRACTORS, len(free) // 5)
     distractors, rest = free[:n_distractors].sort().values, free[n_distractors:]
     return F.normalize(texts_new.float(), dim=-1), rest[: cfg.caption_bank_size].sort().values, distractors
+
+
+class _ImagePath(nn.Module):
+    """The image path as one module (what ``DistributedDataParallel`` wraps): LoRA image tower, then the head."""
+
+    def __init__(self, lora_enc: CLIPEncoder, head: Projection) -> None:
+        super().__init__()
+        self.model, self.head, self.encoder = lora_enc.model, head, lora_enc  # encoder: not a module, its model is
+
+    def forward(self, pixels: torch.Tensor, autocast) -> torch.Tensor:
+        with autocast:
+            feats = self.encoder.image_features(pixels)
+        return self.head(F.normalize(feats.float(), dim=-1))
 
 
 def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, train, val, texts_new, bank_ids,
@@ -232,6 +250,12 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
         else:
             weights = torch.ones(len(train), device=dev)
 
+    rank, n_proc = world()
+    if cfg.batch_size < n_proc:
+        raise XBTError(f"stage 2 splits each batch across the {n_proc} processes: batch_size must be >= {n_proc}, got {cfg.batch_size}")
+    path = _ImagePath(lora_enc, head)
+    # several processes: each takes its share of every batch and DDP averages the gradients, so all hold the same weights
+    trained = DistributedDataParallel(path, device_ids=[dev.index] if dev.type == "cuda" else None) if n_proc > 1 else path
     lora_params = [p for p in lora_enc.peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": lora_params, "lr": cfg.lr}, {"params": list(head.parameters()), "lr": cfg.projection_lr}],
                             weight_decay=cfg.weight_decay)
@@ -241,10 +265,8 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
-    def encode(idx: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            feats = lora_enc.image_features(pixels[idx].to(dev))
-        return head(F.normalize(feats.float(), dim=-1))
+    def encode(idx: torch.Tensor, module: nn.Module = path) -> torch.Tensor:
+        return module(pixels[idx].to(dev), autocast)
 
     @torch.no_grad()
     def score() -> float | None:
@@ -294,9 +316,9 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
         order = torch.randperm(len(train), generator=gen)
         losses = []
         for b in range(max(1, len(order) // cfg.batch_size)):  # full batches only, at least one
-            rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank::n_proc]
             idx = train[rows]
-            z = encode(idx)
+            z = encode(idx, trained)
             loss = cfg.caption_rank_weight * caption_ranking(z, bank, rows.to(dev), cfg.temperature, weights[rows.to(dev)])
             if cfg.image_keep_weight:
                 loss = loss + cfg.image_keep_weight * cosine_gap(z, keep[idx.to(dev)])
@@ -308,7 +330,7 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
             scaler.step(opt)
             scaler.update()
             sched.step()
-            losses.append(loss.item())
+            losses.append(mean_across(loss))  # every process records the whole batch's loss
         if "diverged_at_epoch" in history:
             break
         history["train_loss"].append(sum(losses) / len(losses))
@@ -322,7 +344,7 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
             best["bad_epochs"] += 1
             stopped = best["bad_epochs"] >= cfg.patience
         bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", val="-" if val_score is None else f"{val_score:.3f}")
-        if folder is not None:
+        if folder is not None and rank == 0:
             save_checkpoint(folder, epoch, key, lora_enc, head, best, opt, sched, gen, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)

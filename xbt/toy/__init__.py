@@ -7,12 +7,12 @@ with the same methods. The model names load lazily, so code that only needs the 
 (``xbt.toy.data``) never imports model code.
 """
 
-from .data import pair_list, pairs, test_split, text_corpus, train_split
+from .data import iter_text_corpus, pair_list, pairs, test_split, text_corpus, train_split
 
 _MODEL_ATTRS = ("load_clips", "load_model", "MODEL_NAMES", "WEIGHTS_DIR", "recorded_metrics")
 _WORLD_ATTRS = ("get_world", "WORLDS", "World")
 
-__all__ = [*_MODEL_ATTRS, *_WORLD_ATTRS, "text_corpus", "pairs", "pair_list", "test_split", "train_split"]
+__all__ = [*_MODEL_ATTRS, *_WORLD_ATTRS, "text_corpus", "iter_text_corpus", "pairs", "pair_list", "test_split", "train_split"]
 
 
 def __getattr__(name: str):

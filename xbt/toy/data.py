@@ -9,9 +9,10 @@ start of ``text_corpus(50000)``.
 
 from __future__ import annotations
 
-from PIL import Image
-
+from collections.abc import Iterator
 from types import ModuleType
+
+from PIL import Image
 
 from . import patterns
 from . import world as shapes
@@ -32,6 +33,14 @@ def text_corpus(n: int = 50_000, seed: int = 0, scenes: ModuleType = shapes) -> 
     if n < 1:
         raise ValueError(f"text_corpus needs n >= 1, got {n}")
     return [scenes.captions(scenes.make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE] for i in range(n)]
+
+
+def iter_text_corpus(n: int = 50_000, seed: int = 0, scenes: ModuleType = shapes) -> Iterator[str]:
+    """``text_corpus(n)`` as a lazy generator: the same captions in the same order, one at a time (no list)."""
+    if n < 1:
+        raise ValueError(f"text_corpus needs n >= 1, got {n}")
+    for i in range(n):
+        yield scenes.captions(scenes.make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE]
 
 
 def pair_list(n: int = MAX_PAIRS, seed: int = 0, scenes: ModuleType = shapes) -> list[tuple[Image.Image, str]]:
