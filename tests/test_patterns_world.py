@@ -80,3 +80,15 @@ def test_shipped_weights_reproduce_recorded_recall_and_the_upgrade_is_real(patte
     assert report.dataset == "toy-patterns"
     for direction in ("i2t", "t2i"):
         assert 100 * (report.new_new[direction][1] - report.old_old[direction][1]) >= 10
+
+
+def test_demo_runs_on_the_patterns_world(tmp_path):
+    from xbt.demo import run_demo
+
+    report = run_demo(out=tmp_path / "demo", n_texts=2000, n_pairs=100, methods=("procrustes", "xbt-stage1"),
+                      verbose=False, show=False, world="patterns")
+    assert report.dataset == "toy-patterns"
+    assert set(report.methods) == {"procrustes", "xbt-stage1"}
+    recorded = get_world("patterns").recorded_metrics()["old"]
+    assert abs(100 * report.old_old["i2t"][1] - recorded["i2t_r1"]) <= 1.0
+    assert '"world": "patterns"' in (tmp_path / "demo" / "demo_timing.json").read_text()
