@@ -92,3 +92,11 @@ def test_demo_runs_on_the_patterns_world(tmp_path):
     recorded = get_world("patterns").recorded_metrics()["old"]
     assert abs(100 * report.old_old["i2t"][1] - recorded["i2t_r1"]) <= 1.0
     assert '"world": "patterns"' in (tmp_path / "demo" / "demo_timing.json").read_text()
+
+
+def test_closure_is_undefined_when_the_target_is_not_above_old_old():
+    from xbt.report import closure
+
+    assert closure(69.2, 12.0, 30.5) is None  # the patterns ceiling sits below old->old
+    assert closure(37.5, 48.7, 64.7) == pytest.approx(11.2 / 27.2)
+    assert closure(37.5, 40.0, 37.5) is None

@@ -31,9 +31,12 @@ COST_TEXTS, COST_IMAGES = 256, 64
 
 
 def closure(old_old: float, new_old: float, target: float) -> float | None:
-    """(new_old - old_old) / (target - old_old): 1 reaches the target, 0 is old->old, < 0 worse; None without a gap."""
+    """(new_old - old_old) / (target - old_old): 1 reaches the target, 0 is old->old, < 0 worse.
+
+    None when the target is not above old->old (no room to close: a ratio of two negative gaps
+    would read as more than full closure)."""
     gap = target - old_old
-    return None if abs(gap) < 1e-12 else (new_old - old_old) / gap
+    return None if gap < 1e-12 else (new_old - old_old) / gap
 
 
 def _kd(d: dict[int, Any]) -> dict[str, Any]:
