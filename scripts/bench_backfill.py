@@ -1,6 +1,6 @@
 """Partial backfill benchmark: a gallery part old, part new, searched with an adapter, by fraction backfilled.
 
-    python scripts/bench_backfill.py --world toy --adapter /work/notes/adapters/toy-stage12
+    python scripts/bench_backfill.py --world shapes      # fits and saves its adapter under benchmarks/out/adapters/ once
 
 For both directions (T2I: caption queries -> mixed image gallery; I2T: image queries -> mixed
 caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
@@ -93,7 +93,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--world", default="toy")
     p.add_argument("--adapter", default=None,
-                   help="adapter folder, fitted and saved there if missing (default /work/notes/adapters/<world>-stage12)")
+                   help="adapter folder, fitted and saved there if missing (default benchmarks/out/adapters/<world>-stage12)")
     p.add_argument("--seeds", type=int, default=5, help="random orders averaged")
     p.add_argument("--corpus", type=int, default=10_000, help="stage-1 texts the caption disagreement model is fitted on")
     p.add_argument("--out", default="benchmarks/out/backfill")
@@ -102,7 +102,7 @@ def main() -> int:
     t0 = time.perf_counter()
     world = load_world(args.world)
     if args.adapter is None:
-        args.adapter = f"/work/notes/adapters/{'toy' if args.world in ('toy', 'shapes') else args.world}-stage12"
+        args.adapter = f"benchmarks/out/adapters/{'shapes' if args.world == 'toy' else args.world}-stage12"
     old, new = world.load_clips()
     if not (Path(args.adapter) / "xbt_config.json").is_file():
         print(f"fitting the adapter (stage 1+2) and saving it to {args.adapter}")

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import xbt  # noqa: E402
 from ceiling import read_ceiling  # noqa: E402
-from sweep_stage2 import world_dataset  # noqa: E402
 from xbt import toy  # noqa: E402
+from xbt.datasets import load_toy  # noqa: E402
 from xbt.io import atomic_path, write_json  # noqa: E402
 
 DIRS = ("i2t", "t2i")
@@ -66,7 +66,7 @@ def efficiency(name: str, counts, seed: int, n_texts: int) -> tuple[dict, dict]:
         kept[str(n)] = {m: adapters[str(n)].training["kept"][m]["kept"] for m in ("text", "image")}
         adapters[f"slerp {n}"] = xbt.fit(old, new, texts, pairs=pairs, method="slerp", verbose=False)
         print(f"[{name}] {n} pairs: fitted in {time.perf_counter() - t0:.0f}s, kept {kept[str(n)]}", flush=True)
-    report = xbt.evaluate(old, adapters, dataset=world_dataset(world), query_cost=False, verbose=False, ceiling=read_ceiling(name))
+    report = xbt.evaluate(old, adapters, dataset=load_toy(world=name), query_cost=False, verbose=False, ceiling=read_ceiling(name))
     r1 = lambda rec: {d: round(100 * rec[d][1], 2) for d in DIRS}  # noqa: E731
     points = {}
     for n in counts:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import xbt  # noqa: E402
 from ceiling import read_ceiling  # noqa: E402
 from xbt import toy  # noqa: E402
-from xbt.datasets import RetrievalDataset, load_toy  # noqa: E402
+from xbt.datasets import load_toy  # noqa: E402
 from xbt.io import write_json  # noqa: E402
 
 #: each setting changes one thing in Stage2Config against the defaults
@@ -52,11 +52,6 @@ SETTINGS = {
 }
 KS = (1, 5, 10)
 DIRS = ("i2t", "t2i")
-
-
-def world_dataset(world) -> RetrievalDataset:
-    """The world's test gallery (1,000 images x 5 captions) as an evaluation dataset."""
-    return load_toy(world=world.name)
 
 
 def checks(rec: dict, old_old: dict, stage1: dict, slerp: dict) -> dict:
@@ -86,7 +81,7 @@ def run_world(name: str, seeds, settings, n_texts: int, n_pairs: int) -> dict:
             print(f"[{name}] seed {seed}: {setting} fitted in {time.perf_counter() - t0:.0f}s, kept {kept[f'seed {seed} | {setting}']}",
                   flush=True)
     ceiling = read_ceiling(name)
-    report = xbt.evaluate(old, adapters, dataset=world_dataset(world), query_cost=False, verbose=False, ceiling=ceiling)
+    report = xbt.evaluate(old, adapters, dataset=load_toy(world=name), query_cost=False, verbose=False, ceiling=ceiling)
     pct = lambda r: {d: {k: round(100 * r[d][k], 2) for k in KS} for d in DIRS}  # noqa: E731
     old_old, new_new = pct(report.old_old), pct(report.new_new)
     slerp = pct(report.methods["slerp"].recall)

@@ -39,6 +39,7 @@ import open_clip  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 
 from xbt.encoders import load_clip  # noqa: E402
+from xbt.toy.models import MODEL_NAMES  # noqa: E402
 from xbt.toy.worlds import get_world  # noqa: E402
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -129,6 +130,12 @@ def new_model(spec: dict, folder: Path) -> torch.nn.Module:
     return model
 
 
+def folder_name(world_name: str, which: str) -> str:
+    """The model's folder under the weights dir, which is also its key in metrics.json."""
+    world = get_world(world_name)
+    return MODEL_NAMES[world.old_model if which == "old" else world.new_model]
+
+
 def load(spec: dict, folder: Path):
     return load_clip(f"hf:{folder}" if spec["backend"] == "transformers" else f"local-dir:{folder}", device="cpu")
 
@@ -152,7 +159,7 @@ def train_one(world_name: str, which: str, out_dir: Path, steps: int | None = No
     if steps:
         tr["steps"] = steps
     world = get_world(world_name)
-    folder = out_dir / f"{'toy' if world_name == 'shapes' else world_name}-{which}"
+    folder = out_dir / folder_name(world_name, which)
     torch.manual_seed(tr["seed"])
     save_folder(new_model(spec, folder), spec, folder, tr, dtype=torch.float32)
     encoder = load(spec, folder)
@@ -214,7 +221,7 @@ def main() -> None:
     for which in args.which:
         result = train_one(args.world, which, args.out, args.steps)
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        metrics[f"{'toy' if args.world == 'shapes' else args.world}-{which}"] = result
+        metrics[folder_name(args.world, which)] = result
         args.out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))

@@ -30,9 +30,7 @@ def text_corpus(n: int = 50_000, seed: int = 0, scenes: ModuleType = shapes) -> 
 
     Caption ``i`` uses template ``i % 5`` of its own scene, so every template is represented.
     """
-    if n < 1:
-        raise ValueError(f"text_corpus needs n >= 1, got {n}")
-    return [scenes.captions(scenes.make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE] for i in range(n)]
+    return list(iter_text_corpus(n, seed, scenes))
 
 
 def iter_text_corpus(n: int = 50_000, seed: int = 0, scenes: ModuleType = shapes) -> Iterator[str]:

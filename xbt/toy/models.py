@@ -13,7 +13,7 @@ from ..encoders import CLIPEncoder, load_clip
 from ..errors import XBTError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: the toy models by name -> their ``local-dir`` folder under ``WEIGHTS_DIR``
+#: the toy models by name -> their folder under ``WEIGHTS_DIR``
 MODEL_NAMES = {
     "xbt-toy-old": "toy-old",
     "xbt-toy-new": "toy-new",
