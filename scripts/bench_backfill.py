@@ -24,6 +24,7 @@ planner beats random at 10-50 %. Writes JSON and a PNG to ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import xbt  # noqa: E402
 from xbt import toy  # noqa: E402
 from xbt.adapter_config import ModelRef  # noqa: E402
-from xbt.calibration import ScoreCalibration, fit_calibration  # noqa: E402
+from xbt.calibration import fit_calibration  # noqa: E402
 from xbt.embed import embed_images, embed_texts  # noqa: E402
 from xbt.fusion import pair_groups  # noqa: E402
 from xbt.gallery import MixedGallery  # noqa: E402
@@ -138,7 +139,7 @@ def main() -> int:
         t1 = time.perf_counter()
         cal = fit_calibration(*s["cal"])
         model = DisagreementModel.fit(*s["dis"])
-        calibrations = {"calibrated": cal, "per-query": ScoreCalibration(cal.scale, cal.shift, per_query=True, source=cal.source)}
+        calibrations = {"calibrated": cal, "per-query": dataclasses.replace(cal, per_query=True)}
         ref = ModelRef.of(old)
         gallery = MixedGallery(ref, adapter.new.embed_dim, s["modality"])
         gallery.add_old(s["g_old"])
@@ -162,7 +163,7 @@ def main() -> int:
             rows[f"plan-calibrated / {plan}"] = curve(gallery, vec, order, "calibrated", s["g_owner"], s["q_owner"])
         results[direction] = {"rows": rows, "random_order_std": spread, "calibration": cal.to_dict(), "disagreement_holdout_spearman": model.holdout_spearman,
                               "seconds": round(time.perf_counter() - t1, 1)}
-        print(f"\n{direction.upper()} (calibration scale {cal.scale:.3f} shift {cal.shift:+.3f}; disagreement model "
+        print(f"\n{direction.upper()} (calibration {cal.summary()}; disagreement model "
               f"held-out Spearman {model.holdout_spearman:.3f}; {time.perf_counter() - t1:.0f} s)")
         print("| merge / order | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " |  (R@1 / R@10)")
         print("|---" * (len(FRACTIONS) + 1) + "|")

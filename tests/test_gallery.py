@@ -18,7 +18,7 @@ import torch
 import xbt
 from xbt import backfill as bf
 from xbt.adapter_config import ModelRef
-from xbt.calibration import ScoreCalibration, fit_calibration
+from xbt.calibration import ScoreCalibration, fit_calibration, merge_scores
 from xbt.embed import embed_images, embed_texts
 from xbt.gallery import MixedGallery
 from xbt.planner import DisagreementModel, budget_count, plan_order
@@ -89,20 +89,64 @@ def test_interleave_alternates_the_parts_at_half_backfilled(world):
     assert (in_new[:, ::2] != in_new[:, 1::2]).all()
 
 
-def test_fit_calibration_merges_pairs_at_least_as_well_as_its_starting_map(world):
-    n = 60
+def test_the_fraction_aware_normalised_merge_equals_its_formula_over_the_whole_gallery(world):
+    # two maps, at 20 % and 60 % backfilled: at 40 % the gallery must use their midpoint, and the
+    # per-query normalisation must use each part's top-``depth`` scores over the WHOLE part
+    cal = ScoreCalibration(points=[[0.2, 0.3, 0.4, 0.0], [0.6, 0.5, 0.2, 1.0]], temperature_new=0.03,
+                           temperature_old=0.05, depth=8)
+    assert cal.at(0.4) == pytest.approx((0.4, 0.3, 0.5))
+    assert cal.at(0.05) == pytest.approx((0.3, 0.4, 0.0)) and cal.at(0.9) == pytest.approx((0.5, 0.2, 1.0))
+    g = image_gallery(world, calibration=cal)
+    chosen = plan_order(world["old_img"], "random", seed=3)[: 3 * N // 8]
+    g.set_new(chosen, world["new_img"][chosen])
+    scores, ids = g.search(world["new_txt"], world["ad_txt"], k=5)
+    w = (3 / 8 - 0.2) / 0.4  # 37.5 % backfilled: that share of the way from the 20 % map to the 60 % map
+    scale, shift0, norm = 0.3 + 0.2 * w, 0.4 - 0.2 * w, w
+    in_new = np.zeros(N, bool)
+    in_new[chosen] = True
+    s_new, s_old = world["new_txt"] @ world["new_img"].T, world["ad_txt"] @ world["old_img"].T
+
+    def lse_top(s, member, t):
+        top = np.sort(np.where(member, s, -np.inf), axis=1)[:, ::-1][:, :8] / t
+        return np.log(np.exp(top).sum(1))
+
+    shift = 0.03 * (lse_top(s_new, in_new, 0.03) - lse_top(s_old, ~in_new, 0.05))
+    full = np.where(in_new, s_new, scale * s_old + shift0 + norm * shift[:, None])
+    # the top-5 merged scores, and each returned id carries its own formula score (float32 near-ties may swap ids)
+    np.testing.assert_allclose(scores, -np.sort(-full, axis=1)[:, :5], atol=1e-4)
+    np.testing.assert_allclose(np.take_along_axis(full, ids, 1), scores, atol=1e-4)
+
+
+def test_bad_calibration_points_are_refused():
+    with pytest.raises(xbt.XBTError, match="calibration point"):
+        ScoreCalibration(points=[[0.5, -1.0, 0.0, 0.5]])
+    with pytest.raises(xbt.XBTError, match="increasing order"):
+        ScoreCalibration(points=[[0.5, 1.0, 0.0, 0.5], [0.2, 1.0, 0.0, 0.5]])
+
+
+def test_fit_calibration_beats_its_starting_map_on_the_pairs_it_was_fitted_on(world):
+    n = N
     target = np.eye(n, dtype=bool)
-    args = (world["new_txt"][:n], world["ad_txt"][:n], world["new_img"][:n], world["old_img"][:n], target)
-    cal = fit_calibration(*args, fractions=(0.5,))
+    args = (world["new_txt"], world["ad_txt"], world["new_img"], world["old_img"], target)
+    cal = fit_calibration(*args, fractions=(0.25, 0.5), mixes=4)
+    assert [p[0] for p in cal.points] == [0.25, 0.5] and cal.temperature_new > 0 and cal.temperature_old > 0
     s_new, s_old = args[0] @ args[2].T, args[1] @ args[3].T
-    mask = np.random.default_rng(0).random(n) < 0.5
+    in_new_of = lambda mask: np.broadcast_to(mask, s_new.shape)
 
-    def r1(scale, shift):
-        return (np.where(mask, s_new, scale * s_old + shift).argmax(1) == np.arange(n)).mean()
+    def hits(calibration, fraction):  # summed R@1 + R@10 over a few random mixes at that fraction
+        total = 0.0
+        for seed in range(4):
+            mask = np.random.default_rng(seed).random(n) < fraction
+            merged = merge_scores(s_old, s_new, in_new_of(mask), "calibrated", calibration, n_old=int((~mask).sum()), n_new=int(mask.sum()))
+            rank = (merged > merged[np.arange(n), np.arange(n)][:, None]).sum(1)
+            total += (rank < 1).mean() + (rank < 10).mean()
+        return total
 
-    start = s_new.std() / s_old.std()
-    assert r1(cal.scale, cal.shift) >= r1(start, s_new.mean() - start * s_old.mean())
-    assert ScoreCalibration.from_dict(cal.to_dict()) == cal
+    start = ScoreCalibration(scale=cal.scale, shift=cal.shift)
+    assert sum(hits(cal, f) for f in (0.25, 0.5)) >= sum(hits(start, f) for f in (0.25, 0.5))
+    assert ScoreCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    with pytest.raises(xbt.XBTError, match="strictly between 0 and 1"):
+        fit_calibration(*args, fractions=(0.0, 0.5))
 
 
 def test_faiss_and_qdrant_give_the_same_top10(world):

@@ -7,8 +7,9 @@ real vector database) and answers a query with both halves of an adapter:
 - the re-embedded part is searched with the bare NEW query (``adapter.new``),
 - the old part with the adapter's query (new model mapped into the old space),
 - the two top-k lists are merged on a calibrated score (``calibration``): old-space scores are
-  mapped to the new space's scale by a map fitted on image–caption pairs (optionally per query,
-  from anchor items scored in both spaces).
+  mapped to the new space's scale by a map fitted on image–caption pairs for the gallery's
+  backfilled fraction, normalised per query by each part's top scores (optionally also from
+  anchor items scored in both spaces).
 
 An adapter made for another old model is refused by fingerprint. The gallery's own files
 (``gallery.json`` and ``old.safetensors``) are written by ``save``; the backfilled vectors live in
@@ -176,8 +177,10 @@ class MixedGallery:
         qa = as_vectors(adapted_queries, self.store.widths["old"], "adapter queries") if n_old else None
         if qa is not None and qa.shape[0] != n_q:
             raise XBTError(f"{n_q} new-model queries but {qa.shape[0]} adapter queries; give both for each query")
-        so, io = self.store.search("old", qa, k) if n_old else (np.full((n_q, 0), -np.inf, np.float32), np.zeros((n_q, 0), np.int64))
-        sn, inn = self.store.search("new", qn, k) if n_new else (np.full((n_q, 0), -np.inf, np.float32), np.zeros((n_q, 0), np.int64))
+        # the calibrated map normalises each query by its parts' top-``depth`` scores: fetch at least that many
+        per_part = max(k, self.calibration.depth) if merge == "calibrated" and n_old and n_new else k
+        so, io = self.store.search("old", qa, per_part) if n_old else (np.full((n_q, 0), -np.inf, np.float32), np.zeros((n_q, 0), np.int64))
+        sn, inn = self.store.search("new", qn, per_part) if n_new else (np.full((n_q, 0), -np.inf, np.float32), np.zeros((n_q, 0), np.int64))
         ids = np.concatenate([io, inn], 1)
         in_new = np.concatenate([np.zeros(io.shape, bool), np.ones(inn.shape, bool)], 1)
         raw = np.concatenate([so, sn], 1)

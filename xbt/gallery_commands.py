@@ -186,7 +186,7 @@ def _build(args, load_model) -> int:
     else:
         print("no --pairs: the merge uses raw cosines until a calibration is fitted (give --pairs)")
     out = gallery.save(args.gallery)
-    print(f"built {gallery!r} in {out} (calibration: scale {gallery.calibration.scale:.3f}, shift {gallery.calibration.shift:+.3f})")
+    print(f"built {gallery!r} in {out} (calibration: {gallery.calibration.summary()})")
     return 0
 
 
