@@ -308,3 +308,25 @@ def test_a_stage1_adapter_can_serve_several_stage2_runs(old_new, captions_400, p
         xbt.fit(old, new, captions_400[:100], pairs=pairs_40, stage1=first, verbose=False)
     with pytest.raises(XBTError, match="another new model"):
         xbt.fit(old, as_encoder(tiny_resnet_clip(48, seed=9)), captions_400[:100], pairs=pairs_40, stage1=stage1, verbose=False)
+
+
+def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips, captions_400, pairs_40):
+    from xbt.embed import embed_images, embed_texts
+    from xbt.validation import geometric_mean_rank, t2i_ranks
+
+    old, new = toy_clips
+    wrecked = {"lr": 50.0, "projection_lr": 50.0, "text_lr": 50.0, "val_fraction": 0.5, "epochs": 1, "text_epochs": 1}
+    with pytest.warns(UserWarning, match="not backward compatible"):
+        # one stage-1 epoch on 400 captions: far from the old model, which the held-out pairs must say
+        adapter = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1, stage2=wrecked, verbose=False)
+    versus = adapter.training["metrics"]["stage2"]["versus_old_model"]
+    assert set(versus) == {"text", "image"}
+    for r in versus.values():
+        assert r["n"] == 20 and r["backward_compatible"] == (r["adapter"] <= r["old_model"])
+    assert not versus["text"]["backward_compatible"] or not versus["image"]["backward_compatible"]
+    # the old model's score is its own search of the same held-out pairs (the split stage 2 draws with its seed)
+    val = torch.randperm(40, generator=torch.Generator().manual_seed(xbt.Stage2Config().seed))[:20]
+    images, captions = [pairs_40[i][0] for i in val], [pairs_40[i][1] for i in val]
+    expect = geometric_mean_rank(t2i_ranks(embed_texts(old, captions, verbose=False), embed_images(old, images, verbose=False)))
+    assert versus["text"]["old_model"] == pytest.approx(expect, rel=1e-4)
+    assert "Against the old model's own queries" in adapter.model_card().text and "**no**" in adapter.model_card().text

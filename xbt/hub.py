@@ -158,6 +158,11 @@ def model_card(config: AdapterConfig, repo_id: str | None = None) -> ModelCard:
         lines += ["", "## What stage 2 kept", "",
                   "Each query path keeps the state that searched best on held-out pairs, stage 1 included:", ""]
         lines += [f"- **{path} queries**: {kept[path]['kept']}. {kept[path]['reason']}." for path in ("text", "image") if path in kept]
+        versus = (config.training.get("metrics", {}).get("stage2") or {}).get("versus_old_model") or {}
+        checks = [versus[p] for p in ("text", "image") if isinstance(versus.get(p), dict)]
+        if checks:
+            lines += ["", "Against the old model's own queries on the same held-out pairs (backward compatibility):", ""]
+            lines += [f"- {'yes' if c['backward_compatible'] else '**no**'}: {c['summary']}" for c in checks]
     if config.fusion is not None:
         f = config.fusion
         lines += ["", f"Query fusion: {f['kind'].upper()} of the old model's query and the `{f['base_method']}` adapter's, "

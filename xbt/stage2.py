@@ -21,7 +21,9 @@ searches best on them (``xbt.validation``: text queries against the old vectors 
 image queries against the old vectors of held-out captions among distractor captions), stage 1
 included. A path whose every stage-2 state is worse than stage 1 on its held-out pairs stays at
 stage 1, so stage 2 never returns a path that its own validation says is worse. What was kept, and
-why, goes into the training record (and so into the model card).
+why, goes into the training record (and so into the model card), and so does each kept path
+against the OLD model's own queries on the same held-out searches: whether the upgrade is
+backward compatible on the user's pairs, known before any gallery is touched.
 
 The OLD-model vectors of the pairs come from ``xbt.fit``, which embeds the pairs with the old
 model it is given (or takes the user's stored gallery vectors). Without them the text head is not
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -48,7 +51,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_trainable_state, restore_optimizer, run_key, save_checkpoint, trainable_state
 from .config import Stage2Config
-from .distillation import distill_text_head
+from .distillation import T2I_MEASURE, distill_text_head
 from .distributed import broadcast_module, mean_across, world
 from .embed import embed_images, embed_texts
 from .encoders import CLIPEncoder, best_device
@@ -56,7 +59,7 @@ from .errors import XBTError
 from .losses import caption_ranking, cosine_gap, pair_confidence
 from .lora import add_lora, frozen_train_mode
 from .stage1 import Projection, seeded
-from .validation import PathChoice, geometric_mean_rank, i2t_ranks
+from .validation import PathChoice, geometric_mean_rank, i2t_ranks, t2i_ranks, versus_old_model
 
 #: distractor captions (stage-1 texts no path trains on) in the held-out image->caption search
 VAL_DISTRACTORS = 5_000
@@ -193,7 +196,38 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     if heads["text"] is not stage1_head:
         broadcast_module(heads["text"])  # distilled in every process alike; rank 0's is everyone's, whatever the device
     record["image"] = image_record
+    record["versus_old_model"] = _versus_old(heads["text"], data, val, new_txt, image_record, val_gallery, val_weights,
+                                             real_distractors=texts_new is None or data.texts_old is not None)
+    _say_versus_old(record["versus_old_model"], verbose)
     return Stage2Result(heads=heads, lora=lora, record=record)
+
+
+def _say_versus_old(record: dict, verbose: bool) -> None:
+    """Print each path against the old model's queries; warn (even when quiet) where one is not backward compatible."""
+    paths = [r for r in record.values() if isinstance(r, dict)]
+    if verbose:
+        for r in paths:
+            print(f"xbt stage 2: {r['summary']}")
+    worse = [r["path"] for r in paths if not r["backward_compatible"]]
+    if worse:
+        warnings.warn(f"on the held-out pairs the adapter's {' and '.join(worse)} queries rank the old gallery worse than the old "
+                      "model's own queries: not backward compatible there (adapter.training['metrics']['stage2']['versus_old_model'] "
+                      "has the figures). Keep the old model for those queries (xbt.fit(..., method='slerp') fuses both), "
+                      "backfill the gallery, or fit with more pairs.", stacklevel=5)  # the caller of xbt.fit
+
+
+def _versus_old(text_head, data, val, new_txt, image_record, val_gallery, val_weights, real_distractors: bool) -> dict:
+    """Each kept path against the OLD model's own queries on the same held-out searches (``versus_old_model``)."""
+    if not len(val) or data.old_images is None or data.old_captions is None:
+        return {"skipped": "needs held-out pairs and the OLD vectors of their images and captions"}
+    old_imgs, old_caps = data.old_images[val].float(), data.old_captions[val].float()
+    out = {"text": versus_old_model("text", geometric_mean_rank(t2i_ranks(_apply(text_head, new_txt[val]), old_imgs)),
+                                    geometric_mean_rank(t2i_ranks(old_caps, old_imgs)), len(val), T2I_MEASURE)}
+    choice = image_record.get("choice")
+    if choice is not None and real_distractors:
+        old_score = geometric_mean_rank(i2t_ranks(old_imgs, val_gallery.float().cpu()), val_weights)
+        out["image"] = versus_old_model("image", choice["scores"][choice["chosen"]], old_score, len(val), I2T_MEASURE)
+    return out
 
 
 def _sample(n: int, k: int, gen: torch.Generator) -> torch.Tensor:

@@ -115,3 +115,19 @@ class PathChoice:
         """JSON-ready record."""
         return {"path": self.path, "measure": self.measure, "scores": {k: round(v, 5) for k, v in self.scores.items()},
                 "chosen": self.chosen, "reason": self.reason()}
+
+
+def versus_old_model(path: str, adapter_score: float, old_score: float, n: int, measure: str) -> dict:
+    """Does a query path beat the OLD model's own queries on the held-out pairs? JSON-ready record.
+
+    ``adapter_score`` / ``old_score``: the path's and the old model's geometric-mean rank on the same
+    held-out search (``measure``, lower is better) over ``n`` queries. Backward compatibility means the
+    upgraded query finds old-gallery items at least as well as the old model did; when it does not,
+    the record says so (and stage 2 warns).
+    """
+    holds = adapter_score <= old_score
+    advice = "" if holds else " Not backward compatible on these pairs."
+    return {"path": path, "measure": measure, "n": int(n), "adapter": round(float(adapter_score), 5),
+            "old_model": round(float(old_score), 5), "backward_compatible": bool(holds),
+            "summary": f"{path} queries: held-out geometric-mean rank {adapter_score:.3f} vs the old model's "
+                       f"{old_score:.3f} ({'at least as good' if holds else 'worse'}).{advice}"}
