@@ -330,3 +330,27 @@ def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips,
     expect = geometric_mean_rank(t2i_ranks(embed_texts(old, captions, verbose=False), embed_images(old, images, verbose=False)))
     assert versus["text"]["old_model"] == pytest.approx(expect, rel=1e-4)
     assert "Against the old model's own queries" in adapter.model_card().text and "**no**" in adapter.model_card().text
+
+
+def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips, captions_400, pairs_40):
+    old, new = toy_clips
+    # 40 pairs, 20 % held out: 8 pairs, under 200, so 5 folds (the held-out split and four more)
+    adapter = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1,
+                      stage2={"epochs": 1, "text_epochs": 2, "val_fraction": 0.2, "distill_texts": 200}, verbose=False)
+    text = adapter.training["metrics"]["stage2"]["text"]
+    assert text["folds"] == 5 and "pooled over 5 folds" in text["choice"]["measure"]
+    history = text["history"]
+    assert len(history["other_folds"]) == 4 and all(len(f) == 3 for f in history["other_folds"])  # stage 1 + 2 epochs
+    # every state's score is the geometric mean of its own held-out score and the other folds'
+    for epoch, own in enumerate(history["own_geo_mean_rank"]):
+        folds = [own] + [f[epoch] for f in history["other_folds"]]
+        assert history["val_geo_mean_rank"][epoch] == pytest.approx(float(torch.tensor(folds, dtype=torch.float64).log().mean().exp()), rel=1e-9)
+    scores = text["choice"]["scores"]
+    assert text["choice"]["chosen"] == min(scores, key=lambda k: (scores[k], k != "stage 1"))
+    # one fold (the held-out split alone) when asked; folds without the guard are refused
+    single = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1, verbose=False,
+                     stage2={"epochs": 1, "text_epochs": 2, "val_fraction": 0.2, "distill_texts": 200, "text_folds": 1})
+    assert single.training["metrics"]["stage2"]["text"]["folds"] == 1
+    assert "other_folds" not in single.training["metrics"]["stage2"]["text"]["history"]
+    with pytest.raises(XBTError, match="text_folds"):
+        xbt.Stage2Config(text_folds=3, guard=False)

@@ -117,6 +117,8 @@ class Stage2Config(TrainingOptions):
     distill_texts: int = _opt(50_000, "stage-1 captions the text head is distilled on (a seeded sample)")
     distill_temperature: float = _opt(0.05, "temperature of the student's ranking of OLD image vectors")
     text_anchor_weight: float = _opt(1.0, "projected text stays near its stage-1 value")
+    text_folds: int | None = _opt(None, "folds of pairs that choose the text head's epoch (None: 5 when under 200 pairs are "
+                                        "held out, else 1, the held-out split alone)")
     # the guard
     val_fraction: float = _opt(0.2, "share of the pairs held out to choose each path's state (none below 20 pairs)")
     guard: bool = _opt(True, "keep, per path, the held-out-best state, stage 1 included; off: keep the last epoch")
@@ -129,6 +131,10 @@ class Stage2Config(TrainingOptions):
         self.target_modules = tuple(self.target_modules) if self.target_modules else None
         need(self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         need(self.caption_bank in ("stage1", "old"), f"caption_bank must be 'stage1' or 'old', got {self.caption_bank!r}")
+        need(self.text_folds is None or (isinstance(self.text_folds, int) and self.text_folds >= 1),
+             f"text_folds must be an int >= 1 (or None for automatic), got {self.text_folds!r}")
+        need(not (self.text_folds and self.text_folds > 1 and (not self.guard or self.val_fraction == 0)),
+             "text_folds > 1 chooses the text head's epoch on held-out folds: it needs guard=True and val_fraction > 0")
         need(self.caption_bank_size >= 0,
              f"caption_bank_size must be >= 0 (0 ranks among the pair captions only), got {self.caption_bank_size}")
         need(self.confidence_temperature is None or self.confidence_temperature > 0,

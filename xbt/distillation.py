@@ -22,6 +22,7 @@ as a copy of the stage-1 head; after every epoch it is scored on held-out pairs
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
@@ -51,6 +52,7 @@ def distill_text_head(
     val_texts_new: torch.Tensor | None = None,
     val_images_old: torch.Tensor | None = None,
     verbose: bool = True,
+    other_folds: list[list[float]] | None = None,
 ) -> tuple[Projection, PathChoice | None, dict]:
     """Train the text head (a copy of ``stage1_head``) by distillation; keep its best held-out state.
 
@@ -65,6 +67,9 @@ def distill_text_head(
             ``text_anchor_weight``, ``guard`` and ``seed`` are read.
         val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of
             their images [v, d_old]; without them every epoch is kept blind and the last one wins.
+        other_folds: the held-out scores of the same run on other folds of the pairs
+            (``fold_scores``: [fold][stage 1, epoch 1, ...]); each state is then chosen by the
+            geometric mean of its score over all folds, this one included.
 
     Returns:
         ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None
@@ -83,14 +88,28 @@ def distill_text_head(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     validate = val_texts_new is not None and val_images_old is not None and len(val_texts_new) > 0
 
-    def score(h: Projection) -> float:
+    def own_score(h: Projection) -> float:
         return geometric_mean_rank(t2i_ranks(_apply(h, val_texts_new), val_images_old))
 
-    choice = PathChoice("text", T2I_MEASURE) if validate else None
+    def score(h: Projection) -> float:  # pooled over the folds: exp(mean log score), a diverged fold counts as infinite
+        own = own_score(h)
+        if not other_folds:
+            return own
+        at = len(history["own_geo_mean_rank"]) if "own_geo_mean_rank" in history else 0
+        pooled = [own] + [f[at] if at < len(f) else math.inf for f in other_folds]
+        if "own_geo_mean_rank" in history:
+            history["own_geo_mean_rank"].append(own)
+        return math.exp(sum(math.log(v) for v in pooled) / len(pooled))
+
+    measure = T2I_MEASURE + (f", pooled over {1 + len(other_folds)} folds of the pairs" if other_folds else "")
+    choice = PathChoice("text", measure) if validate else None
     best = copy.deepcopy(head.state_dict())
+    history: dict = {"train_loss": []}
+    if other_folds:
+        history.update(own_geo_mean_rank=[], other_folds=other_folds)
     if choice is not None:
         choice.add("stage 1", score(head.eval()))
-    history: dict = {"train_loss": [], "val_geo_mean_rank": [choice.scores["stage 1"]] if choice else []}
+    history["val_geo_mean_rank"] = [choice.scores["stage 1"]] if choice else []
     bar = tqdm(range(1, cfg.text_epochs + 1), desc="stage 2 (text head)", disable=not verbose, leave=False)
     for epoch in bar:
         head.train()
@@ -131,3 +150,25 @@ def distill_text_head(
                 choice.chosen = f"stage 2 (epoch {epoch})"
     head.load_state_dict(best)
     return head.eval().requires_grad_(False), choice, history
+
+
+def fold_scores(stage1_head: Projection, texts_new: torch.Tensor, images_new: torch.Tensor, images_old: torch.Tensor,
+                captions_new: torch.Tensor, folds: list[torch.Tensor], teacher_temperature: float, config: Stage2Config,
+                verbose: bool = True) -> list[list[float]]:
+    """The text head's held-out scores on each fold but the first: [fold][stage 1, epoch 1, ...].
+
+    ``images_new`` / ``images_old`` / ``captions_new`` hold ALL pairs ([n, d]); ``folds`` are
+    disjoint index sets of them. For each fold after the first, a head is distilled on the pairs
+    outside it, every epoch kept and scored on the fold (so the first fold, the caller's held-out
+    split, can choose its epoch by all folds' scores: ``distill_text_head(other_folds=...)``).
+    A few hundred pairs hold out too few to tell a real gain from noise; folds use every pair.
+    """
+    blind = dataclasses.replace(config, guard=False)
+    out = []
+    everything = torch.arange(len(images_new))
+    for fold in tqdm(folds[1:], desc="stage 2 (text head folds)", disable=not verbose, leave=False):
+        train = everything[~torch.isin(everything, fold)]
+        _, _, history = distill_text_head(stage1_head, texts_new, images_new[train], images_old[train], teacher_temperature,
+                                          blind, val_texts_new=captions_new[fold], val_images_old=images_old[fold], verbose=False)
+        out.append(history["val_geo_mean_rank"])
+    return out

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_trainable_state, restore_optimizer, run_key, save_checkpoint, trainable_state
 from .config import Stage2Config
-from .distillation import T2I_MEASURE, distill_text_head
+from .distillation import T2I_MEASURE, distill_text_head, fold_scores
 from .distributed import broadcast_module, mean_across, world
 from .embed import embed_images, embed_texts
 from .encoders import CLIPEncoder, best_device
@@ -59,10 +58,11 @@ from .errors import XBTError
 from .losses import caption_ranking, cosine_gap, pair_confidence
 from .lora import add_lora, frozen_train_mode
 from .stage1 import Projection, seeded
-from .validation import PathChoice, geometric_mean_rank, i2t_ranks, t2i_ranks, versus_old_model
+from .validation import PathChoice, geometric_mean_rank, i2t_ranks, say_versus_old, t2i_ranks, versus_old_model
 
 #: distractor captions (stage-1 texts no path trains on) in the held-out image->caption search
 VAL_DISTRACTORS = 5_000
+SMALL_VAL = 200  # fewer held-out pairs than this: the text head's epoch is chosen on folds of all pairs
 I2T_MEASURE = ("I2T: held-out pair images search the OLD vectors of the held-out pair captions among distractor "
                "captions; geometric-mean rank weighted by the new model's confidence in each pair")
 
@@ -175,11 +175,16 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     heads = {"text": stage1_head, "image": stage1_head}
     if cfg.text_head and data.old_images is not None:
         corpus = texts_new[_sample(len(texts_new), cfg.distill_texts, gen)] if texts_new is not None else new_txt[train]
+        n_folds = min(cfg.text_folds or (5 if n_val < SMALL_VAL else 1), n // n_val) if n_val and cfg.guard else 1
+        folds = [perm[i * n_val : (i + 1) * n_val] for i in range(n_folds)]  # the first is the held-out split
+        others = fold_scores(stage1_head, corpus, new_img, data.old_images, new_txt, folds, 1.0 / new.logit_scale, cfg,
+                             verbose=verbose) if n_folds > 1 else None
         heads["text"], choice, history = distill_text_head(
             stage1_head, corpus, new_img[train], data.old_images[train], 1.0 / new.logit_scale, cfg,
             val_texts_new=new_txt[val] if n_val else None, val_images_old=data.old_images[val] if n_val else None,
-            verbose=verbose)
-        record["text"] = {"choice": choice.to_dict() if choice else None, "history": history, "distill_texts": len(corpus)}
+            verbose=verbose, other_folds=others)
+        record["text"] = {"choice": choice.to_dict() if choice else None, "history": history, "distill_texts": len(corpus),
+                          "folds": n_folds}
     else:
         why = "text_head=False" if not cfg.text_head else "no OLD vectors of the pair images to distil onto"
         record["text"] = {"choice": None, "kept": "stage 1", "reason": f"text head not trained: {why}"}
@@ -198,22 +203,8 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     record["image"] = image_record
     record["versus_old_model"] = _versus_old(heads["text"], data, val, new_txt, image_record, val_gallery, val_weights,
                                              real_distractors=texts_new is None or data.texts_old is not None)
-    _say_versus_old(record["versus_old_model"], verbose)
+    say_versus_old(record["versus_old_model"], verbose)
     return Stage2Result(heads=heads, lora=lora, record=record)
-
-
-def _say_versus_old(record: dict, verbose: bool) -> None:
-    """Print each path against the old model's queries; warn (even when quiet) where one is not backward compatible."""
-    paths = [r for r in record.values() if isinstance(r, dict)]
-    if verbose:
-        for r in paths:
-            print(f"xbt stage 2: {r['summary']}")
-    worse = [r["path"] for r in paths if not r["backward_compatible"]]
-    if worse:
-        warnings.warn(f"on the held-out pairs the adapter's {' and '.join(worse)} queries rank the old gallery worse than the old "
-                      "model's own queries: not backward compatible there (adapter.training['metrics']['stage2']['versus_old_model'] "
-                      "has the figures). Keep the old model for those queries (xbt.fit(..., method='slerp') fuses both), "
-                      "backfill the gallery, or fit with more pairs.", stacklevel=5)  # the caller of xbt.fit
 
 
 def _versus_old(text_head, data, val, new_txt, image_record, val_gallery, val_weights, real_distractors: bool) -> dict:

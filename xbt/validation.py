@@ -22,6 +22,7 @@ first.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -131,3 +132,17 @@ def versus_old_model(path: str, adapter_score: float, old_score: float, n: int, 
             "old_model": round(float(old_score), 5), "backward_compatible": bool(holds),
             "summary": f"{path} queries: held-out geometric-mean rank {adapter_score:.3f} vs the old model's "
                        f"{old_score:.3f} ({'at least as good' if holds else 'worse'}).{advice}"}
+
+
+def say_versus_old(record: dict, verbose: bool) -> None:
+    """Print each path against the old model's queries; warn (even when quiet) where one is not backward compatible."""
+    paths = [r for r in record.values() if isinstance(r, dict)]
+    if verbose:
+        for r in paths:
+            print(f"xbt stage 2: {r['summary']}")
+    worse = [r["path"] for r in paths if not r["backward_compatible"]]
+    if worse:
+        warnings.warn(f"on the held-out pairs the adapter's {' and '.join(worse)} queries rank the old gallery worse than the old "
+                      "model's own queries: not backward compatible there (adapter.training['metrics']['stage2']['versus_old_model'] "
+                      "has the figures). Keep the old model for those queries (xbt.fit(..., method='slerp') fuses both), "
+                      "backfill the gallery, or fit with more pairs.", stacklevel=5)  # the caller of xbt.fit
