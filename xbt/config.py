@@ -117,8 +117,8 @@ class Stage2Config(TrainingOptions):
     distill_texts: int = _opt(50_000, "stage-1 captions the text head is distilled on (a seeded sample)")
     distill_temperature: float = _opt(0.05, "temperature of the student's ranking of OLD image vectors")
     text_anchor_weight: float = _opt(1.0, "projected text stays near its stage-1 value")
-    text_folds: int | None = _opt(None, "folds of pairs that choose the text head's epoch (None: 5 when under 200 pairs are "
-                                        "held out, else 1, the held-out split alone)")
+    text_folds: int | None = _opt(None, "folds of pairs that choose the text head's epoch, replacing stage 1 only on a gain over one "
+                                        "standard error (None: 5 when under 200 pairs are held out, else 1: the held-out split alone)")
     # the guard
     val_fraction: float = _opt(0.2, "share of the pairs held out to choose each path's state (none below 20 pairs)")
     guard: bool = _opt(True, "keep, per path, the held-out-best state, stage 1 included; off: keep the last epoch")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,8 @@ def distill_text_head(
     val_texts_new: torch.Tensor | None = None,
     val_images_old: torch.Tensor | None = None,
     verbose: bool = True,
-    other_folds: list[list[float]] | None = None,
+    other_folds: list[list[torch.Tensor]] | None = None,
+    on_state: Callable[[Projection], None] | None = None,
 ) -> tuple[Projection, PathChoice | None, dict]:
     """Train the text head (a copy of ``stage1_head``) by distillation; keep its best held-out state.
 
@@ -67,9 +69,11 @@ def distill_text_head(
             ``text_anchor_weight``, ``guard`` and ``seed`` are read.
         val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of
             their images [v, d_old]; without them every epoch is kept blind and the last one wins.
-        other_folds: the held-out scores of the same run on other folds of the pairs
-            (``fold_scores``: [fold][stage 1, epoch 1, ...]); each state is then chosen by the
-            geometric mean of its score over all folds, this one included.
+        other_folds: the held-out log ranks of the same run on other folds of the pairs
+            (``fold_scores``: [fold][stage 1, epoch 1, ...] of [fold size]); each state is then
+            scored over all folds' queries, this one's included, and replaces stage 1 only if its
+            paired per-query log-rank gain over stage 1 exceeds one standard error.
+        on_state: called with the head (eval mode) at stage 1 and after every epoch.
 
     Returns:
         ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None
@@ -88,27 +92,37 @@ def distill_text_head(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     validate = val_texts_new is not None and val_images_old is not None and len(val_texts_new) > 0
 
-    def own_score(h: Projection) -> float:
-        return geometric_mean_rank(t2i_ranks(_apply(h, val_texts_new), val_images_old))
-
-    def score(h: Projection) -> float:  # pooled over the folds: exp(mean log score), a diverged fold counts as infinite
-        own = own_score(h)
+    def log_ranks(h: Projection) -> torch.Tensor:  # float64 [v]: the held-out queries' log ranks, then the other folds'
+        own = torch.log(t2i_ranks(_apply(h, val_texts_new), val_images_old))
         if not other_folds:
             return own
-        at = len(history["own_geo_mean_rank"]) if "own_geo_mean_rank" in history else 0
-        pooled = [own] + [f[at] if at < len(f) else math.inf for f in other_folds]
-        if "own_geo_mean_rank" in history:
-            history["own_geo_mean_rank"].append(own)
-        return math.exp(sum(math.log(v) for v in pooled) / len(pooled))
+        at = len(history["own_geo_mean_rank"])
+        history["own_geo_mean_rank"].append(math.exp(float(own.mean())))
+        return torch.cat([own] + [f[at] if at < len(f) else torch.full_like(f[0], math.inf) for f in other_folds])
 
-    measure = T2I_MEASURE + (f", pooled over {1 + len(other_folds)} folds of the pairs" if other_folds else "")
+    def score(h: Projection) -> float:
+        logs = log_ranks(h)
+        if other_folds:  # a state replaces stage 1 only on a clear gain: paired, over one standard error
+            gain = stage1_logs[0] - logs
+            clear = bool(gain.mean() > gain.std() / math.sqrt(len(gain))) if torch.isfinite(gain).all() else False
+            history["clear_gain"].append(clear)
+        return math.exp(float(logs.mean()))
+
+    measure = T2I_MEASURE + (f", pooled over {1 + len(other_folds)} folds of the pairs; a state replaces stage 1 only if its "
+                             "paired per-query log-rank gain exceeds one standard error" if other_folds else "")
     choice = PathChoice("text", measure) if validate else None
     best = copy.deepcopy(head.state_dict())
     history: dict = {"train_loss": []}
+    stage1_logs: list[torch.Tensor] = []
     if other_folds:
-        history.update(own_geo_mean_rank=[], other_folds=other_folds)
+        history.update(own_geo_mean_rank=[], clear_gain=[],
+                       other_folds=[[math.exp(float(e.mean())) for e in f] for f in other_folds])
     if choice is not None:
-        choice.add("stage 1", score(head.eval()))
+        if other_folds:
+            stage1_logs.append(log_ranks(head.eval()))
+        choice.add("stage 1", math.exp(float(stage1_logs[0].mean())) if other_folds else score(head.eval()))
+    if on_state is not None:
+        on_state(head.eval())
     history["val_geo_mean_rank"] = [choice.scores["stage 1"]] if choice else []
     bar = tqdm(range(1, cfg.text_epochs + 1), desc="stage 2 (text head)", disable=not verbose, leave=False)
     for epoch in bar:
@@ -135,10 +149,12 @@ def distill_text_head(
         if "diverged_at_epoch" in history:
             break
         history["train_loss"].append(total / max(1, batches))
+        if on_state is not None:
+            on_state(head.eval())
         if choice is not None and cfg.guard:
             val = score(head.eval())
             history["val_geo_mean_rank"].append(val)
-            if choice.add(f"stage 2 (epoch {epoch})", val):
+            if choice.add(f"stage 2 (epoch {epoch})", val, eligible=not other_folds or history["clear_gain"][-1]):
                 best = copy.deepcopy(head.state_dict())
             bar.set_postfix(val=f"{val:.3f}")
         else:
@@ -154,8 +170,8 @@ def distill_text_head(
 
 def fold_scores(stage1_head: Projection, texts_new: torch.Tensor, images_new: torch.Tensor, images_old: torch.Tensor,
                 captions_new: torch.Tensor, folds: list[torch.Tensor], teacher_temperature: float, config: Stage2Config,
-                verbose: bool = True) -> list[list[float]]:
-    """The text head's held-out scores on each fold but the first: [fold][stage 1, epoch 1, ...].
+                verbose: bool = True) -> list[list[torch.Tensor]]:
+    """The text head's held-out log ranks on each fold but the first: [fold][stage 1, epoch 1, ...] of float64 [fold size].
 
     ``images_new`` / ``images_old`` / ``captions_new`` hold ALL pairs ([n, d]); ``folds`` are
     disjoint index sets of them. For each fold after the first, a head is distilled on the pairs
@@ -168,7 +184,8 @@ def fold_scores(stage1_head: Projection, texts_new: torch.Tensor, images_new: to
     everything = torch.arange(len(images_new))
     for fold in tqdm(folds[1:], desc="stage 2 (text head folds)", disable=not verbose, leave=False):
         train = everything[~torch.isin(everything, fold)]
-        _, _, history = distill_text_head(stage1_head, texts_new, images_new[train], images_old[train], teacher_temperature,
-                                          blind, val_texts_new=captions_new[fold], val_images_old=images_old[fold], verbose=False)
-        out.append(history["val_geo_mean_rank"])
+        logs: list[torch.Tensor] = []
+        distill_text_head(stage1_head, texts_new, images_new[train], images_old[train], teacher_temperature, blind,
+                          verbose=False, on_state=lambda h: logs.append(torch.log(t2i_ranks(_apply(h, captions_new[fold]), images_old[fold]))))
+        out.append(logs)
     return out

@@ -20,7 +20,10 @@ The guard: a share of the pairs (``val_fraction``) is held out, and each path ke
 searches best on them (``xbt.validation``: text queries against the old vectors of held-out images,
 image queries against the old vectors of held-out captions among distractor captions), stage 1
 included. A path whose every stage-2 state is worse than stage 1 on its held-out pairs stays at
-stage 1, so stage 2 never returns a path that its own validation says is worse. What was kept, and
+stage 1, so stage 2 never returns a path that its own validation says is worse. A few hundred
+pairs hold out too few to tell a gain from noise: under ``SMALL_VAL`` held-out pairs the text
+path is scored on folds of all pairs and must beat stage 1 by more than one standard error
+(``text_folds``; the image path, LoRA on the image tower, is too costly to train per fold). What was kept, and
 why, goes into the training record (and so into the model card), and so does each kept path
 against the OLD model's own queries on the same held-out searches: whether the upgrade is
 backward compatible on the user's pairs, known before any gallery is touched.

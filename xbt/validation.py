@@ -92,10 +92,13 @@ class PathChoice:
     scores: dict[str, float] = field(default_factory=dict)
     chosen: str = "stage 1"
 
-    def add(self, label: str, score: float) -> bool:
-        """Record a candidate's score; True (and chosen) when it beats every earlier one strictly."""
+    def add(self, label: str, score: float, eligible: bool = True) -> bool:
+        """Record a candidate's score; True (and chosen) when it beats every earlier one strictly.
+
+        ``eligible=False`` records the score without letting it be chosen (a gain too small to trust).
+        """
         self.scores[label] = float(score)
-        if score < self.scores[self.chosen]:
+        if eligible and score < self.scores[self.chosen]:
             self.chosen = label
             return True
         return False
