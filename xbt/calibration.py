@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .errors import XBTError, need
 
@@ -210,7 +211,7 @@ def _first_rank(merged: np.ndarray, hit: np.ndarray, miss: int) -> np.ndarray:
 def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray, old_g: np.ndarray,
                     target: np.ndarray, fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75), seed: int = 0,
                     per_query: bool = False, order: np.ndarray | None = None, mixes: int = 6,
-                    norms: tuple[float, ...] = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0)) -> ScoreCalibration:
+                    norms: tuple[float, ...] = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0), verbose: bool = False) -> ScoreCalibration:
     """The maps, one per backfilled fraction, that merge best on held-out pairs.
 
     Args:
@@ -222,6 +223,7 @@ def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray,
             vectors): each fraction's mix is its prefix instead of random masks, so the maps fit
             the mixes that order makes (a planned backfill is not a random sample).
         norms: the per-query normalisation weights tried (``ScoreCalibration``).
+        verbose: a progress bar over the fractions.
 
     Returns:
         ``ScoreCalibration`` with one point per fraction: the (scale, shift, norm) whose merged
@@ -246,7 +248,7 @@ def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray,
     start_scale = float(s_new.std() / max(s_old.std(), 1e-6))
     start_shift = float(s_new.mean() - start_scale * s_old.mean())
     points = []
-    for f in sorted(fractions):
+    for f in tqdm(sorted(fractions), desc="fit score calibration", unit="fraction", disable=not verbose):
         if order is None:
             masks = [rng.random(n_g) < f for _ in range(mixes)]
         else:

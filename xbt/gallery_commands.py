@@ -182,7 +182,8 @@ def _build(args, load_model) -> int:
         groups = pair_groups(*pairs).numpy()
         target = groups[:, None] == groups[None, :]
         q, g = ("txt", "img") if modality == "image" else ("img", "txt")
-        gallery.calibration = fit_calibration(v[f"new_{q}"], v[f"ad_{q}"], v[f"new_{g}"], v[f"old_{g}"], target)
+        gallery.calibration = fit_calibration(v[f"new_{q}"], v[f"ad_{q}"], v[f"new_{g}"], v[f"old_{g}"], target,
+                                              verbose=not args.quiet)
     else:
         print("no --pairs: the merge uses raw cosines until a calibration is fitted (give --pairs)")
     out = gallery.save(args.gallery)
