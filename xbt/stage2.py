@@ -204,23 +204,28 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     if heads["text"] is not stage1_head:
         broadcast_module(heads["text"])  # distilled in every process alike; rank 0's is everyone's, whatever the device
     record["image"] = image_record
-    record["versus_old_model"] = _versus_old(heads["text"], data, val, new_txt, image_record, val_gallery, val_weights,
+    record["versus_old_model"] = _versus_old(new, lora, heads, data, val, new_txt, pixels, dev, val_gallery, val_weights,
                                              real_distractors=texts_new is None or data.texts_old is not None)
     say_versus_old(record["versus_old_model"], verbose)
     return Stage2Result(heads=heads, lora=lora, record=record)
 
 
-def _versus_old(text_head, data, val, new_txt, image_record, val_gallery, val_weights, real_distractors: bool) -> dict:
+def _versus_old(new, lora, heads, data, val, new_txt, pixels, dev, val_gallery, val_weights, real_distractors: bool) -> dict:
     """Each kept path against the OLD model's own queries on the same held-out searches (``versus_old_model``)."""
     if not len(val) or data.old_images is None or data.old_captions is None:
         return {"skipped": "needs held-out pairs and the OLD vectors of their images and captions"}
     old_imgs, old_caps = data.old_images[val].float(), data.old_captions[val].float()
-    out = {"text": versus_old_model("text", geometric_mean_rank(t2i_ranks(_apply(text_head, new_txt[val]), old_imgs)),
-                                    geometric_mean_rank(t2i_ranks(old_caps, old_imgs)), len(val), T2I_MEASURE)}
-    choice = image_record.get("choice")
-    if choice is not None and real_distractors:
-        old_score = geometric_mean_rank(i2t_ranks(old_imgs, val_gallery.float().cpu()), val_weights)
-        out["image"] = versus_old_model("image", choice["scores"][choice["chosen"]], old_score, len(val), I2T_MEASURE)
+    out = {"text": versus_old_model("text", t2i_ranks(_apply(heads["text"], new_txt[val]), old_imgs),
+                                    t2i_ranks(old_caps, old_imgs), T2I_MEASURE)}
+    if real_distractors:  # (stage-1 stand-ins for the distractors would favour the adapter's own space)
+        enc = lora if lora is not None else new
+        with torch.no_grad():  # not embed_images: a diverged path (guard off) must rank last, not raise
+            feats = torch.cat([F.normalize(enc.image_features(pixels[val[s : s + 256]].to(dev)).float(), dim=-1)
+                               for s in range(0, len(val), 256)])
+        gallery = val_gallery.float().cpu()
+        head_dev = next(heads["image"].parameters()).device
+        out["image"] = versus_old_model("image", i2t_ranks(_apply(heads["image"], feats.to(head_dev)).cpu(), gallery),
+                                        i2t_ranks(old_imgs, gallery), I2T_MEASURE, val_weights)
     return out
 
 
