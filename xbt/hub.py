@@ -162,7 +162,7 @@ def model_card(config: AdapterConfig, repo_id: str | None = None) -> ModelCard:
         checks = [versus[p] for p in ("text", "image") if isinstance(versus.get(p), dict)]
         if checks:
             lines += ["", "Against the old model's own queries on the same held-out pairs (backward compatibility):", ""]
-            lines += [f"- {'yes' if c['backward_compatible'] else '**no**'}: {c['summary']}" for c in checks]
+            lines += [f"- {c['summary']}" + (" **Not backward compatible here.**" if c.get("verdict") == "worse" else "") for c in checks]
     if config.fusion is not None:
         f = config.fusion
         lines += ["", f"Query fusion: {f['kind'].upper()} of the old model's query and the `{f['base_method']}` adapter's, "
