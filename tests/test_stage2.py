@@ -335,7 +335,7 @@ def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips,
     assert "Against the old model's own queries" in card and "**Not backward compatible here.**" in card
 
 
-def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips, captions_400, pairs_40):
+def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips, captions_400, pairs_40, tmp_path):
     old, new = toy_clips
     # 40 pairs, 20 % held out: 8 pairs, under 200, so 5 folds (the held-out split and four more)
     adapter = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1,
@@ -353,6 +353,11 @@ def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips
     assert len(clear) == 2 and "one standard error" in text["choice"]["measure"]
     eligible = ["stage 1"] + [f"stage 2 (epoch {e})" for e in (1, 2) if clear[e - 1]]
     assert text["choice"]["chosen"] == min(eligible, key=lambda k: (scores[k], k != "stage 1"))
+    # the record (folds, verdicts) survives the adapter folder as JSON
+    adapter.save_pretrained(tmp_path / "folded")
+    loaded = xbt.load_adapter(tmp_path / "folded", new=new, old=old)
+    assert loaded.training["metrics"]["stage2"]["text"]["history"]["clear_gain"] == history["clear_gain"]
+    assert loaded.training["metrics"]["stage2"]["versus_old_model"] == adapter.training["metrics"]["stage2"]["versus_old_model"]
     # one fold (the held-out split alone) when asked; folds without the guard are refused
     single = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1, verbose=False,
                      stage2={"epochs": 1, "text_epochs": 2, "val_fraction": 0.2, "distill_texts": 200, "text_folds": 1})
