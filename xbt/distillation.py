@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .config import Stage2Config
 from .errors import XBTError
 from .stage1 import Projection
-from .validation import PathChoice, geometric_mean_rank, t2i_ranks
+from .validation import PathChoice, t2i_ranks
 
 T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
 
@@ -92,35 +92,29 @@ def distill_text_head(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     validate = val_texts_new is not None and val_images_old is not None and len(val_texts_new) > 0
 
-    def log_ranks(h: Projection) -> torch.Tensor:  # float64 [v]: the held-out queries' log ranks, then the other folds'
+    def log_ranks(h: Projection, state: int) -> torch.Tensor:
+        """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage 1)."""
         own = torch.log(t2i_ranks(_apply(h, val_texts_new), val_images_old))
         if not other_folds:
             return own
-        at = len(history["own_geo_mean_rank"])
         history["own_geo_mean_rank"].append(math.exp(float(own.mean())))
-        return torch.cat([own] + [f[at] if at < len(f) else torch.full_like(f[0], math.inf) for f in other_folds])
+        return torch.cat([own] + [f[state] if state < len(f) else torch.full_like(f[0], math.inf) for f in other_folds])
 
-    def score(h: Projection) -> float:
-        logs = log_ranks(h)
-        if other_folds:  # a state replaces stage 1 only on a clear gain: paired, over one standard error
-            gain = stage1_logs[0] - logs
-            clear = bool(gain.mean() > gain.std() / math.sqrt(len(gain))) if torch.isfinite(gain).all() else False
-            history["clear_gain"].append(clear)
-        return math.exp(float(logs.mean()))
+    def clear_gain(logs: torch.Tensor) -> bool:  # a paired gain over stage 1 by more than one standard error
+        gain = stage1_logs - logs
+        return bool(gain.mean() > gain.std() / math.sqrt(len(gain))) if torch.isfinite(gain).all() else False
 
     measure = T2I_MEASURE + (f", pooled over {1 + len(other_folds)} folds of the pairs; a state replaces stage 1 only if its "
                              "paired per-query log-rank gain exceeds one standard error" if other_folds else "")
     choice = PathChoice("text", measure) if validate else None
     best = copy.deepcopy(head.state_dict())
     history: dict = {"train_loss": []}
-    stage1_logs: list[torch.Tensor] = []
     if other_folds:
         history.update(own_geo_mean_rank=[], clear_gain=[],
                        other_folds=[[math.exp(float(e.mean())) for e in f] for f in other_folds])
+    stage1_logs = log_ranks(head.eval(), 0) if choice is not None else None
     if choice is not None:
-        if other_folds:
-            stage1_logs.append(log_ranks(head.eval()))
-        choice.add("stage 1", math.exp(float(stage1_logs[0].mean())) if other_folds else score(head.eval()))
+        choice.add("stage 1", math.exp(float(stage1_logs.mean())))
     if on_state is not None:
         on_state(head.eval())
     history["val_geo_mean_rank"] = [choice.scores["stage 1"]] if choice else []
@@ -152,15 +146,19 @@ def distill_text_head(
         if on_state is not None:
             on_state(head.eval())
         if choice is not None and cfg.guard:
-            val = score(head.eval())
+            logs = log_ranks(head.eval(), epoch)
+            val = math.exp(float(logs.mean()))
             history["val_geo_mean_rank"].append(val)
-            if choice.add(f"stage 2 (epoch {epoch})", val, eligible=not other_folds or history["clear_gain"][-1]):
+            eligible = clear_gain(logs) if other_folds else True
+            if other_folds:
+                history["clear_gain"].append(eligible)
+            if choice.add(f"stage 2 (epoch {epoch})", val, eligible=eligible):
                 best = copy.deepcopy(head.state_dict())
             bar.set_postfix(val=f"{val:.3f}")
         else:
             best = copy.deepcopy(head.state_dict())
             if choice is not None:  # guard off: scored for the record, the last epoch kept
-                val = score(head.eval())
+                val = math.exp(float(log_ranks(head.eval(), epoch).mean()))
                 history["val_geo_mean_rank"].append(val)
                 choice.scores[f"stage 2 (epoch {epoch})"] = val
                 choice.chosen = f"stage 2 (epoch {epoch})"
