@@ -197,35 +197,31 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     val_gallery = torch.cat([old_val_caps, distractors_old])
     temperature = cfg.confidence_temperature or 1.0 / new.logit_scale
     val_weights = pair_confidence(new_img[val], torch.cat([new_txt[val], distractors_new]), temperature) if n_val else None
-    lora, image_head, image_record = _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, train, val,
+    lora, image_head, image_record, image_ranks = _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, train, val,
                                                  texts_new, bank_ids, val_gallery, val_weights, temperature,
                                                  checkpoint_dir, on_epoch_end, verbose)
     heads["image"] = image_head
     if heads["text"] is not stage1_head:
         broadcast_module(heads["text"])  # distilled in every process alike; rank 0's is everyone's, whatever the device
     record["image"] = image_record
-    record["versus_old_model"] = _versus_old(new, lora, heads, data, val, new_txt, pixels, dev, val_gallery, val_weights,
+    record["versus_old_model"] = _versus_old(heads["text"], image_ranks, data, val, new_txt, val_gallery, val_weights,
                                              real_distractors=texts_new is None or data.texts_old is not None)
     say_versus_old(record["versus_old_model"], verbose)
     return Stage2Result(heads=heads, lora=lora, record=record)
 
 
-def _versus_old(new, lora, heads, data, val, new_txt, pixels, dev, val_gallery, val_weights, real_distractors: bool) -> dict:
-    """Each kept path against the OLD model's own queries on the same held-out searches (``versus_old_model``)."""
+def _versus_old(text_head, image_ranks, data, val, new_txt, val_gallery, val_weights, real_distractors: bool) -> dict:
+    """Each kept path against the OLD model's own queries on the same held-out searches (``versus_old_model``).
+
+    ``image_ranks``: the kept image path's held-out ranks (``_image_path``; a diverged path ranks last).
+    """
     if not len(val) or data.old_images is None or data.old_captions is None:
         return {"skipped": "needs held-out pairs and the OLD vectors of their images and captions"}
     old_imgs, old_caps = data.old_images[val].float(), data.old_captions[val].float()
-    out = {"text": versus_old_model("text", t2i_ranks(_apply(heads["text"], new_txt[val]), old_imgs),
+    out = {"text": versus_old_model("text", t2i_ranks(_apply(text_head, new_txt[val]), old_imgs),
                                     t2i_ranks(old_caps, old_imgs), T2I_MEASURE)}
-    if real_distractors:  # (stage-1 stand-ins for the distractors would favour the adapter's own space)
-        enc = lora if lora is not None else new
-        with torch.no_grad():  # not embed_images: a diverged path (guard off) must rank last, not raise
-            feats = torch.cat([F.normalize(enc.image_features(pixels[val[s : s + 256]].to(dev)).float(), dim=-1)
-                               for s in range(0, len(val), 256)])
-        gallery = val_gallery.float().cpu()
-        head_dev = next(heads["image"].parameters()).device
-        out["image"] = versus_old_model("image", i2t_ranks(_apply(heads["image"], feats.to(head_dev)).cpu(), gallery),
-                                        i2t_ranks(old_imgs, gallery), I2T_MEASURE, val_weights)
+    if real_distractors and image_ranks is not None:  # (stage-1 stand-ins for the distractors would favour the adapter's own space)
+        out["image"] = versus_old_model("image", image_ranks, i2t_ranks(old_imgs, val_gallery.float().cpu()), I2T_MEASURE, val_weights)
     return out
 
 
@@ -262,7 +258,7 @@ class _ImagePath(nn.Module):
 
 def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, train, val, texts_new, bank_ids,
                 val_gallery, val_weights, temperature, checkpoint_dir, on_epoch_end, verbose):
-    """LoRA on the image tower + an image head; returns ``(lora or None, head, record)``."""
+    """LoRA on the image tower + an image head; returns ``(lora or None, head, record, the kept path's held-out ranks or None)``."""
     n_val = len(val)
     lora_enc = add_lora(new, cfg).to(dev)
     head = copy.deepcopy(stage1_head).to(dev).train().requires_grad_(True)
@@ -302,7 +298,7 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
         return module(pixels[idx].to(dev), autocast)
 
     @torch.no_grad()
-    def score() -> float | None:
+    def val_ranks() -> torch.Tensor | None:  # the held-out images' ranks under the path as it stands: float64 [n_val]
         if n_val == 0:
             return None
         head.eval()
@@ -310,7 +306,11 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
         z = torch.cat([encode(val[s : s + 256]) for s in range(0, n_val, 256)])
         head.train()
         frozen_train_mode(lora_enc)
-        return geometric_mean_rank(i2t_ranks(z, val_gallery.to(dev)), val_weights)
+        return i2t_ranks(z, val_gallery.to(dev)).cpu()
+
+    def score() -> float | None:
+        ranks = val_ranks()
+        return None if ranks is None else geometric_mean_rank(ranks, val_weights)
 
     choice = PathChoice("image", I2T_MEASURE)
     history: dict = {"train_loss": [], "val_geo_mean_rank": [], "precision": precision, "caption_bank": len(bank),
@@ -383,13 +383,14 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
             on_epoch_end(epoch, history)
 
     load_trainable_state(lora_enc, head, best["state"])
+    kept_ranks = val_ranks()  # the kept path's held-out ranks, for the comparison with the old model
     history["kept_epoch"] = best["epoch"]
     if not cfg.guard and first is not None:
         choice.scores.update({f"stage 2 (epoch {e})": v for e, v in enumerate(history["val_geo_mean_rank"]) if e and v is not None})
         choice.chosen = f"stage 2 (epoch {best['epoch']})" if best["epoch"] else "stage 1"
     record = {"choice": choice.to_dict() if first is not None else None, "history": history}
     if best["epoch"] == 0:  # stage 1 kept: no LoRA, the stage-1 head
-        return None, stage1_head, record
+        return None, stage1_head, record, kept_ranks
     lora_enc.model.eval()
     lora_enc.refresh_fingerprint()
-    return lora_enc, head.eval().requires_grad_(False).cpu(), record
+    return lora_enc, head.eval().requires_grad_(False).cpu(), record, kept_ranks
