@@ -32,6 +32,7 @@ union of each part's own top-k: a merged search needs ``max(k, depth)`` results 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -244,6 +245,7 @@ def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray,
     cal = ScoreCalibration(temperature_new=fit_temperature(s_new, target), temperature_old=fit_temperature(s_old, target),
                            depth=depth, per_query=per_query)
     ends = {k: [float((_first_rank(s, target, n_g) < k).mean()) for s in (s_old, s_new)] for k in (1, 10)}
+    in_new = np.repeat([False, True], depth)[None, :]  # each mix's candidates: the old part's top-depth, then the new part's
     rng = np.random.default_rng(seed)
     start_scale = float(s_new.std() / max(s_old.std(), 1e-6))
     start_shift = float(s_new.mean() - start_scale * s_old.mean())
@@ -265,7 +267,6 @@ def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray,
                 cand.append((np.take_along_axis(masked, top, 1), np.take_along_axis(target, top, 1)))
             (o_s, o_t), (n_s, n_t) = cand
             both_s = np.concatenate([o_s, n_s], 1)
-            in_new = np.concatenate([np.zeros(o_s.shape, bool), np.ones(n_s.shape, bool)], 1)
             parts.append((o_s, n_s, np.concatenate([o_t, n_t], 1) & np.isfinite(both_s), cal.query_shift(both_s, both_s, in_new)))
         lines = {k: ends[k][0] + f * (ends[k][1] - ends[k][0]) for k in ends}
 
@@ -295,8 +296,6 @@ def fit_calibration(new_q: np.ndarray, adapted_q: np.ndarray, new_g: np.ndarray,
                 best = (cur, norm)
         (_, _, sc, sh), norm = best
         points.append([f, sc, sh, norm])
-    cal.scale, cal.shift, cal.points = start_scale, start_shift, points
-    cal.source = (f"fitted on {s_new.shape[0]} queries x {n_g} items at fractions {list(sorted(fractions))}, "
-                  f"{len(masks)} {'planned' if order is not None else 'random'} mix(es) each")
-    cal.__post_init__()
-    return cal
+    return dataclasses.replace(cal, scale=start_scale, shift=start_shift, points=points,
+                               source=f"fitted on {s_new.shape[0]} queries x {n_g} items at fractions {list(sorted(fractions))}, "
+                                      f"{len(masks)} {'planned' if order is not None else 'random'} mix(es) each")
