@@ -90,8 +90,9 @@ def test_interleave_alternates_the_parts_at_half_backfilled(world):
 
 
 def test_the_fraction_aware_normalised_merge_equals_its_formula_over_the_whole_gallery(world):
-    # two maps, at 20 % and 60 % backfilled: at 40 % the gallery must use their midpoint, and the
-    # per-query normalisation must use each part's top-``depth`` scores over the WHOLE part
+    # two maps, at 20 % and 60 % backfilled: between them the gallery interpolates (at() is checked
+    # at 40 %, the search at 37.5 %), and the per-query normalisation must use each part's
+    # top-``depth`` scores over the WHOLE part
     cal = ScoreCalibration(points=[[0.2, 0.3, 0.4, 0.0], [0.6, 0.5, 0.2, 1.0]], temperature_new=0.03,
                            temperature_old=0.05, depth=8)
     assert cal.at(0.4) == pytest.approx((0.4, 0.3, 0.5))
