@@ -283,6 +283,24 @@ def test_pair_confidence_is_the_softmax_diagonal_in_chunks_and_favours_specific_
     assert conf[:10].max() < conf[10:].median()
 
 
+def test_ranking_distillation_is_the_kl_from_the_teachers_ranking_and_zero_when_they_agree():
+    from xbt.losses import ranking_distillation
+
+    gen = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=gen), dim=-1)  # noqa: E731
+    q_t, g_t, g_s = unit(8, 12), unit(30, 12), unit(30, 6)
+    q_s = unit(8, 6).requires_grad_(True)
+    p = torch.softmax(q_t @ g_t.T / 0.02, dim=1)
+    log_q = torch.log_softmax(q_s @ g_s.T / 0.05, dim=1)
+    reference = (p * (p.log() - log_q)).sum(1).mean()
+    loss = ranking_distillation(q_s, g_s, 0.05, q_t, g_t, 0.02)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    loss.backward()
+    assert q_s.grad is not None and q_s.grad.abs().sum() > 0
+    # a student that ranks the gallery exactly as the teacher does has nothing to learn
+    assert ranking_distillation(q_t, g_t, 0.02, q_t, g_t, 0.02).item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_logit_scale_is_read_from_the_model(old_new):
     from xbt.encoders import CLIPEncoder
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xbt import XBTError
-from xbt.validation import PathChoice, geometric_mean_rank, i2t_ranks, t2i_ranks, target_ranks
+from xbt.validation import PathChoice, geometric_mean_rank, i2t_ranks, paired_gain, t2i_ranks, target_ranks, versus_old_model
 
 
 def test_ranks_match_a_brute_force_sort():
@@ -58,3 +58,31 @@ def test_a_path_keeps_stage1_unless_a_later_state_is_strictly_better():
     assert not choice.add("stage 2 (epoch 3)", 2.7)
     record = choice.to_dict()
     assert record["chosen"] == "stage 2 (epoch 2)" and record["scores"]["stage 1"] == 3.0 and "2.500 vs stage 1's 3.000" in record["reason"]
+
+
+def test_paired_gain_is_the_mean_and_standard_error_of_the_per_query_gain():
+    gen = torch.Generator().manual_seed(0)
+    base, logs = torch.rand(50, generator=gen) * 3, torch.rand(50, generator=gen) * 3
+    gain = base - logs
+    mean, se = paired_gain(base, logs)
+    assert mean == pytest.approx(float(gain.mean())) and se == pytest.approx(float(gain.std() / math.sqrt(50)))
+    # integer weights count a query that many times, as if it were repeated
+    w = torch.randint(1, 4, (50,), generator=gen)
+    rep = torch.repeat_interleave(gain, w)
+    wmean, wse = paired_gain(base, logs, w.float())
+    assert wmean == pytest.approx(float(rep.mean()))
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    var = float(((w * (gain - wmean) ** 2).sum() / w.sum())) * n_eff / (n_eff - 1)
+    assert wse == pytest.approx(math.sqrt(var / n_eff))
+    # a diverged state (infinite rank) is never a clear gain
+    m, s = paired_gain(base, torch.cat([logs[:-1], torch.tensor([math.inf])]))
+    assert not (m > s)
+
+
+def test_versus_old_model_verdict_follows_the_paired_gain():
+    old = torch.arange(1, 41).double()
+    better = versus_old_model("text", old / 2, old, "m")
+    assert better["verdict"] == "better" and better["mean_log_rank_gain"] == pytest.approx(math.log(2), abs=1e-5)
+    assert versus_old_model("text", old * 2, old, "m")["verdict"] == "worse"
+    noisy = old * torch.tensor([1.05, 1 / 1.05] * 20).double()
+    assert versus_old_model("text", noisy, old, "m")["verdict"] == "within noise"

@@ -27,13 +27,13 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import Stage2Config
 from .errors import XBTError
+from .losses import ranking_distillation
 from .stage1 import Projection
-from .validation import PathChoice, t2i_ranks
+from .validation import PathChoice, paired_gain, t2i_ranks
 
 T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
 
@@ -101,8 +101,8 @@ def distill_text_head(
         return torch.cat([own] + [f[state] if state < len(f) else torch.full_like(f[0], math.inf) for f in other_folds])
 
     def clear_gain(logs: torch.Tensor) -> bool:  # a paired gain over stage 1 by more than one standard error
-        gain = stage1_logs - logs
-        return bool(gain.mean() > gain.std() / math.sqrt(len(gain))) if torch.isfinite(gain).all() else False
+        mean, se = paired_gain(stage1_logs, logs)
+        return mean > se
 
     measure = T2I_MEASURE + (f", pooled over {1 + len(other_folds)} folds of the pairs; a state replaces stage 1 only if its "
                              "paired per-query log-rank gain exceeds one standard error" if other_folds else "")
@@ -127,9 +127,7 @@ def distill_text_head(
             idx = order[s : s + cfg.text_batch_size]
             x = texts_new[idx]
             z = head(x)
-            teacher = F.softmax(x @ images_new.T / teacher_temperature, dim=1)
-            student = F.log_softmax(z @ images_old.T / cfg.distill_temperature, dim=1)
-            loss = F.kl_div(student, teacher, reduction="batchmean")
+            loss = ranking_distillation(z, images_old, cfg.distill_temperature, x, images_new, teacher_temperature)
             if cfg.text_anchor_weight:
                 loss = loss + cfg.text_anchor_weight * (1 - (z * anchors[idx]).sum(-1)).mean()
             if not torch.isfinite(loss):  # diverged: stop here, the best earlier state is kept

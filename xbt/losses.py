@@ -7,7 +7,9 @@
   (InfoNCE alone is rank-only);
 - ``stage1_loss``: ``info_nce + cosine_weight * cosine_gap``;
 - ``caption_ranking``: cross-entropy ranking each image's own caption among a caption bank,
-  weighted per pair; ``pair_confidence`` gives stage 2's weights (how sure a model is of a pair).
+  weighted per pair; ``pair_confidence`` gives stage 2's weights (how sure a model is of a pair);
+- ``ranking_distillation``: KL from a teacher's ranking of a gallery to a student's ranking of the
+  same items elsewhere (stage 2 copies the new model's own ranking into the old space).
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ def caption_ranking(queries: torch.Tensor, bank: torch.Tensor, targets: torch.Te
     """
     ranking = F.cross_entropy(queries @ bank.T / temperature, targets, reduction="none")
     return (weights * ranking).mean()
+
+
+def ranking_distillation(student: torch.Tensor, student_gallery: torch.Tensor, student_temperature: float,
+                         teacher: torch.Tensor, teacher_gallery: torch.Tensor, teacher_temperature: float) -> torch.Tensor:
+    """``KL(softmax(teacher teacher_gallery^T / t_T) || softmax(student student_gallery^T / t_S))``, batch mean.
+
+    Row ``i`` of both galleries is the same item (a caption, an image) in two spaces: the teacher
+    ranks it in its own space ([n, d_T] queries, [m, d_T] gallery), the student must rank it alike in
+    another ([n, d_S], [m, d_S]). Unlike a one-hot ranking loss, every item of the gallery carries a
+    target, so a few hundred queries still give a dense signal.
+    """
+    with torch.no_grad():
+        target = F.softmax(teacher @ teacher_gallery.T / teacher_temperature, dim=1)
+    return F.kl_div(F.log_softmax(student @ student_gallery.T / student_temperature, dim=1), target, reduction="batchmean")
 
 
 @torch.no_grad()

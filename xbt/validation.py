@@ -76,6 +76,26 @@ def i2t_ranks(image_queries: torch.Tensor, old_captions: torch.Tensor) -> torch.
     return target_ranks(image_queries, old_captions, torch.arange(len(image_queries)))
 
 
+def paired_gain(base_log_ranks: torch.Tensor, log_ranks: torch.Tensor,
+                weights: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean per-query log-rank gain of a state over a base on the same queries, and its standard error.
+
+    ``base_log_ranks - log_ranks`` (float [n] each; > 0 where the state ranks the right item
+    higher), averaged with optional per-query ``weights``. The standard error uses the weighted
+    unbiased variance and the effective sample size ``(sum w)^2 / sum w^2`` (plain ``std / sqrt(n)``
+    when unweighted). "A clear gain" everywhere in xbt means ``mean > standard error``. Non-finite
+    ranks (a diverged state) give ``(nan, nan)``, which is never a clear gain.
+    """
+    gain = base_log_ranks.double() - log_ranks.double()
+    if not torch.isfinite(gain).all() or len(gain) < 2:
+        return math.nan, math.nan
+    w = torch.ones_like(gain) if weights is None else weights.double().to(gain.device)
+    mean = float((w * gain).sum() / w.sum())
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    variance = float((w * (gain - mean) ** 2).sum() / w.sum()) * n_eff / max(n_eff - 1.0, 1e-12)
+    return mean, math.sqrt(variance / n_eff)
+
+
 @dataclass
 class PathChoice:
     """Which state one query path keeps, and why.
@@ -132,14 +152,10 @@ def versus_old_model(path: str, adapter_ranks: torch.Tensor, old_ranks: torch.Te
     ``verdict`` of ``"worse"`` (the old model ahead by more than one standard error) is what
     ``say_versus_old`` warns about; a few hundred pairs often cannot tell, and the record says so.
     """
-    gain = torch.log(old_ranks.double()) - torch.log(adapter_ranks.double())  # > 0: the path ranks better
-    w = torch.ones_like(gain) if weights is None else weights.double().to(gain.device)
-    mean = float((w * gain).sum() / w.sum())
-    n_eff = float(w.sum() ** 2 / (w**2).sum())
-    se = math.sqrt(float((w * (gain - mean) ** 2).sum() / w.sum()) / max(n_eff, 1.0))
+    mean, se = paired_gain(torch.log(old_ranks.double()), torch.log(adapter_ranks.double()), weights)  # > 0: the path ranks better
     verdict = "better" if mean > se else "worse" if mean < -se else "within noise"
     ours, theirs = geometric_mean_rank(adapter_ranks, weights), geometric_mean_rank(old_ranks, weights)
-    return {"path": path, "measure": measure, "n": len(gain), "adapter": round(ours, 5), "old_model": round(theirs, 5),
+    return {"path": path, "measure": measure, "n": len(adapter_ranks), "adapter": round(ours, 5), "old_model": round(theirs, 5),
             "backward_compatible": bool(ours <= theirs), "verdict": verdict,
             "mean_log_rank_gain": round(mean, 5), "standard_error": round(se, 5),
             "summary": f"{path} queries: held-out geometric-mean rank {ours:.3f} vs the old model's {theirs:.3f} "
