@@ -85,4 +85,7 @@ def test_versus_old_model_verdict_follows_the_paired_gain():
     assert better["verdict"] == "better" and better["mean_log_rank_gain"] == pytest.approx(math.log(2), abs=1e-5)
     assert versus_old_model("text", old * 2, old, "m")["verdict"] == "worse"
     noisy = old * torch.tensor([1.05, 1 / 1.05] * 20).double()
-    assert versus_old_model("text", noisy, old, "m")["verdict"] == "within noise"
+    within = versus_old_model("text", noisy, old, "m")
+    assert within["verdict"] == "within noise"
+    assert within["summary"].endswith("(within one standard error of the old model's queries).")
+    assert better["summary"].endswith("(better than the old model's queries).")

@@ -159,7 +159,7 @@ def versus_old_model(path: str, adapter_ranks: torch.Tensor, old_ranks: torch.Te
             "backward_compatible": bool(ours <= theirs), "verdict": verdict,
             "mean_log_rank_gain": round(mean, 5), "standard_error": round(se, 5),
             "summary": f"{path} queries: held-out geometric-mean rank {ours:.3f} vs the old model's {theirs:.3f} "
-                       f"({verdict} than the old model's queries{'' if verdict != 'within noise' else ' at one standard error'})."}
+                       f"({'within one standard error of' if verdict == 'within noise' else verdict + ' than'} the old model's queries)."}
 
 
 def say_versus_old(record: dict, verbose: bool) -> None:
