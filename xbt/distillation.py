@@ -31,16 +31,11 @@ from tqdm.auto import tqdm
 
 from .config import Stage2Config
 from .errors import XBTError
-from .losses import ranking_distillation
+from .losses import cosine_gap, ranking_distillation
 from .stage1 import Projection
 from .validation import PathChoice, paired_gain, t2i_ranks
 
 T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
-
-
-@torch.no_grad()
-def _apply(head: Projection, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    return torch.cat([head(x[s : s + chunk]) for s in range(0, len(x), chunk)]) if len(x) else x.new_zeros(0, head.d_old)
 
 
 def distill_text_head(
@@ -86,7 +81,7 @@ def distill_text_head(
     cfg = config
     gen = torch.Generator().manual_seed(cfg.seed)
     head = copy.deepcopy(stage1_head).train().requires_grad_(True)
-    anchors = _apply(stage1_head.eval(), texts_new)
+    anchors = stage1_head.eval().in_chunks(texts_new)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.text_lr, weight_decay=1e-4)
     steps = cfg.text_epochs * math.ceil(len(texts_new) / cfg.text_batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -94,7 +89,7 @@ def distill_text_head(
 
     def log_ranks(h: Projection, state: int) -> torch.Tensor:
         """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage 1)."""
-        own = torch.log(t2i_ranks(_apply(h, val_texts_new), val_images_old))
+        own = torch.log(t2i_ranks(h.in_chunks(val_texts_new), val_images_old))
         if not other_folds:
             return own
         history["own_geo_mean_rank"].append(math.exp(float(own.mean())))
@@ -129,7 +124,7 @@ def distill_text_head(
             z = head(x)
             loss = ranking_distillation(z, images_old, cfg.distill_temperature, x, images_new, teacher_temperature)
             if cfg.text_anchor_weight:
-                loss = loss + cfg.text_anchor_weight * (1 - (z * anchors[idx]).sum(-1)).mean()
+                loss = loss + cfg.text_anchor_weight * cosine_gap(z, anchors[idx])
             if not torch.isfinite(loss):  # diverged: stop here, the best earlier state is kept
                 history["diverged_at_epoch"] = epoch
                 break
@@ -182,6 +177,6 @@ def fold_scores(stage1_head: Projection, texts_new: torch.Tensor, images_new: to
         train = everything[~torch.isin(everything, fold)]
         logs: list[torch.Tensor] = []
         distill_text_head(stage1_head, texts_new, images_new[train], images_old[train], teacher_temperature, blind,
-                          verbose=False, on_state=lambda h: logs.append(torch.log(t2i_ranks(_apply(h, captions_new[fold]), images_old[fold]))))
+                          verbose=False, on_state=lambda h: logs.append(torch.log(t2i_ranks(h.in_chunks(captions_new[fold]), images_old[fold]))))
         out.append(logs)
     return out

@@ -104,6 +104,12 @@ class Projection(nn.Module):
             y = y + self.mlp(x)
         return F.normalize(y, dim=-1)
 
+    @torch.no_grad()
+    def in_chunks(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """``self(x)`` without gradients for many rows [n, d_new], ``chunk`` rows at a time so the
+        MLP's hidden layer stays small; an empty input gives an empty [0, d_old]."""
+        return torch.cat([self(x[s : s + chunk]) for s in range(0, len(x), chunk)]) if len(x) else x.new_zeros(0, self.d_old)
+
 
 def add_noise(x: torch.Tensor, noise_std: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """``x`` plus isotropic Gaussian noise of expected norm ``noise_std`` (per-dim std / sqrt(d))."""

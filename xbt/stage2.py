@@ -126,11 +126,6 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype), precision
 
 
-@torch.no_grad()
-def _apply(head: Projection, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    return torch.cat([head(x[s : s + chunk]) for s in range(0, len(x), chunk)]) if len(x) else x.new_zeros(0, head.d_old)
-
-
 def train_stage2(new: CLIPEncoder, stage1_head: Projection, data: PairData, config: Stage2Config | None = None,
                  device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  on_epoch_end: Callable[[int, dict], None] | None = None, verbose: bool = True) -> Stage2Result:
@@ -173,7 +168,7 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     if data.texts_old is not None:
         distractors_old = data.texts_old[distractor_ids]
     else:
-        distractors_old = _apply(stage1_head, distractors_new)
+        distractors_old = stage1_head.in_chunks(distractors_new)
 
     heads = {"text": stage1_head, "image": stage1_head}
     if cfg.text_head and data.old_images is not None:
@@ -193,7 +188,7 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
         record["text"] = {"choice": None, "kept": "stage 1", "reason": f"text head not trained: {why}"}
 
     # The image path's held-out search: old caption vectors (or their stage-1 stand-in) among distractors.
-    old_val_caps = data.old_captions[val] if data.old_captions is not None else _apply(stage1_head, new_txt[val])
+    old_val_caps = data.old_captions[val] if data.old_captions is not None else stage1_head.in_chunks(new_txt[val])
     val_gallery = torch.cat([old_val_caps, distractors_old])
     temperature = cfg.confidence_temperature or 1.0 / new.logit_scale
     val_weights = pair_confidence(new_img[val], torch.cat([new_txt[val], distractors_new]), temperature) if n_val else None
@@ -218,7 +213,7 @@ def _versus_old(text_head, image_ranks, data, val, new_txt, val_gallery, val_wei
     if not len(val) or data.old_images is None or data.old_captions is None:
         return {"skipped": "needs held-out pairs and the OLD vectors of their images and captions"}
     old_imgs, old_caps = data.old_images[val].float(), data.old_captions[val].float()
-    out = {"text": versus_old_model("text", t2i_ranks(_apply(text_head, new_txt[val]), old_imgs),
+    out = {"text": versus_old_model("text", t2i_ranks(text_head.in_chunks(new_txt[val]), old_imgs),
                                     t2i_ranks(old_caps, old_imgs), T2I_MEASURE)}
     if real_distractors and image_ranks is not None:  # (stage-1 stand-ins for the distractors would favour the adapter's own space)
         out["image"] = versus_old_model("image", image_ranks, i2t_ranks(old_imgs, val_gallery.float().cpu()), I2T_MEASURE, val_weights)
@@ -270,9 +265,9 @@ def _image_path(new, stage1_head, data, cfg, dev, pixels, new_img, new_txt, trai
             bank = torch.cat([data.old_captions[train], extra_old]).to(dev)
             bank_kind = "old"
         else:
-            bank = torch.cat([_apply(frozen, new_txt[train]), _apply(frozen, extra_new)]).to(dev)
+            bank = torch.cat([frozen.in_chunks(new_txt[train]), frozen.in_chunks(extra_new)]).to(dev)
             bank_kind = "stage1"
-        keep = _apply(frozen, new_img).to(dev)
+        keep = frozen.in_chunks(new_img).to(dev)
         if cfg.confidence_weighting:
             weights = pair_confidence(new_img[train], torch.cat([new_txt[train], extra_new]), temperature)
             weights = (weights / weights.mean()).to(dev)
