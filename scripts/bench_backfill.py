@@ -14,9 +14,10 @@ caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
   taken in turns over k-means clusters of the old vectors); each also with the map fitted on the
   mixes its own order makes of the pairs (``plan-calibrated``).
 
-The calibration and the disagreement model are fitted on the world's image-caption pairs (the ones
-the adapter was trained on) and, for captions, the first ``--corpus`` texts of the stage-1 corpus;
-never on the test split. Checks printed: the calibrated curve starts at new->old (0 %), ends at
+The calibration is fitted on the first ``--cal-images`` pair images with all five captions each
+(the test gallery's layout; the adapter trained on one of those captions per image); the
+disagreement model on the 2,000 pairs the adapter was trained on and, for captions, the first
+``--corpus`` texts of the stage-1 corpus; never on the test split. Checks printed: the calibrated curve starts at new->old (0 %), ends at
 new->new (100 %), stays at or above the straight line between them, never below naive; the
 planner beats random at 10-50 %. Writes JSON and a PNG to ``--out``.
 """
@@ -38,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 import xbt  # noqa: E402
 from xbt import toy  # noqa: E402
 from xbt.adapter_config import ModelRef  # noqa: E402
-from xbt.calibration import fit_calibration  # noqa: E402
+from xbt.calibration import calibration_set, fit_calibration  # noqa: E402
 from xbt.embed import embed_images, embed_texts  # noqa: E402
-from xbt.fusion import pair_groups  # noqa: E402
+from xbt.fusion import image_ids  # noqa: E402
 from xbt.gallery import MixedGallery  # noqa: E402
 from xbt.io import atomic_path, write_json  # noqa: E402
 from xbt.planner import PLANS, DisagreementModel, plan_order  # noqa: E402
@@ -97,6 +98,8 @@ def main() -> int:
                    help="adapter folder, fitted and saved there if missing (default benchmarks/out/adapters/<world>-stage12)")
     p.add_argument("--seeds", type=int, default=5, help="random orders averaged")
     p.add_argument("--corpus", type=int, default=10_000, help="stage-1 texts the caption disagreement model is fitted on")
+    p.add_argument("--cal-images", type=int, default=1000,
+                   help="pair images whose five captions each the score calibration is fitted on")
     p.add_argument("--out", default="benchmarks/out/backfill")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -116,8 +119,9 @@ def main() -> int:
     pairs = world.pair_list(2000)
     p_imgs, p_caps = [im for im, _ in pairs], [c for _, c in pairs]
     pv = encode_all(adapter, old, p_imgs, p_caps)
-    groups = pair_groups(p_imgs, p_caps).numpy()
-    target = groups[:, None] == groups[None, :]
+    cal_pairs = world.pair_list(args.cal_images, captions_per_image=5)
+    cv = encode_all(adapter, old, [im for im, _ in cal_pairs], [c for _, c in cal_pairs])
+    cal_ids = image_ids([im for im, _ in cal_pairs])
     corpus = world.text_corpus(args.corpus)
     c_old = embed_texts(old, corpus, verbose=False).numpy()
     c_new = embed_texts(adapter.new, corpus, verbose=False)
@@ -127,11 +131,11 @@ def main() -> int:
     setups = {
         "t2i": dict(modality="image", q_new=test["new_txt"], q_ad=test["ad_txt"], g_new=test["new_img"], g_old=test["old_img"],
                     g_owner=np.arange(len(images)), q_owner=cap_owner,
-                    cal=(pv["new_txt"], pv["ad_txt"], pv["new_img"], pv["old_img"], target),
+                    cal=calibration_set(cv, cal_ids, "image"),
                     dis=(pv["old_img"], pv["ad_img"])),
         "i2t": dict(modality="text", q_new=test["new_img"], q_ad=test["ad_img"], g_new=test["new_txt"], g_old=test["old_txt"],
                     g_owner=cap_owner, q_owner=np.arange(len(images)),
-                    cal=(pv["new_img"], pv["ad_img"], pv["new_txt"], pv["old_txt"], target),
+                    cal=calibration_set(cv, cal_ids, "text"),
                     dis=(np.concatenate([pv["old_txt"], c_old]), np.concatenate([pv["ad_txt"], c_ad]))),
     }
     results: dict = {"world": args.world, "adapter": str(args.adapter), "fractions": list(FRACTIONS), "seeds": args.seeds}

@@ -18,8 +18,9 @@ import torch
 import xbt
 from xbt import backfill as bf
 from xbt.adapter_config import ModelRef
-from xbt.calibration import ScoreCalibration, fit_calibration, merge_scores
+from xbt.calibration import ScoreCalibration, calibration_set, fit_calibration, merge_scores
 from xbt.embed import embed_images, embed_texts
+from xbt.fusion import image_ids
 from xbt.gallery import MixedGallery
 from xbt.planner import DisagreementModel, budget_count, plan_order
 from xbt.search import search
@@ -148,6 +149,24 @@ def test_fit_calibration_beats_its_starting_map_on_the_pairs_it_was_fitted_on(wo
     assert ScoreCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
     with pytest.raises(xbt.XBTError, match="strictly between 0 and 1"):
         fit_calibration(*args, fractions=(0.0, 0.5))
+
+
+def test_the_calibration_set_from_five_caption_pairs_is_shaped_like_each_gallery():
+    rows = xbt.toy.pair_list(4, captions_per_image=5)
+    ids = image_ids([im for im, _ in rows])
+    assert ids.tolist() == [0] * 5 + [5] * 5 + [10] * 5 + [15] * 5
+    rng = np.random.default_rng(0)
+    vec = {f"{k}_{m}": rng.normal(size=(20, 8)).astype(np.float32) for k in ("new", "ad", "old") for m in ("img", "txt")}
+    q_new, q_ad, g_new, g_old, target = calibration_set(vec, ids, "text")  # image queries -> a caption gallery
+    assert q_new.shape == (4, 8) and g_old.shape == (20, 8) and (q_ad == vec["ad_img"][[0, 5, 10, 15]]).all()
+    assert (target == np.repeat(np.eye(4, dtype=bool), 5, axis=1)).all()  # five right captions per image
+    q_new, q_ad, g_new, g_old, target = calibration_set(vec, ids, "image")  # caption queries -> an image gallery
+    assert q_new.shape == (20, 8) and g_new.shape == (4, 8) and (g_old == vec["old_img"][[0, 5, 10, 15]]).all()
+    assert (target == np.repeat(np.eye(4, dtype=bool), 5, axis=0)).all()  # each image once, one right image per caption
+    with pytest.raises(xbt.XBTError, match="one id per pair row"):
+        calibration_set(vec, ids[:10], "text")
+    with pytest.raises(xbt.XBTError, match="'image' or 'text'"):
+        calibration_set(vec, ids, "audio")
 
 
 def test_faiss_and_qdrant_give_the_same_top10(world):
@@ -342,9 +361,10 @@ def test_the_gallery_cli_builds_backfills_and_searches(world, tmp_path, capsys):
     gallery = tmp_path / "g"
     base = ["--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
     pairs = tmp_path / "pairs"
-    xbt.toy.pairs(60).save_to_disk(str(pairs))
+    xbt.toy.pairs(12, captions_per_image=5).save_to_disk(str(pairs))
     assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions), "--pairs", str(pairs)]) == 0
-    assert json.loads((gallery / "gallery.json").read_text())["calibration"]["source"].startswith("fitted on 60 queries")
+    # a caption gallery: each of the 12 pair images queries all 60 captions
+    assert json.loads((gallery / "gallery.json").read_text())["calibration"]["source"].startswith("fitted on 12 queries x 60 items")
     assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread"]) == 2
     assert "--pairs" in capsys.readouterr().err
     assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread", "--pairs", str(pairs)]) == 0

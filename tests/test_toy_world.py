@@ -1,8 +1,9 @@
 """The toy world: deterministic, disjoint splits, and captions that describe what was drawn."""
 
 import numpy as np
+import pytest
 
-from xbt.toy import pairs, text_corpus
+from xbt.toy import pair_list, pairs, text_corpus
 from xbt.toy import test_split as toy_test_split
 from xbt.toy.world import COLOURS, SHAPES, caption_mentions, captions, make_scene, render
 
@@ -48,6 +49,17 @@ def test_rendered_colours_are_on_the_canvas():
         for obj in scene.objects:
             assert COLOURS[obj.colour] in pixels, (i, obj)
         assert all(o.shape in SHAPES for o in scene.objects)
+
+
+def test_five_caption_pairs_repeat_each_image_with_all_its_captions():
+    one, five = pair_list(6), pair_list(6, captions_per_image=5)
+    assert len(five) == 30
+    for i, (image, caption) in enumerate(one):
+        rows = five[5 * i: 5 * i + 5]
+        assert all(im.tobytes() == image.tobytes() for im, _ in rows)
+        assert rows[i % 5][1] == caption and len({c for _, c in rows}) > 1
+    with pytest.raises(ValueError, match="captions_per_image"):
+        pair_list(6, captions_per_image=3)
 
 
 def test_pairs_dataset_has_image_and_caption_columns():

@@ -16,10 +16,11 @@ space's scale before merging:
   ``norm = 1`` each part's scores become the log-probability of a softmax over that part (CLIP's
   own loss): a query whose new part holds one clear winner pushes the old part down, one whose new
   part is flat lets it in. ``norm = 0`` is the plain affine map.
-- ``fit_calibration`` chooses these on image–caption pairs (the adapter's own training pairs, never
-  the test split): for random mixes of the pairs at each fraction, the map whose merged search
-  stays furthest above the straight line between not backfilling (the adapter's search) and a
-  full backfill (the new model's), at Recall@1 and Recall@10 alike.
+- ``fit_calibration`` chooses these on image–caption pairs (never the gallery's own queries), laid
+  out by ``calibration_set`` as the gallery's search is: for random mixes of the pairs at each
+  fraction, the map whose merged search stays furthest above the straight line between not
+  backfilling (the adapter's search) and a full backfill (the new model's), at Recall@1 and
+  Recall@10 alike.
 - per query from anchors (``per_query=True``, an option): items scored in BOTH spaces (backfilled
   items keep their old vectors until cutover; the gallery hands a sample of them, the anchors)
   give each query its own affine map, matching the mean and spread of the anchors' old-space
@@ -188,6 +189,33 @@ def merge_scores(old_scores: np.ndarray, new_scores: np.ndarray, in_new: np.ndar
     rank_old = np.cumsum(~in_new, axis=1) - 1
     pos = np.where(in_new, (rank_new + 0.5) / max(n_new or 1, 1), (rank_old + 0.5) / max(n_old or 1, 1))
     return (-pos).astype(np.float32)
+
+
+def calibration_set(vectors: dict[str, np.ndarray], image_ids: np.ndarray, modality: str
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``fit_calibration``'s ``(new_q, adapted_q, new_g, old_g, target)`` from image-caption pair rows,
+    shaped like a gallery of ``modality`` ("image" or "text").
+
+    ``vectors``: float32 [n_rows, d] per row under ``new_img``, ``ad_img``, ``old_img``, ``new_txt``,
+    ``ad_txt``, ``old_txt``; ``image_ids``: int [n_rows], rows with the same image share an id
+    (``fusion.image_ids``). A gallery holds each image once, so the image side keeps one row per
+    distinct image, and a caption answers the image it was written for (as in the evaluation): in
+    an image gallery every caption row is a query and each image one item; in a caption gallery
+    each image is one query and every caption row an item. With COCO's layout (one row per caption,
+    five per image) an image query then has five right captions, as in the caption gallery the map
+    is fitted for; pairs with one caption per image would fit it to a search with one right answer.
+    """
+    if modality not in ("image", "text"):
+        raise XBTError(f"modality is 'image' or 'text' (what the gallery holds), got {modality!r}")
+    image_ids = np.asarray(image_ids)
+    if image_ids.shape != (len(vectors["new_txt"]),):
+        raise XBTError(f"image_ids needs one id per pair row ({len(vectors['new_txt'])}), got shape {image_ids.shape}")
+    ids, first = np.unique(image_ids, return_index=True)
+    img = {k: np.asarray(vectors[f"{k}_img"])[first] for k in ("new", "ad", "old")}
+    txt = {k: np.asarray(vectors[f"{k}_txt"]) for k in ("new", "ad", "old")}
+    if modality == "image":
+        return txt["new"], txt["ad"], img["new"], img["old"], image_ids[:, None] == ids[None, :]
+    return img["new"], img["ad"], txt["new"], txt["old"], ids[:, None] == image_ids[None, :]
 
 
 def fit_temperature(scores: np.ndarray, target: np.ndarray) -> float:

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -195,6 +196,17 @@ def select_alpha(
     return best_alpha, curve
 
 
+def image_ids(images: Sequence[Image.Image]) -> np.ndarray:
+    """Int ids [n]: rows holding an identical image (same mode, size and pixels) share an id, the
+    row index of its first occurrence. One-row-per-caption datasets repeat each image."""
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(_image_key(im), i) for i, im in enumerate(images)], dtype=np.int64)
+
+
+def _image_key(image: Image.Image) -> str:
+    return hashlib.sha1(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+
+
 def pair_groups(images: Sequence[Image.Image], captions: Sequence[str]) -> torch.Tensor:
     """Group ids [n] for support pairs: pairs sharing a caption (case/space-insensitive) or an
     identical image get one id, so retrieving any of them counts as a hit.
@@ -211,9 +223,8 @@ def pair_groups(images: Sequence[Image.Image], captions: Sequence[str]) -> torch
         return i
 
     first: dict[tuple[str, str], int] = {}
-    for i, (image, caption) in enumerate(zip(images, captions)):
-        image_key = hashlib.sha1(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
-        for key in (("caption", " ".join(caption.lower().split())), ("image", image_key)):
+    for i, (image_id, caption) in enumerate(zip(image_ids(images), captions)):
+        for key in (("caption", " ".join(caption.lower().split())), ("image", str(image_id))):
             j = first.setdefault(key, i)
             parent[find(i)] = find(j)
     return torch.tensor([find(i) for i in range(len(captions))])

@@ -27,10 +27,10 @@ from PIL import Image
 from .adapter import load_adapter
 from .adapter_config import ModelRef, read_config
 from .backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
-from .calibration import MERGES, fit_calibration
+from .calibration import MERGES, calibration_set, fit_calibration
 from .embed import embed_images, embed_texts
 from .errors import XBTError
-from .fusion import pair_groups
+from .fusion import image_ids
 from .gallery import STORES, MixedGallery
 from .hub import resolve
 from .planner import PLANS, DisagreementModel, plan_order
@@ -132,7 +132,8 @@ def register(sub, load_model: Callable[..., Any]) -> None:
     b.add_argument("--texts", default=None, help="caption gallery: UTF-8 file, one caption per line")
     b.add_argument("--images", default=None, help="image gallery: a folder of image files (sorted by name)")
     b.add_argument("--toy", choices=("images", "captions"), default=None, help="the toy test split's images or captions")
-    b.add_argument("--pairs", default=None, help="save_to_disk image-caption pairs to fit the score calibration on")
+    b.add_argument("--pairs", default=None, help="save_to_disk image-caption pairs to fit the score calibration on: "
+                   "one row per caption, all of an image's captions (COCO's five), as the gallery holds them")
     b.add_argument("--store", choices=STORES, default="faiss", help="vector store searched (default faiss)")
     b.set_defaults(func=lambda a: _build(a, load_model))
 
@@ -179,11 +180,8 @@ def _build(args, load_model) -> int:
     pairs = _pairs(args.pairs)
     if pairs is not None:
         v = _pair_vectors(adapter, old, pairs)
-        groups = pair_groups(*pairs).numpy()
-        target = groups[:, None] == groups[None, :]
-        q, g = ("txt", "img") if modality == "image" else ("img", "txt")
-        gallery.calibration = fit_calibration(v[f"new_{q}"], v[f"ad_{q}"], v[f"new_{g}"], v[f"old_{g}"], target,
-                                              verbose=not args.quiet)
+        cal_set = calibration_set(v, image_ids(pairs[0]), modality)
+        gallery.calibration = fit_calibration(*cal_set, verbose=not args.quiet)
     else:
         print("no --pairs: the merge uses raw cosines until a calibration is fitted (give --pairs)")
     out = gallery.save(args.gallery)

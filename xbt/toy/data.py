@@ -41,22 +41,32 @@ def iter_text_corpus(n: int = 50_000, seed: int = 0, scenes: ModuleType = shapes
         yield scenes.captions(scenes.make_scene("text", i, seed))[i % CAPTIONS_PER_IMAGE]
 
 
-def pair_list(n: int = MAX_PAIRS, seed: int = 0, scenes: ModuleType = shapes) -> list[tuple[Image.Image, str]]:
-    """``n`` (PIL image, caption) pairs from the pair split, disjoint from the test gallery."""
+def pair_list(n: int = MAX_PAIRS, seed: int = 0, scenes: ModuleType = shapes,
+              captions_per_image: int = 1) -> list[tuple[Image.Image, str]]:
+    """(PIL image, caption) rows of the pair split's first ``n`` images, disjoint from the test gallery.
+
+    ``captions_per_image=1`` (the default): one row per image, image ``i`` with its caption
+    ``i % 5`` (the pairs stage 2 trains on). ``captions_per_image=5``: five rows per image, all its
+    captions, the image repeated (COCO's one-row-per-caption layout, shaped like the test gallery).
+    """
     if not 1 <= n <= MAX_PAIRS:
         raise ValueError(f"the toy pair set holds 1..{MAX_PAIRS} pairs, asked for {n}")
+    if captions_per_image not in (1, CAPTIONS_PER_IMAGE):
+        raise ValueError(f"captions_per_image is 1 or {CAPTIONS_PER_IMAGE}, got {captions_per_image!r}")
     out = []
     for i in range(n):
         scene = scenes.make_scene("pairs", i, seed)
-        out.append((scenes.render(scene), scenes.captions(scene)[i % CAPTIONS_PER_IMAGE]))
+        image, caps = scenes.render(scene), scenes.captions(scene)
+        out.extend((image, c) for c in ([caps[i % CAPTIONS_PER_IMAGE]] if captions_per_image == 1 else caps))
     return out
 
 
-def pairs(n: int = MAX_PAIRS, seed: int = 0, scenes: ModuleType = shapes):
-    """The pair set as a ``datasets.Dataset`` with an ``image`` (PIL) and a ``caption`` column."""
+def pairs(n: int = MAX_PAIRS, seed: int = 0, scenes: ModuleType = shapes, captions_per_image: int = 1):
+    """The pair set as a ``datasets.Dataset`` with an ``image`` (PIL) and a ``caption`` column
+    (rows as ``pair_list``)."""
     import datasets
 
-    items = pair_list(n, seed, scenes)
+    items = pair_list(n, seed, scenes, captions_per_image)
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     return datasets.Dataset.from_dict(
         {"image": [im for im, _ in items], "caption": [c for _, c in items]}, features=features

@@ -33,13 +33,13 @@ class World:
         """``n`` captions of never-drawn scenes: the stage-1 corpus."""
         return data.text_corpus(n, seed, self.scenes)
 
-    def pair_list(self, n: int = data.MAX_PAIRS, seed: int = 0):
-        """``n`` (PIL image, caption) pairs, disjoint from the test gallery."""
-        return data.pair_list(n, seed, self.scenes)
+    def pair_list(self, n: int = data.MAX_PAIRS, seed: int = 0, captions_per_image: int = 1):
+        """(PIL image, caption) rows of ``n`` pair images (1 or 5 captions each), disjoint from the test gallery."""
+        return data.pair_list(n, seed, self.scenes, captions_per_image)
 
-    def pairs(self, n: int = data.MAX_PAIRS, seed: int = 0):
-        """The pair set as a ``datasets.Dataset`` (``image``, ``caption``)."""
-        return data.pairs(n, seed, self.scenes)
+    def pairs(self, n: int = data.MAX_PAIRS, seed: int = 0, captions_per_image: int = 1):
+        """The pair set as a ``datasets.Dataset`` (``image``, ``caption``), rows as ``pair_list``."""
+        return data.pairs(n, seed, self.scenes, captions_per_image)
 
     def test_split(self, n: int = data.TEST_IMAGES, seed: int = 0):
         """The 1,000-image x 5-caption test gallery (images, captions per image)."""
