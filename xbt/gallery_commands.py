@@ -99,7 +99,13 @@ def _pairs(path: str | None) -> tuple[list, list[str]] | None:
 
 
 def _pair_vectors(adapter, old, pairs) -> dict[str, np.ndarray]:
+    """Every pair row's vectors (new, adapter's, old; image and caption), float32 numpy [n_rows, d].
+
+    Each distinct image is embedded once (one-row-per-caption pairs repeat it) and spread back to its rows.
+    """
     images, caps = pairs
+    distinct, rows = np.unique(image_ids(images), return_inverse=True)
+    images = [images[i] for i in distinct]
     new_img, new_txt = embed_images(adapter.new, images, verbose=False), embed_texts(adapter.new, caps, verbose=False)
     ad_img, ad_txt = adapter.from_new_embeddings(new_img, "image"), adapter.from_new_embeddings(new_txt, "text")
     out = {"new_img": new_img, "new_txt": new_txt,
@@ -107,7 +113,7 @@ def _pair_vectors(adapter, old, pairs) -> dict[str, np.ndarray]:
            "ad_txt": ad_txt if ad_txt is not None else adapter.embed_texts(caps, verbose=False)}
     if old is not None:
         out.update(old_img=embed_images(old, images, verbose=False), old_txt=embed_texts(old, caps, verbose=False))
-    return {k: v.numpy() for k, v in out.items()}
+    return {k: (v.numpy()[rows] if k.endswith("_img") else v.numpy()) for k, v in out.items()}
 
 
 def register(sub, load_model: Callable[..., Any]) -> None:
