@@ -40,9 +40,9 @@ import xbt  # noqa: E402
 from xbt import toy  # noqa: E402
 from xbt.adapter_config import ModelRef  # noqa: E402
 from xbt.calibration import calibration_set, fit_calibration  # noqa: E402
-from xbt.embed import embed_images, embed_texts  # noqa: E402
-from xbt.fusion import image_ids  # noqa: E402
+from xbt.embed import embed_texts  # noqa: E402
 from xbt.gallery import MixedGallery  # noqa: E402
+from xbt.gallery_commands import pair_vectors  # noqa: E402
 from xbt.io import atomic_path, write_json  # noqa: E402
 from xbt.planner import PLANS, DisagreementModel, plan_order  # noqa: E402
 
@@ -57,20 +57,6 @@ def load_world(name: str):
     if name not in ("toy", "shapes"):
         raise SystemExit(f"world {name!r} is not available here (xbt.toy.get_world is missing); use --world toy")
     return toy
-
-
-def encode_all(adapter, old, images, texts) -> dict[str, np.ndarray]:
-    """Every vector the benchmark needs of ``images`` and ``texts``: old, new, adapter; float32 numpy."""
-    new = adapter.new
-    out = {"old_img": embed_images(old, images, verbose=False), "new_img": embed_images(new, images, verbose=False),
-           "old_txt": embed_texts(old, texts, verbose=False), "new_txt": embed_texts(new, texts, verbose=False)}
-    out["ad_img"] = adapter.from_new_embeddings(out["new_img"], "image")
-    if out["ad_img"] is None:
-        out["ad_img"] = adapter.embed_images(images, verbose=False)
-    out["ad_txt"] = adapter.from_new_embeddings(out["new_txt"], "text")
-    if out["ad_txt"] is None:
-        out["ad_txt"] = adapter.embed_texts(texts, verbose=False)
-    return {k: v.numpy() for k, v in out.items()}
 
 
 def recall(ids: np.ndarray, gallery_owner: np.ndarray, query_owner: np.ndarray) -> dict[int, float]:
@@ -115,13 +101,12 @@ def main() -> int:
     images, caps = world.test_split()
     flat = [c for cs in caps for c in cs]
     cap_owner = np.repeat(np.arange(len(images)), [len(cs) for cs in caps])
-    test = encode_all(adapter, old, images, flat)
+    test, _ = pair_vectors(adapter, old, (images, flat))
     pairs = world.pair_list(2000)
     p_imgs, p_caps = [im for im, _ in pairs], [c for _, c in pairs]
-    pv = encode_all(adapter, old, p_imgs, p_caps)
+    pv, _ = pair_vectors(adapter, old, (p_imgs, p_caps))
     cal_pairs = world.pair_list(args.cal_images, captions_per_image=5)
-    cv = encode_all(adapter, old, [im for im, _ in cal_pairs], [c for _, c in cal_pairs])
-    cal_ids = image_ids([im for im, _ in cal_pairs])
+    cv, cal_ids = pair_vectors(adapter, old, ([im for im, _ in cal_pairs], [c for _, c in cal_pairs]))
     corpus = world.text_corpus(args.corpus)
     c_old = embed_texts(old, corpus, verbose=False).numpy()
     c_new = embed_texts(adapter.new, corpus, verbose=False)

@@ -98,13 +98,17 @@ def _pairs(path: str | None) -> tuple[list, list[str]] | None:
     return [im.convert("RGB") for im in ds["image"]], list(ds["caption"])
 
 
-def _pair_vectors(adapter, old, pairs) -> dict[str, np.ndarray]:
-    """Every pair row's vectors (new, adapter's, old; image and caption), float32 numpy [n_rows, d].
+def pair_vectors(adapter, old, pairs) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every row's vectors and which rows share an image: ``(vectors, image_ids)``.
 
-    Each distinct image is embedded once (one-row-per-caption pairs repeat it) and spread back to its rows.
+    ``pairs``: ``(images, captions)``. ``vectors``: float32 numpy, ``new_img``/``ad_img``/``old_img``
+    [n_images, d] and ``new_txt``/``ad_txt``/``old_txt`` [n_captions, d] (the ``old_*`` only with
+    an ``old`` model); ``image_ids``: int [n_images] (``fusion.image_ids``). Each distinct image is
+    embedded once (one-row-per-caption pairs repeat it) and spread back to its rows.
     """
     images, caps = pairs
-    distinct, rows = np.unique(image_ids(images), return_inverse=True)
+    ids = image_ids(images)
+    distinct, rows = np.unique(ids, return_inverse=True)
     images = [images[i] for i in distinct]
     new_img, new_txt = embed_images(adapter.new, images, verbose=False), embed_texts(adapter.new, caps, verbose=False)
     ad_img, ad_txt = adapter.from_new_embeddings(new_img, "image"), adapter.from_new_embeddings(new_txt, "text")
@@ -113,7 +117,7 @@ def _pair_vectors(adapter, old, pairs) -> dict[str, np.ndarray]:
            "ad_txt": ad_txt if ad_txt is not None else adapter.embed_texts(caps, verbose=False)}
     if old is not None:
         out.update(old_img=embed_images(old, images, verbose=False), old_txt=embed_texts(old, caps, verbose=False))
-    return {k: (v.numpy()[rows] if k.endswith("_img") else v.numpy()) for k, v in out.items()}
+    return {k: (v.numpy()[rows] if k.endswith("_img") else v.numpy()) for k, v in out.items()}, ids
 
 
 def register(sub, load_model: Callable[..., Any]) -> None:
@@ -185,8 +189,8 @@ def _build(args, load_model) -> int:
     gallery.add_old(embed(old, items, cache=False, verbose=not args.quiet))
     pairs = _pairs(args.pairs)
     if pairs is not None:
-        v = _pair_vectors(adapter, old, pairs)
-        cal_set = calibration_set(v, image_ids(pairs[0]), modality)
+        v, ids = pair_vectors(adapter, old, pairs)
+        cal_set = calibration_set(v, ids, modality)
         gallery.calibration = fit_calibration(*cal_set, verbose=not args.quiet)
     else:
         print("no --pairs: the merge uses raw cosines until a calibration is fitted (give --pairs)")
@@ -215,7 +219,7 @@ def _backfill(args, load_model) -> int:
             if pairs is None:
                 raise XBTError(f"--plan {args.plan} learns the adapter's disagreement from pairs: give --pairs DIR")
             old = load_model(gallery.old_ref.name, gallery.old_ref.pretrained, args.device, gallery.old_ref.revision)
-            v = _pair_vectors(adapter, old, pairs)
+            v, _ = pair_vectors(adapter, old, pairs)
             key = "img" if modality == "image" else "txt"
             model = DisagreementModel.fit(v[f"old_{key}"], v[f"ad_{key}"])
         order = plan_order(gallery.store.vectors("old", np.arange(gallery.size)), args.plan, model=model)
