@@ -9,8 +9,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # a core of a small machine; passive waiting costs nothing when the cores are free.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -40,10 +40,22 @@ def tiny_hf_clip(embed_dim: int, seed: int):
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "max_position_embeddings": 24, "vocab_size": 49408},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 16},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 24,
+            "vocab_size": 49408,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+        },
         projection_dim=embed_dim,
     )
     return CLIPModel(config).eval()
@@ -52,9 +64,11 @@ def tiny_hf_clip(embed_dim: int, seed: int):
 @pytest.fixture(scope="session")
 def old_new():
     """Two tiny random open_clip models of different embed dims (old 32-d, new 48-d)."""
-    import xbt.encoders as enc
+    import xbt.models.encoders as enc
 
-    return enc.as_encoder(tiny_open_clip(32, seed=1), name="tiny-old"), enc.as_encoder(tiny_open_clip(48, seed=2), name="tiny-new")
+    return enc.as_encoder(tiny_open_clip(32, seed=1), name="tiny-old"), enc.as_encoder(
+        tiny_open_clip(48, seed=2), name="tiny-new"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +76,19 @@ def captions_400():
     import xbt.toy
 
     return xbt.toy.text_corpus(400)
+
+
+def fit_briefly(old, new, texts, pairs, **kw):
+    """``xbt.fit`` with one stage-1 epoch and two stage-2 epochs of small batches, no held-out split."""
+    import xbt
+
+    stage2 = {"epochs": 2, "batch_size": 8, "val_fraction": 0.0, **kw.pop("stage2", {})}
+    return xbt.fit(old, new, texts, pairs=pairs, epochs=1, stage2=stage2, verbose=False, **kw)
+
+
+@pytest.fixture(scope="session")
+def stage1_adapter(old_new, captions_400):
+    """A stage-1 adapter of the tiny random pair, fitted on 100 captions for one epoch."""
+    import xbt
+
+    return xbt.fit(*old_new, captions_400[:100], epochs=1, verbose=False)

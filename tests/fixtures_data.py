@@ -33,8 +33,9 @@ def write_image(path: Path, key: str, fmt: str = "PNG") -> None:
     Image.new("RGB", (8, 8), color_of(key)).save(path, format=fmt)
 
 
-def make_karpathy(root: Path, dataset: str, splits: dict[str, int], captions: int = 5,
-                  write_images: bool = True) -> dict:
+def make_karpathy(
+    root: Path, dataset: str, splits: dict[str, int], captions: int = 5, write_images: bool = True
+) -> dict:
     """Karpathy's ``dataset_<name>.json`` plus images, laid out like the real download.
 
     Flickr30k images go to ``root/flickr30k-images/<filename>``; COCO images to
@@ -47,8 +48,12 @@ def make_karpathy(root: Path, dataset: str, splits: dict[str, int], captions: in
         for i in range(n):
             key = f"{split}{i}"
             n_caps = captions + (i % 3 if dataset == "coco" else 0)
-            entry = {"split": split, "sentences": [{"raw": caption_of(key, j), "tokens": []} for j in range(n_caps)],
-                     "imgid": len(entries), "sentids": []}
+            entry = {
+                "split": split,
+                "sentences": [{"raw": caption_of(key, j), "tokens": []} for j in range(n_caps)],
+                "imgid": len(entries),
+                "sentids": [],
+            }
             if dataset == "coco":
                 folder = "train2014" if split == "train" else "val2014"
                 entry.update(filepath=folder, filename=f"COCO_{folder}_{key}.png", cocoid=len(entries))
@@ -73,8 +78,16 @@ def make_nocaps(root: Path, domains: dict[str, int], captions: int = 10) -> dict
         for i in range(n):
             key = f"{domain}-{i}"
             image_id = len(images)
-            images.append({"id": image_id, "file_name": f"{key}.png", "domain": domain,
-                           "open_images_id": key, "height": 8, "width": 8})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": f"{key}.png",
+                    "domain": domain,
+                    "open_images_id": key,
+                    "height": 8,
+                    "width": 8,
+                }
+            )
             write_image(root / "val" / f"{key}.png", key)
             for j in range(captions):
                 annotations.append({"image_id": image_id, "id": len(annotations), "caption": caption_of(key, j)})
@@ -86,8 +99,9 @@ def make_nocaps(root: Path, domains: dict[str, int], captions: int = 10) -> dict
     return data
 
 
-def make_wds(root: Path, split: str, n: int, shards: int = 2, ext: str = "webp", captions: int = 5,
-             with_txt: bool = True) -> list[str]:
+def make_wds(
+    root: Path, split: str, n: int, shards: int = 2, ext: str = "webp", captions: int = 5, with_txt: bool = True
+) -> list[str]:
     """clip-benchmark webdataset shards: ``root/<split>/<s>.tar`` with ``<key>.<ext>`` + ``<key>.txt``.
 
     Returns the image keys in order. WebP is written losslessly so colours read back exactly.
@@ -99,7 +113,7 @@ def make_wds(root: Path, split: str, n: int, shards: int = 2, ext: str = "webp",
     fmt = {"webp": "WEBP", "jpg": "JPEG", "png": "PNG"}[ext]
     for s in range(shards):
         with tarfile.open(folder / f"{s}.tar", "w") as tar:
-            for key in keys[s * per:(s + 1) * per]:
+            for key in keys[s * per : (s + 1) * per]:
                 buf = io.BytesIO()
                 kwargs = {"lossless": True} if fmt == "WEBP" else ({"quality": 100} if fmt == "JPEG" else {})
                 Image.new("RGB", (8, 8), color_of(key)).save(buf, format=fmt, **kwargs)

@@ -1,5 +1,6 @@
 """save_pretrained / from_pretrained: exact round trip, atomic writes, refusals with clear messages."""
 
+import importlib
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 import xbt
 from xbt import XBTError
+from xbt.toy import pair_list
 
 from .conftest import tiny_open_clip
 
@@ -78,3 +80,41 @@ def test_foreign_and_corrupt_folders(adapter, old_new, tmp_path):
         xbt.load_adapter(tmp_path / "bad", new=new)
     with pytest.raises(XBTError, match="neither an existing folder nor a Hub repo id"):
         xbt.load_adapter(tmp_path / "does" / "not" / "exist", new=new)
+
+
+# the regressions this file guards (each failed on the code before its fix)
+
+
+embed_module = importlib.import_module("xbt.models.embedding")
+
+
+def test_inputs_are_hashed_only_when_the_cache_is_on(stage1_adapter, old_new, monkeypatch):
+    """Inputs were hashed even with the cache off (wasted work that also skewed the query-cost ratio)."""
+    calls = []
+    for name in ("hash_texts", "hash_images"):
+        real = getattr(embed_module, name)
+        monkeypatch.setattr(embed_module, name, lambda items, real=real, name=name: calls.append(name) or real(items))
+    images = [im for im, _ in pair_list(2)]
+    stage1_adapter.encode_text(["a red circle"])
+    stage1_adapter.encode_image(images)
+    assert calls == []
+    stage1_adapter.embed_texts(["a red circle"], verbose=False)  # cache on: the key needs the hash
+    assert calls == ["hash_texts"]
+
+
+def test_empty_batches_give_empty_tensors(stage1_adapter, old_new):
+    """``adapter.encode_text([])`` was refused with a message about stage 1."""
+    old, _ = old_new
+    for adapter in (stage1_adapter, xbt.fuse(stage1_adapter, old, alpha=0.5)):
+        assert adapter.encode_text([]).shape == (0, 32) and adapter.encode_text([]).dtype == torch.float32
+        assert adapter.encode_image([]).shape == (0, 32)
+
+
+def test_a_non_image_gets_a_clear_error(stage1_adapter, old_new):
+    """``adapter.encode_image(["not an image"])`` failed with an AttributeError."""
+    old, _ = old_new
+    for adapter in (stage1_adapter, xbt.fuse(stage1_adapter, old, alpha=0.5)):
+        with pytest.raises(XBTError, match=r"images\[0\] is a str .*not a PIL.Image"):
+            adapter.encode_image(["not an image"])
+    with pytest.raises(XBTError, match="single str"):
+        stage1_adapter.encode_image("photo.jpg")

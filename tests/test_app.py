@@ -7,22 +7,34 @@ import pytest
 
 import xbt
 from xbt import XBTError, toy
-from xbt.app import HIT, NEW_NEW, OLD_OLD, SearchEngine, build_app, caption_markdown
-from xbt.datasets import load_dataset
-from xbt.old_gallery import Gallery
+from xbt.app.engine import HIT, SearchEngine
+from xbt.app.page import build_app, caption_markdown
+from xbt.data.retrieval import load_dataset
+from xbt.evaluation.report import NEW_NEW, OLD_OLD
+from xbt.gallery.static import Gallery
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 K = 5
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def engine(captions_400):
     old, new = toy.load_clips(device="cpu")
-    adapters = {"xbt stage 1": xbt.fit(old, new, captions_400, epochs=2, verbose=False),
-                "procrustes": xbt.fit(old, new, captions_400, method="procrustes", verbose=False)}
+    adapters = {
+        "xbt stage 1": xbt.fit(old, new, captions_400, epochs=2, verbose=False),
+        "procrustes": xbt.fit(old, new, captions_400, method="procrustes", verbose=False),
+    }
     gallery = Gallery.build(old, load_dataset("toy", limit=40), verbose=False)
     return SearchEngine(old, adapters, gallery)
 
@@ -33,7 +45,7 @@ def test_every_column_answers_and_hits_are_the_described_images(engine):
     caption = ds.captions[7][1]
     result = engine.text_query(caption, K)
     assert list(result) == engine.columns
-    for column, rows in result.items():
+    for _column, rows in result.items():
         assert len(rows) == K and [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
         assert all(r["hit"] == (r["index"] in engine.gallery.owners_of_caption(caption)) for r in rows)
     # the new->old column is the adapter's query on the OLD image vectors
@@ -42,7 +54,7 @@ def test_every_column_answers_and_hits_are_the_described_images(engine):
     assert result["new→old (xbt stage 1)"][0]["index"] == best
     assert not any(r["hit"] for rows in engine.text_query("a caption nobody wrote", K).values() for r in rows)
     by_image = engine.image_query(ds.images[7], K)
-    for column, rows in by_image.items():
+    for _column, rows in by_image.items():
         assert len(rows) == K and all(r["hit"] == (r["owner"] == 7) for r in rows)
         assert all(r["caption"] == engine.gallery.flat_captions[r["index"]] for r in rows)
     lines = caption_markdown(by_image[OLD_OLD]).splitlines()
@@ -85,19 +97,25 @@ def test_the_page_in_a_headless_browser(engine, tmp_path):
     caption = ds.captions[11][0]
     try:
         with sync_playwright() as p:  # a fresh profile (user data dir) per run
-            browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+            browser = p.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS
+            )
             tab = browser.new_page()
             tab.goto(f"http://127.0.0.1:{port}/")
             # a known caption: image results in every column, the described image marked
             tab.fill("#text-query textarea", caption)
             tab.click("#text-search")
             n = len(engine.columns)
-            tab.wait_for_function(f"[...Array({n}).keys()].every(i => document.querySelectorAll(`#images-${{i}} img`).length >= {K})",
-                                  timeout=120_000)
+            tab.wait_for_function(
+                f"[...Array({n}).keys()].every(i => document.querySelectorAll(`#images-${{i}} img`).length >= {K})",
+                timeout=120_000,
+            )
             expected = engine.text_query(caption, K)
             for i, column in enumerate(engine.columns):
                 labels = tab.locator(f"#images-{i} .caption-label").all_inner_texts()
-                assert labels == [f"{HIT} " * r["hit"] + f"#{r['index']} · {r['score']:.3f}" for r in expected[column]], column
+                assert labels == [
+                    f"{HIT} " * r["hit"] + f"#{r['index']} · {r['score']:.3f}" for r in expected[column]
+                ], column
                 assert tab.locator(f"#images-{i} img").count() >= K
             assert "[11]" in tab.inner_text("#text-status")
             shot = ARTIFACTS / "app_text_query.png"
@@ -106,14 +124,19 @@ def test_the_page_in_a_headless_browser(engine, tmp_path):
             # an uploaded gallery image: captions back in every column, its own captions marked
             tab.get_by_role("tab", name="Image → captions").click()
             tab.set_input_files("#image-query input[type=file]", str(query_image))
-            tab.wait_for_function(f"[...Array({n}).keys()].every(i => (document.querySelector(`#captions-${{i}}`)?.innerText || '')"
-                                  ".includes('image '))", timeout=120_000)
+            tab.wait_for_function(
+                f"[...Array({n}).keys()].every(i => (document.querySelector(`#captions-${{i}}`)?.innerText || '')"
+                ".includes('image '))",
+                timeout=120_000,
+            )
             expected = engine.image_query(ds.images[11], K)
             for i, column in enumerate(engine.columns):
                 text = tab.inner_text(f"#captions-{i}")
                 # the page's list items, in order (innerText drops the list numbers and the bold marks)
                 assert [line.strip() for line in text.splitlines() if line.strip()] == [
-                    f"{HIT} " * r["hit"] + f"{r['caption']} · image {r['owner']} · {r['score']:.3f}" for r in expected[column]], column
+                    f"{HIT} " * r["hit"] + f"{r['caption']} · image {r['owner']} · {r['score']:.3f}"
+                    for r in expected[column]
+                ], column
                 assert (HIT in text) == any(r["hit"] for r in expected[column])
             assert "gallery image 11" in tab.inner_text("#image-status")
             shot = ARTIFACTS / "app_image_query.png"
@@ -122,7 +145,9 @@ def test_the_page_in_a_headless_browser(engine, tmp_path):
             # the evaluation tab computes the report on the gallery and shows the table and the plot
             tab.get_by_role("tab", name="Evaluation").click()
             tab.click("#evaluate")
-            tab.wait_for_function("(document.querySelector('#report')?.innerText || '').includes('new→new')", timeout=120_000)
+            tab.wait_for_function(
+                "(document.querySelector('#report')?.innerText || '').includes('new→new')", timeout=120_000
+            )
             tab.wait_for_selector("#report-plot img", timeout=60_000)
             assert "procrustes" in tab.inner_text("#report")
             tab.screenshot(path=str(ARTIFACTS / "app_report.png"), full_page=True)
@@ -132,23 +157,43 @@ def test_the_page_in_a_headless_browser(engine, tmp_path):
 
 
 def test_xbt_app_command_loads_adapters_and_galleries(engine, tmp_path, monkeypatch):
-    import xbt.app as app
+    import xbt.cli.app as app  # the command serves through the launch it imported
     from xbt.cli import main as cli_main
 
     served = []
     monkeypatch.setattr(app, "launch", lambda eng, report, k, **kw: served.append((eng, report, k, kw)))
     saved = engine.adapters["xbt stage 1"].save_pretrained(tmp_path / "adapter")
-    assert cli_main(["app", "--adapter", f"mine={saved}", "--limit", "12", "--save-gallery", str(tmp_path / "g"), "--k", "3"]) == 0
+    assert (
+        cli_main(
+            ["app", "--adapter", f"mine={saved}", "--limit", "12", "--save-gallery", str(tmp_path / "g"), "--k", "3"]
+        )
+        == 0
+    )
     eng, report, k, kw = served[-1]
     assert eng.columns == [OLD_OLD, "new→old (mine)", NEW_NEW] and len(eng.gallery) == 12 and k == 3
     assert kw["server_name"] == "127.0.0.1"
     # the saved gallery serves again without re-embedding it; a report.json fills the Evaluation tab
     report_json = tmp_path / "report.json"
     report_json.write_text(eng.evaluate().to_json())
-    assert cli_main(["app", "--adapter", str(saved), "--gallery", str(tmp_path / "g"), "--no-new-new", "--report", str(report_json)]) == 0
+    assert (
+        cli_main(
+            [
+                "app",
+                "--adapter",
+                str(saved),
+                "--gallery",
+                str(tmp_path / "g"),
+                "--no-new-new",
+                "--report",
+                str(report_json),
+            ]
+        )
+        == 0
+    )
     eng2, report2, _, _ = served[-1]
     assert eng2.columns == [OLD_OLD, "new→old (xbt)"] and eng2.gallery.dataset.captions == eng.gallery.dataset.captions
     assert report2 == str(report_json)
     caption = eng.gallery.dataset.captions[5][0]
     assert [r["index"] for r in eng2.text_query(caption, 3)["new→old (xbt)"]] == [
-        r["index"] for r in eng.text_query(caption, 3)["new→old (mine)"]]
+        r["index"] for r in eng.text_query(caption, 3)["new→old (mine)"]
+    ]

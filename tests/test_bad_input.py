@@ -7,7 +7,7 @@ import torch
 
 import xbt
 from xbt import XBTError
-from xbt.embed import check_finite
+from xbt.core.checks import check_finite
 
 from .conftest import tiny_open_clip
 
@@ -51,7 +51,7 @@ def test_same_model_as_old_and_new(old_new, captions_400):
     with pytest.raises(XBTError, match="same model"):
         xbt.fit(old, old, captions_400[:50], verbose=False)
     # a separate copy with identical weights is the same model too
-    twin = xbt.encoders.as_encoder(tiny_open_clip(32, seed=1))
+    twin = xbt.models.encoders.as_encoder(tiny_open_clip(32, seed=1))
     with pytest.raises(XBTError, match="same model"):
         xbt.fit(old, twin, captions_400[:50], verbose=False)
 
@@ -75,7 +75,7 @@ def test_not_a_clip_model(old_new, captions_400):
 
 
 def test_adapter_heads_must_fit_both_models(old_new):
-    from xbt.stage1 import Projection
+    from xbt.models.head import Projection
 
     old, new = old_new
     with pytest.raises(XBTError, match="heads map into 16-d but the old model 'tiny-old' is 32-d"):

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import xbt
-import xbt.fusion
+import xbt.baselines.alpha
 import xbt.toy
 from xbt import FusionAdapter, XBTError, fuse
-from xbt.embed import embed_images, embed_texts
-from xbt.fusion import pair_groups, slerp
-from xbt.maps import DEFAULT_RIDGE, orthogonal_procrustes, ridge_map
+from xbt.adapters.fusion import slerp
+from xbt.baselines.alpha import pair_groups
+from xbt.baselines.maps import DEFAULT_RIDGE, orthogonal_procrustes, ridge_map
+from xbt.models.embedding import embed_images, embed_texts
 
 from .conftest import tiny_open_clip
 
@@ -29,7 +30,10 @@ def texts(captions_400):
 @pytest.fixture(scope="module")
 def fitted(old_new, texts, pairs):
     old, new = old_new
-    return {m: xbt.fit(old, new, texts, pairs=pairs, method=m, verbose=False) for m in ("procrustes", "linear", "slerp", "nlerp")}
+    return {
+        m: xbt.fit(old, new, texts, pairs=pairs, method=m, verbose=False)
+        for m in ("procrustes", "linear", "slerp", "nlerp")
+    }
 
 
 def test_fit_returns_adapters_of_the_right_kind_and_shape(fitted, old_new, pairs):
@@ -58,7 +62,9 @@ def test_procrustes_adapter_holds_the_orthogonal_map(fitted, old_new, texts):
 
 def test_linear_adapter_holds_the_ridge_map(fitted, old_new, texts):
     old, new = old_new
-    expected = ridge_map(embed_texts(new, texts, verbose=False), embed_texts(old, texts, verbose=False), ridge=DEFAULT_RIDGE)
+    expected = ridge_map(
+        embed_texts(new, texts, verbose=False), embed_texts(old, texts, verbose=False), ridge=DEFAULT_RIDGE
+    )
     assert torch.allclose(fitted["linear"].projection.linear.weight.detach(), expected, atol=1e-6)
     assert fitted["linear"].training["ridge"] == DEFAULT_RIDGE
     other = xbt.fit(*old_new, texts, method="linear", ridge=10.0, verbose=False)
@@ -70,7 +76,9 @@ def test_image_and_joint_support(old_new, texts, pairs):
     image = xbt.fit(old, new, texts, pairs=pairs, method="procrustes", support="image", verbose=False)
     joint = xbt.fit(old, new, texts, pairs=pairs, method="procrustes", support="joint", verbose=False)
     images = [im for im, _ in pairs]
-    expected = orthogonal_procrustes(embed_images(new, images, verbose=False), embed_images(old, images, verbose=False))
+    expected = orthogonal_procrustes(
+        embed_images(new, images, verbose=False), embed_images(old, images, verbose=False)
+    )
     assert torch.allclose(image.projection.linear.weight, expected, atol=1e-6)
     assert (image.training["n_support"], joint.training["n_support"]) == (40, 240)
     assert not torch.allclose(image.projection.linear.weight, joint.projection.linear.weight, atol=1e-3)
@@ -91,10 +99,17 @@ def test_fusion_endpoints_equal_the_old_query_and_the_aligned_new_query(fitted, 
     at_new = fuse(base, old, alpha=1.0, verbose=False)
     assert torch.equal(at_new.encode_text(texts), base.encode_text(texts))
     assert torch.equal(at_new.encode_image(images), base.encode_image(images))
-    assert at_old.query_cost == {"text": ["old"], "image": ["old"]} and at_new.query_cost == {"text": ["new"], "image": ["new"]}
+    assert at_old.query_cost == {"text": ["old"], "image": ["old"]} and at_new.query_cost == {
+        "text": ["new"],
+        "image": ["new"],
+    }
     mixed = fuse(base, old, alpha_text=0.3, alpha_image=0.8, verbose=False)
-    assert torch.allclose(mixed.encode_text(texts), slerp(old.encode_text(texts), base.encode_text(texts), 0.3), atol=1e-6)
-    assert torch.allclose(mixed.encode_image(images), slerp(old.encode_image(images), base.encode_image(images), 0.8), atol=1e-6)
+    assert torch.allclose(
+        mixed.encode_text(texts), slerp(old.encode_text(texts), base.encode_text(texts), 0.3), atol=1e-6
+    )
+    assert torch.allclose(
+        mixed.encode_image(images), slerp(old.encode_image(images), base.encode_image(images), 0.8), atol=1e-6
+    )
     assert mixed.training["alpha_selection"]["text_query"] == {"alpha": 0.3, "source": "given"}
     assert mixed.query_cost == {"text": ["new", "old"], "image": ["new", "old"]}
 
@@ -102,13 +117,13 @@ def test_fusion_endpoints_equal_the_old_query_and_the_aligned_new_query(fitted, 
 def test_alpha_selection_sees_exactly_the_support_pairs(old_new, texts, pairs, monkeypatch):
     old, new = old_new
     calls = []
-    real = xbt.fusion.select_alpha
+    real = xbt.baselines.alpha.select_alpha
 
     def spy(old_query, new_query, gallery, *args, **kwargs):
         calls.append((old_query, new_query, gallery))
         return real(old_query, new_query, gallery, *args, **kwargs)
 
-    monkeypatch.setattr(importlib.import_module("xbt.fit"), "select_alpha", spy)
+    monkeypatch.setattr(importlib.import_module("xbt.baselines.fit"), "select_alpha", spy)
     adapter = xbt.fit(old, new, texts, pairs=pairs, method="slerp", verbose=False)
     images, captions = [im for im, _ in pairs], [c for _, c in pairs]
     base = adapter.base
@@ -122,9 +137,12 @@ def test_alpha_selection_sees_exactly_the_support_pairs(old_new, texts, pairs, m
             assert torch.equal(g, w)
     selection = adapter.training["alpha_selection"]
     assert selection["n_pairs"] == 40 and selection["support"] == "pairs"
-    assert adapter.alpha_image == selection["image_query"]["alpha"] and adapter.alpha_text == selection["text_query"]["alpha"]
+    assert (
+        adapter.alpha_image == selection["image_query"]["alpha"]
+        and adapter.alpha_text == selection["text_query"]["alpha"]
+    )
     curve = selection["text_query"]["curve"]
-    assert list(curve) == [str(a) for a in xbt.fusion.ALPHA_GRID]
+    assert list(curve) == [str(a) for a in xbt.baselines.alpha.ALPHA_GRID]
     best = max(v["recall_at_1"] for v in curve.values())
     assert curve[str(adapter.alpha_text)]["recall_at_1"] == best
 
@@ -143,7 +161,9 @@ def test_fusion_without_pairs_needs_fixed_weights(old_new, texts):
 
 
 def test_unknown_options_are_listed(old_new, texts):
-    with pytest.raises(XBTError, match=r"unknown option\(s\) \['ridge'\] for method 'procrustes'.*valid options are \['support'\]"):
+    with pytest.raises(
+        XBTError, match=r"unknown option\(s\) \['ridge'\] for method 'procrustes'.*valid options are \['support'\]"
+    ):
         xbt.fit(*old_new, texts, method="procrustes", ridge=0.1, verbose=False)
     with pytest.raises(XBTError, match="base='xbt'"):
         xbt.fit(*old_new, texts, method="slerp", base="xbt", alpha=0.5, verbose=False)
@@ -174,7 +194,9 @@ def test_fusion_round_trip(fitted, method, old_new, pairs, tmp_path):
     texts, images = ["a small red circle"], [im for im, _ in pairs[:3]]
     assert torch.equal(loaded.encode_text(texts), adapter.encode_text(texts))
     assert torch.equal(loaded.encode_image(images), adapter.encode_image(images))
-    with pytest.raises(XBTError, match=r"fusion adapter, which runs the OLD model.*xbt.load_adapter\(path, new=new, old=old\)"):
+    with pytest.raises(
+        XBTError, match=r"fusion adapter, which runs the OLD model.*xbt.load_adapter\(path, new=new, old=old\)"
+    ):
         xbt.load_adapter(tmp_path / method, new=new)
     with pytest.raises(XBTError, match="32-d old model.*has 40-d embeddings"):
         xbt.load_adapter(tmp_path / method, new=new, old=tiny_open_clip(40, seed=3))
@@ -223,7 +245,9 @@ def test_pair_groups_join_shared_captions_and_images(pairs):
 
 def test_fusion_on_a_stage2_lora_adapter_round_trips(old_new, texts, pairs, tmp_path):
     old, new = old_new
-    base = xbt.fit(old, new, texts, pairs=pairs, epochs=1, stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False)
+    base = xbt.fit(
+        old, new, texts, pairs=pairs, epochs=1, stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False
+    )
     fused = fuse(base, old, pairs=pairs, verbose=False)
     fused.save_pretrained(tmp_path / "l")
     assert (tmp_path / "l" / "lora").is_dir()  # the base's LoRA weights travel with the fusion adapter

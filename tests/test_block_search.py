@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from xbt.errors import XBTError
-from xbt.search import block_search, recall_at_k, search
+from xbt.core.errors import XBTError
+from xbt.evaluation.search import block_search, recall_at_k, search
 
 from .test_evaluate import random_gallery, reference_hits
 
@@ -47,8 +47,8 @@ def test_block_recall_matches_the_brute_force_reference_and_memmaps(tmp_path):
 
 def test_block_search_on_the_toy_test_set_gives_the_evaluators_recall():
     import xbt.toy
-    from xbt.datasets import load_dataset
-    from xbt.embed import embed_images, embed_texts
+    from xbt.data.retrieval import load_dataset
+    from xbt.models.embedding import embed_images, embed_texts
 
     old, _ = xbt.toy.load_clips()
     ds = load_dataset("toy")

@@ -21,20 +21,64 @@ def caption_file(tmp_path_factory):
 
 def test_fit_then_eval_from_the_command_line(caption_file, tmp_path, capsys):
     out = tmp_path / "adapter"
-    assert main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--old",
+                "xbt-toy-old",
+                "--new",
+                "xbt-toy-new",
+                "--texts",
+                str(caption_file),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "xbt_config.json").read_text())
     distinct = len(set(xbt.toy.text_corpus(600)))  # fit de-duplicates captions
     assert config["method"] == "xbt" and config["training"]["n_texts"] == distinct
-    assert main(["eval", "--old", "xbt-toy-old", "--adapter", str(out), "--dataset", "toy", "--limit", "60",
-                 "--no-query-cost", "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--old",
+                "xbt-toy-old",
+                "--adapter",
+                str(out),
+                "--dataset",
+                "toy",
+                "--limit",
+                "60",
+                "--no-query-cost",
+                "--out",
+                str(tmp_path / "report"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "new→old" in capsys.readouterr().out
     assert (tmp_path / "report" / "report.json").is_file()
 
 
 def test_fit_reports_a_missing_caption_file(tmp_path, capsys):
-    status = main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(tmp_path / "nope.txt"),
-                   "--out", str(tmp_path / "a")])
+    status = main(
+        [
+            "fit",
+            "--old",
+            "xbt-toy-old",
+            "--new",
+            "xbt-toy-new",
+            "--texts",
+            str(tmp_path / "nope.txt"),
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
     assert status == 2
     assert "one caption per line" in capsys.readouterr().err
 
@@ -57,7 +101,9 @@ def hub_calls(monkeypatch):
 
         folder = Path(folder_path)
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        uploaded = [f for f in files if allow_patterns is None or any(fnmatch.fnmatch(f, pat) for pat in allow_patterns)]
+        uploaded = [
+            f for f in files if allow_patterns is None or any(fnmatch.fnmatch(f, pat) for pat in allow_patterns)
+        ]
         calls.append(("upload", repo_id, files, uploaded, (folder / "README.md").read_text(), commit_message))
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
@@ -81,8 +127,27 @@ def test_push_to_hub_uploads_exactly_the_saved_folder(caption_file, tmp_path, hu
 
 def test_fit_push_to_hub_from_the_command_line(caption_file, tmp_path, hub_calls, capsys):
     out = tmp_path / "adapter"
-    assert main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file), "--method", "procrustes",
-                 "--out", str(out), "--push-to-hub", "org/p", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--old",
+                "xbt-toy-old",
+                "--new",
+                "xbt-toy-new",
+                "--texts",
+                str(caption_file),
+                "--method",
+                "procrustes",
+                "--out",
+                str(out),
+                "--push-to-hub",
+                "org/p",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "pushed" in capsys.readouterr().out
     _, repo, files, uploaded, card, _ = hub_calls[-1]
     assert repo == "org/p" and files == uploaded == sorted(p.name for p in out.iterdir())
@@ -106,7 +171,13 @@ def test_fit_flags_are_generated_from_the_option_dataclasses(capsys):
         for f in dataclasses.fields(cls):
             if f.name != "seed":  # one --seed drives every stage
                 assert prefix + f.name.replace("_", "-") in flags, f.name
-    assert {"--old-image-embeddings", "--checkpoint-dir", "--no-stage1", "--push-to-hub", "--no-stage2-confidence-weighting"} <= flags
+    assert {
+        "--old-image-embeddings",
+        "--checkpoint-dir",
+        "--no-stage1",
+        "--push-to-hub",
+        "--no-stage2-confidence-weighting",
+    } <= flags
 
 
 @pytest.fixture(scope="module")
@@ -129,23 +200,71 @@ def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_f
     else:
         save_file({"embeddings": vectors}, str(path))
     out = tmp_path / "adapter"
-    assert main(["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file), "--pairs", str(pair_folder),
-                 "--old-image-embeddings", str(path), "--stage1-epochs", "1", "--stage1-noise-std", "0.05",
-                 "--stage2-epochs", "1", "--stage2-rank", "2", "--stage2-text-epochs", "1", "--no-stage2-confidence-weighting",
-                 "--stage2-caption-bank-size", "10", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--old",
+                "xbt-toy-old",
+                "--new",
+                "xbt-toy-new",
+                "--texts",
+                str(caption_file),
+                "--pairs",
+                str(pair_folder),
+                "--old-image-embeddings",
+                str(path),
+                "--stage1-epochs",
+                "1",
+                "--stage1-noise-std",
+                "0.05",
+                "--stage2-epochs",
+                "1",
+                "--stage2-rank",
+                "2",
+                "--stage2-text-epochs",
+                "1",
+                "--no-stage2-confidence-weighting",
+                "--stage2-caption-bank-size",
+                "10",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     training = json.loads((out / "xbt_config.json").read_text())["training"]
     assert training["stage1"]["epochs"] == 1 and training["stage1"]["noise_std"] == 0.05
     stage2 = training["stage2"]
-    assert (stage2["epochs"], stage2["rank"], stage2["text_epochs"], stage2["confidence_weighting"]) == (1, 2, 1, False)
+    assert (stage2["epochs"], stage2["rank"], stage2["text_epochs"], stage2["confidence_weighting"]) == (
+        1,
+        2,
+        1,
+        False,
+    )
     assert stage2["batch_size"] == xbt.Stage2Config().batch_size  # flags not given keep the dataclass default
     assert training["pair_old_vectors"] == {"images": "given", "captions": "embedded with the old model"}
-    assert training["metrics"]["stage2"]["image"]["history"]["caption_bank"] == training["metrics"]["stage2"]["n_train"] + 10
+    assert (
+        training["metrics"]["stage2"]["image"]["history"]["caption_bank"]
+        == training["metrics"]["stage2"]["n_train"] + 10
+    )
 
 
 def test_fit_refuses_pickles_and_options_that_do_not_apply(caption_file, pair_folder, tmp_path, capsys):
     import numpy as np
 
-    base = ["fit", "--old", "xbt-toy-old", "--new", "xbt-toy-new", "--texts", str(caption_file), "--out", str(tmp_path / "a")]
+    base = [
+        "fit",
+        "--old",
+        "xbt-toy-old",
+        "--new",
+        "xbt-toy-new",
+        "--texts",
+        str(caption_file),
+        "--out",
+        str(tmp_path / "a"),
+    ]
     np.save(tmp_path / "objects.npy", np.array([{"not": "floats"}], dtype=object), allow_pickle=True)
     assert main(base + ["--pairs", str(pair_folder), "--old-image-embeddings", str(tmp_path / "objects.npy")]) == 2
     assert "pickled Python objects, which xbt never loads" in capsys.readouterr().err

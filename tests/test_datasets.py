@@ -7,8 +7,9 @@ import pytest
 
 import xbt
 import xbt.toy  # noqa: F401
-from xbt.datasets import LazyImages, RetrievalDataset, load_dataset
-from xbt.errors import XBTError
+from xbt.core.errors import XBTError
+from xbt.data.retrieval import RetrievalDataset, load_dataset
+from xbt.data.sources import LazyImages
 
 from .fixtures_data import caption_of, color_of, make_karpathy, make_nocaps, make_wds
 
@@ -88,7 +89,9 @@ def test_flickr30k_karpathy_splits(tmp_path):
 def test_flickr30k_explicit_paths(tmp_path):
     make_karpathy(tmp_path / "data", "flickr30k", {"test": 2})
     (tmp_path / "data" / "flickr30k-images").rename(tmp_path / "pics")
-    ds = load_dataset("flickr30k", annotations=tmp_path / "data" / "dataset_flickr30k.json", image_dir=tmp_path / "pics")
+    ds = load_dataset(
+        "flickr30k", annotations=tmp_path / "data" / "dataset_flickr30k.json", image_dir=tmp_path / "pics"
+    )
     assert_grouped(ds, ["test0", "test1"], 5)
 
 
@@ -102,7 +105,9 @@ def test_flickr30k_missing_json_says_where(tmp_path):
 def test_flickr30k_missing_image_says_where(tmp_path):
     make_karpathy(tmp_path, "flickr30k", {"test": 3})
     (tmp_path / "flickr30k-images" / "test1.png").unlink()
-    with pytest.raises(XBTError, match=r"1 of 3 flickr30k images are missing, e.g. expected .*flickr30k-images/test1\.png"):
+    with pytest.raises(
+        XBTError, match=r"1 of 3 flickr30k images are missing, e.g. expected .*flickr30k-images/test1\.png"
+    ):
         load_dataset("flickr30k", root=tmp_path)
 
 
@@ -167,14 +172,17 @@ def test_nocaps_val_and_domains(tmp_path):
 
 
 def test_nocaps_errors(tmp_path):
-    with pytest.raises(XBTError, match=r"expected the NoCaps validation captions .* at .*nocaps_val_4500_captions\.json"):
+    with pytest.raises(
+        XBTError, match=r"expected the NoCaps validation captions .* at .*nocaps_val_4500_captions\.json"
+    ):
         load_dataset("nocaps", root=tmp_path)
     make_nocaps(tmp_path, {"in-domain": 2})
     (tmp_path / "val" / "in-domain-1.png").unlink()
     with pytest.raises(XBTError, match=r"expected .*val/in-domain-1\.png"):
         load_dataset("nocaps", root=tmp_path)
-    (tmp_path / "nocaps_val_4500_captions.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "x"}],
-                                                                          "annotations": [{"id": 1}]}))
+    (tmp_path / "nocaps_val_4500_captions.json").write_text(
+        json.dumps({"images": [{"id": 1, "file_name": "x"}], "annotations": [{"id": 1}]})
+    )
     with pytest.raises(XBTError, match=r"annotations\[0\] has the wrong layout \(missing 'image_id'\)"):
         load_dataset("nocaps", root=tmp_path)
     with pytest.raises(XBTError, match="unknown nocaps split"):

@@ -22,9 +22,14 @@ def _run(out: Path, processes: int) -> None:
     out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("XBT_CACHE_DIR", None)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 \
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        if processes > 1
         else [sys.executable]
-    done = subprocess.run([*launcher, str(WORKER), str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    )
+    done = subprocess.run(
+        [*launcher, str(WORKER), str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -41,7 +46,9 @@ def test_sharded_embedding_in_two_processes_is_the_single_process_cache_bit_for_
     files = sorted(p.relative_to(one / "shards") for p in (one / "shards").rglob("*.safetensors"))
     import xbt
 
-    assert len(files) == 2 * math.ceil(len(set(xbt.toy.text_corpus(300))) / 32)  # 2 models x shards of 32 distinct texts
+    assert len(files) == 2 * math.ceil(
+        len(set(xbt.toy.text_corpus(300))) / 32
+    )  # 2 models x shards of 32 distinct texts
     assert files == sorted(p.relative_to(two / "shards") for p in (two / "shards").rglob("*.safetensors"))
     for f in files:
         a, b = load_file(str(one / "shards" / f)), load_file(str(two / "shards" / f))

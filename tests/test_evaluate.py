@@ -9,19 +9,19 @@ import torch
 
 import xbt
 import xbt.toy  # noqa: F401  (xbt.toy.test_split)
-from xbt.adapter import Adapter
-from xbt.datasets import RetrievalDataset, load_dataset
-from xbt.embed import embed_images, embed_texts
-from xbt.errors import XBTError
-from xbt.evaluate import flip_rates, gap_closure
-from xbt.report import Report
-from xbt.search import recall_at_k, search
-from xbt.stage1 import Projection
+from xbt.adapters.adapter import Adapter
+from xbt.core.errors import XBTError
+from xbt.data.retrieval import RetrievalDataset, load_dataset
+from xbt.evaluation.evaluate import flip_rates, gap_closure
+from xbt.evaluation.report import Report
+from xbt.evaluation.search import recall_at_k, search
+from xbt.models.embedding import embed_images, embed_texts
+from xbt.models.head import Projection
 
 from .conftest import tiny_open_clip
 from .fixtures_data import make_karpathy
 
-ev = importlib.import_module("xbt.evaluate")  # the module (xbt.evaluate is the function)
+ev = importlib.import_module("xbt.evaluation.evaluate")  # the module (xbt.evaluate is the function)
 
 # ---------------------------------------------------------------------- the independent reference
 
@@ -94,10 +94,14 @@ def test_duplicate_gallery_items_tie_in_favour_of_the_lower_index():
 def test_image_to_text_hit_is_any_of_the_images_captions():
     ds = RetrievalDataset(images=["img0", "img1"], captions=[["c0", "c1"], ["c2"]], name="t")
     img = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
-    cap = np.array([[0.0, 1.0, 0.0],    # c0 (image 0): score 0 for image 0
-                    [0.9, 0.1, 0.0],    # c1 (image 0): second for image 0
-                    [1.0, 0.0, 0.0]],   # c2 (image 1): first for image 0
-                   np.float32)
+    cap = np.array(
+        [
+            [0.0, 1.0, 0.0],  # c0 (image 0): score 0 for image 0
+            [0.9, 0.1, 0.0],  # c1 (image 0): second for image 0
+            [1.0, 0.0, 0.0],
+        ],  # c2 (image 1): first for image 0
+        np.float32,
+    )
     r = recall_at_k(img, cap, np.arange(2), ds.caption_owner(), ks=(1, 2, 3))
     # image 0: c2 (wrong image) ranks first, then c1: a hit at K=2 through its *second* caption
     assert r.hits[1].tolist()[0] is False and r.hits[2].tolist()[0] is True
@@ -172,14 +176,29 @@ def test_evaluate_numbers_match_independent_computation(old_new, toy_small):
     report = xbt.evaluate(old, adapter, dataset=toy_small, ks=(1, 5), cache=False, verbose=False)
     ds = toy_small
     texts, owner, img_owner = ds.flat_captions(), ds.caption_owner(), np.arange(ds.n_images)
-    o_img, o_txt = embed_images(old, ds.images, cache=False, verbose=False), embed_texts(old, texts, cache=False, verbose=False)
-    n_img, n_txt = embed_images(new, ds.images, cache=False, verbose=False), embed_texts(new, texts, cache=False, verbose=False)
+    o_img, o_txt = (
+        embed_images(old, ds.images, cache=False, verbose=False),
+        embed_texts(old, texts, cache=False, verbose=False),
+    )
+    n_img, n_txt = (
+        embed_images(new, ds.images, cache=False, verbose=False),
+        embed_texts(new, texts, cache=False, verbose=False),
+    )
     a_img, a_txt = adapter.encode_image(ds.images), adapter.encode_text(texts)  # the adapter's own query path
     ks = (1, 5)
     expect = {
-        "old": {"i2t": reference_hits(o_img, o_txt, img_owner, owner, ks), "t2i": reference_hits(o_txt, o_img, owner, img_owner, ks)},
-        "new": {"i2t": reference_hits(n_img, n_txt, img_owner, owner, ks), "t2i": reference_hits(n_txt, n_img, owner, img_owner, ks)},
-        "adp": {"i2t": reference_hits(a_img, o_txt, img_owner, owner, ks), "t2i": reference_hits(a_txt, o_img, owner, img_owner, ks)},
+        "old": {
+            "i2t": reference_hits(o_img, o_txt, img_owner, owner, ks),
+            "t2i": reference_hits(o_txt, o_img, owner, img_owner, ks),
+        },
+        "new": {
+            "i2t": reference_hits(n_img, n_txt, img_owner, owner, ks),
+            "t2i": reference_hits(n_txt, n_img, owner, img_owner, ks),
+        },
+        "adp": {
+            "i2t": reference_hits(a_img, o_txt, img_owner, owner, ks),
+            "t2i": reference_hits(a_txt, o_img, owner, img_owner, ks),
+        },
     }
     m = report.methods["rand"]
     for d in ("i2t", "t2i"):
@@ -263,7 +282,7 @@ def test_evaluate_bad_inputs(old_new, toy_small):
     wrong_dim = Adapter(new, Projection(new.embed_dim, 16, hidden=0), method="w")
     with pytest.raises(XBTError, match=r"adapter 'w' works with a 16-d old model.*tiny-old\) has 32-d embeddings"):
         xbt.evaluate(old, wrong_dim, dataset=toy_small, verbose=False)
-    other_new = xbt.encoders.as_encoder(tiny_open_clip(48, seed=9), name="other-new")
+    other_new = xbt.models.encoders.as_encoder(tiny_open_clip(48, seed=9), name="other-new")
     mixed = {"a": random_adapter(new, old), "b": random_adapter(other_new, old)}
     with pytest.raises(XBTError, match="different new models"):
         xbt.evaluate(old, mixed, dataset=toy_small, verbose=False)
@@ -271,12 +290,19 @@ def test_evaluate_bad_inputs(old_new, toy_small):
         xbt.evaluate(old, None, dataset=toy_small, verbose=False)
     with pytest.raises(XBTError, match="not an xbt.Adapter"):
         xbt.evaluate(old, {"x": new}, dataset=toy_small, verbose=False)
-    stale = Adapter(new, Projection(new.embed_dim, old.embed_dim, hidden=0), method="stale",
-                    old=xbt.ModelRef(name="someone-else", embed_dim=old.embed_dim, fingerprint="0" * 24))
-    with pytest.raises(XBTError, match=r"old model given \(tiny-old, weights fingerprint \w+\).*'someone-else', fingerprint 0{24}"):
+    stale = Adapter(
+        new,
+        Projection(new.embed_dim, old.embed_dim, hidden=0),
+        method="stale",
+        old=xbt.ModelRef(name="someone-else", embed_dim=old.embed_dim, fingerprint="0" * 24),
+    )
+    with pytest.raises(
+        XBTError, match=r"old model given \(tiny-old, weights fingerprint \w+\).*'someone-else', fingerprint 0{24}"
+    ):
         xbt.evaluate(old, stale, dataset=toy_small, ks=(1,), cache=False, verbose=False, query_cost=False)
-    report = xbt.evaluate(old, stale, dataset=toy_small, ks=(1,), cache=False, verbose=False, query_cost=False,
-                          check_fingerprint=False)  # the explicit opt-out
+    report = xbt.evaluate(
+        old, stale, dataset=toy_small, ks=(1,), cache=False, verbose=False, query_cost=False, check_fingerprint=False
+    )  # the explicit opt-out
     assert "stale" in report.methods
 
 
@@ -331,9 +357,11 @@ def save_local_dir(model, folder, embed_dim):
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     cfg = {
-        "model_cfg": {"embed_dim": embed_dim,
-                      "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-                      "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}},
+        "model_cfg": {
+            "embed_dim": embed_dim,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+            "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        },
         "preprocess_cfg": {"size": 32, "mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28]},
     }
     (folder / "open_clip_config.json").write_text(json.dumps(cfg))
@@ -349,8 +377,25 @@ def test_cli_eval_writes_json_markdown_and_png(tmp_path, capsys):
     new = xbt.load_clip(f"local-dir:{new_dir}", device="cpu")
     random_adapter(new, old, method="xbt").save_pretrained(tmp_path / "adapter")
     out = tmp_path / "out"
-    args = ["eval", "--old", str(old_dir), "--adapter", str(tmp_path / "adapter"), "--dataset", "toy", "--limit", "6",
-            "--ks", "1", "5", "--out", str(out), "--quiet", "--no-cache", "--no-query-cost"]
+    args = [
+        "eval",
+        "--old",
+        str(old_dir),
+        "--adapter",
+        str(tmp_path / "adapter"),
+        "--dataset",
+        "toy",
+        "--limit",
+        "6",
+        "--ks",
+        "1",
+        "5",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-cache",
+        "--no-query-cost",
+    ]
     assert main(args + ["--new", str(new_dir)]) == 0
     printed = capsys.readouterr().out
     assert "| new→old (xbt)" in printed and "backward compatible" in printed
@@ -368,24 +413,45 @@ def test_cli_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["eval", "--old", "xbt-toy-old", "--dataset", "toy"]) == 2
     assert "give --adapter FOLDER" in capsys.readouterr().err
     old_dir = save_local_dir(tiny_open_clip(32, seed=1), tmp_path / "old", 32)
-    assert main(["eval", "--old", str(old_dir), "--new", str(old_dir), "--dataset", "flickr30k",
-                 "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--old",
+                str(old_dir),
+                "--new",
+                str(old_dir),
+                "--dataset",
+                "flickr30k",
+                "--root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "dataset_flickr30k.json" in capsys.readouterr().err
     assert main([]) == 2
 
 
 def test_a_ceiling_row_and_ceiling_closure(old_new):
-    from xbt.report import closure
+    from xbt.evaluation.report import closure
 
     old, new = old_new
     adapter = xbt.fit(old, new, xbt.toy.text_corpus(200), epochs=1, verbose=False)
     plain = xbt.evaluate(old, {"s1": adapter}, dataset="toy", limit=40, query_cost=False, verbose=False)
     ceiling = {d: {k: min(1.0, plain.old_old[d][k] + 0.1) for k in plain.ks} for d in ("i2t", "t2i")}
-    report = xbt.evaluate(old, {"s1": adapter}, dataset="toy", limit=40, query_cost=False, verbose=False, ceiling=ceiling)
+    report = xbt.evaluate(
+        old, {"s1": adapter}, dataset="toy", limit=40, query_cost=False, verbose=False, ceiling=ceiling
+    )
     m = report.methods["s1"]
     for d in ("i2t", "t2i"):
         for k in report.ks:
-            assert m.ceiling_closure[d][k] == pytest.approx(closure(report.old_old[d][k], m.recall[d][k], ceiling[d][k]))
+            assert m.ceiling_closure[d][k] == pytest.approx(
+                closure(report.old_old[d][k], m.recall[d][k], ceiling[d][k])
+            )
     assert [label for label, _ in report.rows()][-2] == "ceiling (frozen old gallery)"
     md = report.to_markdown()
     assert "ceiling closure" in md and "| ceiling (frozen old gallery) |" in md
@@ -394,3 +460,19 @@ def test_a_ceiling_row_and_ceiling_closure(old_new):
     assert closure(0.2, 0.3, 0.2) is None and closure(0.2, 0.25, 0.3) == pytest.approx(0.5)
     with pytest.raises(XBTError, match="the ceiling lacks Recall@K"):
         report.set_ceiling({"i2t": {1: 0.5}})
+
+
+# the regressions this file guards (each failed on the code before its fix)
+
+
+def test_evaluate_refuses_split_and_root_for_a_dataset_object(stage1_adapter, old_new, tmp_path):
+    """``evaluate`` ignored ``split=`` / ``root=`` when given a dataset object."""
+    images, captions = xbt.toy.test_split(4)
+    ds = RetrievalDataset(images, captions, "toy", "test")
+    for extra in ({"split": "val"}, {"root": tmp_path}, {"source": "hf"}):
+        with pytest.raises(XBTError, match=rf"\['{next(iter(extra))}'\] only apply when dataset is a name"):
+            xbt.evaluate(old_new[0], stage1_adapter, dataset=ds, verbose=False, query_cost=False, **extra)
+    report = xbt.evaluate(
+        old_new[0], stage1_adapter, dataset=ds, limit=2, cache=False, verbose=False, query_cost=False
+    )
+    assert report.n_images == 2

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import xbt
-from xbt import XBTError
-from xbt import runtime as xbt_runtime
+from xbt import XBTError, toy
 from xbt.cli import main as cli_main
-from xbt import toy
+from xbt.serving import runtime as xbt_runtime
 from xbt.toy import pair_list
 
 TOL = 1e-4
@@ -55,7 +54,10 @@ def test_onnxruntime_equals_torch(name, adapters, exported, probes):
     reference = {"text": adapter.encode_text(texts).numpy(), "image": adapter.encode_image(images).numpy()}
     got = {"text": served.encode_text(texts), "image": served.encode_image(images)}
     for m in ("text", "image"):
-        assert got[m].dtype == np.float32 and got[m].shape == reference[m].shape == (len(texts if m == "text" else images), 64)
+        assert got[m].dtype == np.float32 and got[m].shape == reference[m].shape == (
+            len(texts if m == "text" else images),
+            64,
+        )
         assert np.abs(got[m] - reference[m]).max() <= TOL, m
         assert np.allclose(np.linalg.norm(got[m], axis=1), 1.0, atol=1e-5)
     if adapter.lora is not None:  # the merged torch path, what a torch server would run, agrees too
@@ -88,7 +90,9 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "xbt", "t
 print(json.dumps({{"text": t.tolist(), "image": i.tolist(), "loaded": loaded}}))
 """
     # -I: isolated mode, so neither the current folder nor PYTHONPATH can put xbt on the path
-    out = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["loaded"] == []
@@ -123,7 +127,7 @@ def test_what_cannot_be_exported_is_refused(adapters, toy_clips, tmp_path):
 
 def test_a_graph_that_does_not_reproduce_torch_is_refused(adapters, tmp_path, monkeypatch):
     # A head whose torch forward differs from what was traced (a stand-in for an op ONNX gets wrong).
-    import xbt.export as export
+    import xbt.serving.export as export
 
     real = export._check
 
@@ -144,7 +148,7 @@ def test_a_graph_that_does_not_reproduce_torch_is_refused(adapters, tmp_path, mo
 
 def test_a_transformers_new_model_exports_too(old_new, captions_400, tmp_path):
     from tests.conftest import tiny_hf_clip
-    from xbt.encoders import as_encoder
+    from xbt.models.encoders import as_encoder
 
     old, _ = old_new
     new = as_encoder(tiny_hf_clip(48, seed=3), name="tiny-hf-new")

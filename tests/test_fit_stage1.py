@@ -1,13 +1,16 @@
 """Stage 1 end to end on tiny random models: shapes, improvement over Procrustes, determinism."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 import xbt
-from xbt.maps import orthogonal_procrustes
-from xbt.embed import embed_texts
+from xbt import XBTError
+from xbt.baselines.maps import orthogonal_procrustes
+from xbt.models.embedding import embed_texts
+from xbt.toy import pair_list
 
-from .conftest import tiny_hf_clip
+from .conftest import fit_briefly, tiny_hf_clip
 
 
 def _heldout_cosines(old, new, adapter, train_texts, test_texts):
@@ -64,8 +67,8 @@ def test_fit_accepts_raw_open_clip_models_and_generators(old_new, captions_400):
 
 
 def test_fit_runs_with_tiny_transformers_clip(captions_400):
-    old = xbt.encoders.as_encoder(tiny_hf_clip(32, seed=3))
-    new = xbt.encoders.as_encoder(tiny_hf_clip(40, seed=4))
+    old = xbt.models.encoders.as_encoder(tiny_hf_clip(32, seed=3))
+    new = xbt.models.encoders.as_encoder(tiny_hf_clip(40, seed=4))
     train, test = captions_400[:300], captions_400[300:]
     # The default cosine weight (0.5) is tuned for retrieval on the toy world; on two random
     # encoders and 300 texts InfoNCE then trades mean cosine for rank, so this test asks for the
@@ -76,3 +79,39 @@ def test_fit_runs_with_tiny_transformers_clip(captions_400):
     assert out.shape == (10, 32)
     procrustes, fitted = _heldout_cosines(old, new, adapter, train, test)
     assert fitted > procrustes, (procrustes, fitted)
+
+
+# the regressions this file guards (each failed on the code before its fix)
+
+
+@pytest.mark.parametrize("method", ["xbt", "xbt+pairs", "procrustes", "linear", "slerp"])
+def test_fit_leaves_the_callers_global_rng_alone(old_new, captions_400, method):
+    """``torch.manual_seed`` inside fit (and unseeded module init) changed the caller's global RNG."""
+    old, new = old_new
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    if method == "xbt+pairs":
+        fit_briefly(old, new, captions_400[:60], pair_list(12))
+    else:
+        xbt.fit(
+            old, new, captions_400[:60], pairs=pair_list(12), method=method, epochs=1, verbose=False
+        ) if method == "xbt" else xbt.fit(
+            old, new, captions_400[:60], pairs=pair_list(12), method=method, verbose=False
+        )
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"stage2": {"epochs": 1}},
+        {"old_image_embeddings": torch.zeros(4, 32)},
+        {"checkpoint_dir": "ckpt"},
+        {"use_stage1": False},
+    ],
+)
+@pytest.mark.parametrize("method", ["procrustes", "slerp"])
+def test_xbt_only_options_are_refused_for_other_methods(old_new, captions_400, method, option):
+    """For non-XBT methods, stage2=, old_image_embeddings=, checkpoint_dir=, use_stage1= were dropped silently."""
+    with pytest.raises(XBTError, match=rf"\['{next(iter(option))}'\] only apply to method 'xbt'.*method '{method}'"):
+        xbt.fit(*old_new, captions_400[:60], pairs=pair_list(4), method=method, alpha=0.5, verbose=False, **option)

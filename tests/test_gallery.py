@@ -16,14 +16,14 @@ import pytest
 import torch
 
 import xbt
-from xbt import backfill as bf
-from xbt.adapter_config import ModelRef
-from xbt.calibration import ScoreCalibration, calibration_set, fit_calibration, merge_scores
-from xbt.embed import embed_images, embed_texts
-from xbt.fusion import image_ids
-from xbt.gallery import MixedGallery
-from xbt.planner import DisagreementModel, budget_count, plan_order
-from xbt.search import search
+from xbt.adapters.config import ModelRef
+from xbt.core.hashing import image_ids
+from xbt.evaluation.search import search
+from xbt.gallery import backfill as bf
+from xbt.gallery.calibration import ScoreCalibration, calibration_set, fit_calibration, merge_scores
+from xbt.gallery.mixed import MixedGallery
+from xbt.gallery.planner import DisagreementModel, budget_count, plan_order
+from xbt.models.embedding import embed_images, embed_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 96
@@ -76,7 +76,9 @@ def test_the_calibrated_merge_equals_a_brute_force_merge_of_both_parts(world):
     scores, ids = g.search(world["new_txt"], world["ad_txt"], k=10)
     in_new = np.zeros(N, bool)
     in_new[chosen] = True
-    full = np.where(in_new, world["new_txt"] @ world["new_img"].T, cal.scale * (world["ad_txt"] @ world["old_img"].T) + cal.shift)
+    full = np.where(
+        in_new, world["new_txt"] @ world["new_img"].T, cal.scale * (world["ad_txt"] @ world["old_img"].T) + cal.shift
+    )
     expect = np.argsort(-full, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(ids, expect)
     np.testing.assert_allclose(scores, np.take_along_axis(full, expect, 1), atol=1e-5)
@@ -94,8 +96,9 @@ def test_the_fraction_aware_normalised_merge_equals_its_formula_over_the_whole_g
     # two maps, at 20 % and 60 % backfilled: between them the gallery interpolates (at() is checked
     # at 40 %, the search at 37.5 %), and the per-query normalisation must use each part's
     # top-``depth`` scores over the WHOLE part
-    cal = ScoreCalibration(points=[[0.2, 0.3, 0.4, 0.0], [0.6, 0.5, 0.2, 1.0]], temperature_new=0.03,
-                           temperature_old=0.05, depth=8)
+    cal = ScoreCalibration(
+        points=[[0.2, 0.3, 0.4, 0.0], [0.6, 0.5, 0.2, 1.0]], temperature_new=0.03, temperature_old=0.05, depth=8
+    )
     assert cal.at(0.4) == pytest.approx((0.4, 0.3, 0.5))
     assert cal.at(0.05) == pytest.approx((0.3, 0.4, 0.0)) and cal.at(0.9) == pytest.approx((0.5, 0.2, 1.0))
     g = image_gallery(world, calibration=cal)
@@ -133,13 +136,23 @@ def test_fit_calibration_beats_its_starting_map_on_the_pairs_it_was_fitted_on(wo
     cal = fit_calibration(*args, fractions=(0.25, 0.5), mixes=4)
     assert [p[0] for p in cal.points] == [0.25, 0.5] and cal.temperature_new > 0 and cal.temperature_old > 0
     s_new, s_old = args[0] @ args[2].T, args[1] @ args[3].T
-    in_new_of = lambda mask: np.broadcast_to(mask, s_new.shape)
+
+    def in_new_of(mask):
+        return np.broadcast_to(mask, s_new.shape)
 
     def hits(calibration, fraction):  # summed R@1 + R@10 over a few random mixes at that fraction
         total = 0.0
         for seed in range(4):
             mask = np.random.default_rng(seed).random(n) < fraction
-            merged = merge_scores(s_old, s_new, in_new_of(mask), "calibrated", calibration, n_old=int((~mask).sum()), n_new=int(mask.sum()))
+            merged = merge_scores(
+                s_old,
+                s_new,
+                in_new_of(mask),
+                "calibrated",
+                calibration,
+                n_old=int((~mask).sum()),
+                n_new=int(mask.sum()),
+            )
             rank = (merged > merged[np.arange(n), np.arange(n)][:, None]).sum(1)
             total += (rank < 1).mean() + (rank < 10).mean()
         return total
@@ -156,13 +169,17 @@ def test_the_calibration_set_from_five_caption_pairs_is_shaped_like_each_gallery
     ids = image_ids([im for im, _ in rows])
     assert ids.tolist() == [0] * 5 + [5] * 5 + [10] * 5 + [15] * 5
     rng = np.random.default_rng(0)
-    vec = {f"{k}_{m}": rng.normal(size=(20, 8)).astype(np.float32) for k in ("new", "ad", "old") for m in ("img", "txt")}
+    vec = {
+        f"{k}_{m}": rng.normal(size=(20, 8)).astype(np.float32) for k in ("new", "ad", "old") for m in ("img", "txt")
+    }
     q_new, q_ad, g_new, g_old, target = calibration_set(vec, ids, "text")  # image queries -> a caption gallery
     assert q_new.shape == (4, 8) and g_old.shape == (20, 8) and (q_ad == vec["ad_img"][[0, 5, 10, 15]]).all()
     assert (target == np.repeat(np.eye(4, dtype=bool), 5, axis=1)).all()  # five right captions per image
     q_new, q_ad, g_new, g_old, target = calibration_set(vec, ids, "image")  # caption queries -> an image gallery
     assert q_new.shape == (20, 8) and g_new.shape == (4, 8) and (g_old == vec["old_img"][[0, 5, 10, 15]]).all()
-    assert (target == np.repeat(np.eye(4, dtype=bool), 5, axis=0)).all()  # each image once, one right image per caption
+    assert (
+        target == np.repeat(np.eye(4, dtype=bool), 5, axis=0)
+    ).all()  # each image once, one right image per caption
     with pytest.raises(xbt.XBTError, match="one id per pair row"):
         calibration_set(vec, ids[:10], "text")
     with pytest.raises(xbt.XBTError, match="'image' or 'text'"):
@@ -205,7 +222,10 @@ def test_budgets_and_plans(world):
     with pytest.raises(xbt.XBTError, match="budget"):
         budget_count(1.5, 100)
     rng = np.random.default_rng(0)
-    adapted = world["old_img"] + 0.3 * rng.standard_normal(world["old_img"].shape).astype(np.float32) * world["old_img"][:, :1]
+    adapted = (
+        world["old_img"]
+        + 0.3 * rng.standard_normal(world["old_img"].shape).astype(np.float32) * world["old_img"][:, :1]
+    )
     adapted /= np.linalg.norm(adapted, axis=1, keepdims=True)
     model = DisagreementModel.fit(world["old_img"], adapted)
     for plan in ("random", "uncertainty", "density", "spread"):
@@ -258,10 +278,11 @@ def test_a_killed_backfill_process_resumes_to_the_same_gallery(world, tmp_path):
     np.save(tmp_path / "order.npy", order)
     bf.BackfillJob(ref, world["new"], world["images"], order=order, batch_size=16).run(1.0, verbose=False)
     script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, signal, numpy as np, torch, xbt
         torch.set_num_threads({torch.get_num_threads()})  # the fingerprint's float sum depends on the thread count
-        from xbt import backfill as bf
+        from xbt.gallery import backfill as bf
         old, new = xbt.toy.load_clips(device="cpu")
         images, _ = xbt.toy.test_split({N})
         real, calls = bf.write_json, [0]
@@ -271,8 +292,9 @@ def test_a_killed_backfill_process_resumes_to_the_same_gallery(world, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(path, obj)
         bf.write_json = write_then_die
-        bf.BackfillJob({str(killed)!r}, new, images, order=np.load({str(tmp_path / 'order.npy')!r}), batch_size=16).run(1.0, verbose=False)
-    """))
+        bf.BackfillJob({str(killed)!r}, new, images, order=np.load({str(tmp_path / "order.npy")!r}), batch_size=16).run(1.0, verbose=False)
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
@@ -362,12 +384,33 @@ def test_the_gallery_cli_builds_backfills_and_searches(world, tmp_path, capsys):
     base = ["--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
     pairs = tmp_path / "pairs"
     xbt.toy.pairs(12, captions_per_image=5).save_to_disk(str(pairs))
-    assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions), "--pairs", str(pairs)]) == 0
+    assert (
+        main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions), "--pairs", str(pairs)]) == 0
+    )
     # a caption gallery: each of the 12 pair images queries all 60 captions
-    assert json.loads((gallery / "gallery.json").read_text())["calibration"]["source"].startswith("fitted on 12 queries x 60 items")
+    assert json.loads((gallery / "gallery.json").read_text())["calibration"]["source"].startswith(
+        "fitted on 12 queries x 60 items"
+    )
     assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread"]) == 2
     assert "--pairs" in capsys.readouterr().err
-    assert main(["gallery", "backfill", *base, "--budget", "10", "--batch-size", "4", "--plan", "spread", "--pairs", str(pairs)]) == 0
+    assert (
+        main(
+            [
+                "gallery",
+                "backfill",
+                *base,
+                "--budget",
+                "10",
+                "--batch-size",
+                "4",
+                "--plan",
+                "spread",
+                "--pairs",
+                str(pairs),
+            ]
+        )
+        == 0
+    )
     assert "10 of 40 items in the new space" in capsys.readouterr().out
     assert bf.read_manifest(gallery)["plan"] == "spread"
     assert main(["gallery", "backfill", *base, "--budget", "lots"]) == 2

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from xbt import XBTError
-from xbt.fusion import ALPHA_GRID, fuse_embeddings, nlerp, select_alpha, slerp
-from xbt.maps import orthogonal_procrustes, ridge_map
+from xbt.adapters.fusion import fuse_embeddings, nlerp, slerp
+from xbt.baselines.alpha import ALPHA_GRID, select_alpha
+from xbt.baselines.maps import orthogonal_procrustes, ridge_map
 
 
 def _unit(n, d, seed):
@@ -81,7 +82,11 @@ def test_ridge_matches_the_closed_form_and_shrinks():
     x, y = torch.randn(50, 10, generator=gen), torch.randn(50, 6, generator=gen)
     ridge = 0.5
     lam = ridge * (x * x).sum() / 10
-    expected = y.T.double() @ x.double() @ torch.linalg.inv(x.T.double() @ x.double() + lam * torch.eye(10, dtype=torch.float64))
+    expected = (
+        y.T.double()
+        @ x.double()
+        @ torch.linalg.inv(x.T.double() @ x.double() + lam * torch.eye(10, dtype=torch.float64))
+    )
     w = ridge_map(x, y, ridge=ridge)
     assert torch.allclose(w.double(), expected, atol=1e-5)
     assert ridge_map(x, y, ridge=10.0).norm() < ridge_map(x, y, ridge=0.0).norm()
@@ -172,7 +177,7 @@ def test_alpha_selection_scores_with_and_without_labels():
 
 def test_alpha_selection_uses_the_evaluators_tie_rule():
     # a query tied between a wrong row 0 and its right row 1: lower gallery index first, as in
-    # xbt.search.recall_at_k, so it misses at R@1 and finds its row second (MRR 1/2)
+    # xbt.evaluation.search.recall_at_k, so it misses at R@1 and finds its row second (MRR 1/2)
     gallery = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     query = torch.tensor([[1.0, 0.0]])
     _, curve = select_alpha(query, query, gallery, torch.tensor([1]), torch.tensor([0, 1]), grid=(0.0,))

@@ -35,7 +35,9 @@ def test_notebooks_are_stored_without_outputs_and_the_real_models_one_parses():
         nbformat.validate(nb)
         for cell in nb.cells:
             if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip the outputs before committing"
+                assert cell.outputs == [] and cell.execution_count is None, (
+                    f"{path.name}: strip the outputs before committing"
+                )
     real = nbformat.read(NOTEBOOK.parent / "real_models.ipynb", as_version=4)
     source = "\n".join(c.source for c in real.cells if c.cell_type == "code")
     ast.parse(source)  # not executed in CI (GPU + internet): at least it is valid Python

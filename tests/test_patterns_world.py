@@ -33,7 +33,9 @@ def test_captions_name_the_drawn_items_with_their_counts():
             count_words = pw.COUNT_WORDS[group.count]
             colour_words = pw.COLOUR_WORDS[group.colour]
             kind_words = [w + ("s" if group.count > 1 else "") for w in pw.ITEM_WORDS[group.kind]]
-            assert any(f"{c} {col} {k}" in items_caption for c in count_words for col in colour_words for k in kind_words), (scene, items_caption)
+            assert any(
+                f"{c} {col} {k}" in items_caption for c in count_words for col in colour_words for k in kind_words
+            ), (scene, items_caption)
 
 
 def test_rendered_regions_carry_their_base_colours():
@@ -60,7 +62,11 @@ def test_every_caption_template_is_used_and_captions_differ_in_grammar_from_shap
 @pytest.fixture(scope="module")
 def patterns_report():
     old, new = get_world("patterns").load_clips()
-    return old, new, xbt.evaluate(old, new, dataset=xbt.datasets.load_toy(world="patterns"), verbose=False, query_cost=False)
+    return (
+        old,
+        new,
+        xbt.evaluate(old, new, dataset=xbt.toy.load_toy(world="patterns"), verbose=False, query_cost=False),
+    )
 
 
 def test_model_pair_differs_in_library_tower_and_width(patterns_report):
@@ -83,10 +89,17 @@ def test_shipped_weights_reproduce_recorded_recall_and_the_upgrade_is_real(patte
 
 
 def test_demo_runs_on_the_patterns_world(tmp_path):
-    from xbt.demo import run_demo
+    from xbt.toy.demo import run_demo
 
-    report = run_demo(out=tmp_path / "demo", n_texts=2000, n_pairs=100, methods=("procrustes", "xbt-stage1"),
-                      verbose=False, show=False, world="patterns")
+    report = run_demo(
+        out=tmp_path / "demo",
+        n_texts=2000,
+        n_pairs=100,
+        methods=("procrustes", "xbt-stage1"),
+        verbose=False,
+        show=False,
+        world="patterns",
+    )
     assert report.dataset == "toy-patterns"
     assert set(report.methods) == {"procrustes", "xbt-stage1"}
     recorded = get_world("patterns").recorded_metrics()["old"]
@@ -95,7 +108,7 @@ def test_demo_runs_on_the_patterns_world(tmp_path):
 
 
 def test_closure_is_undefined_when_the_target_is_not_above_old_old():
-    from xbt.report import closure
+    from xbt.evaluation.report import closure
 
     assert closure(69.2, 12.0, 30.5) is None  # the patterns ceiling sits below old->old
     assert closure(37.5, 48.7, 64.7) == pytest.approx(11.2 / 27.2)

@@ -16,12 +16,23 @@ from safetensors.torch import save_file
 
 import xbt
 from xbt import Adapter, FusionAdapter, ModelRef, XBTError
-from xbt.datasets import RetrievalDataset
-from xbt.hub import hub_model_id
-from xbt.stage1 import Projection
+from xbt.adapters.hub import hub_model_id
+from xbt.data.retrieval import RetrievalDataset
+from xbt.models.head import Projection
 from xbt.toy import pair_list
 
-METHODS = ["procrustes", "linear", "slerp", "nlerp", "xbt stage 1", "xbt stage 1+2", "xbt stage 1+2 + nlerp", "two heads"]
+from .conftest import tiny_open_clip
+
+METHODS = [
+    "procrustes",
+    "linear",
+    "slerp",
+    "nlerp",
+    "xbt stage 1",
+    "xbt stage 1+2",
+    "xbt stage 1+2 + nlerp",
+    "two heads",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +44,21 @@ def pairs():
 def adapters(old_new, captions_400, pairs):
     old, new = old_new
     texts = captions_400[:150]
-    out = {m: xbt.fit(old, new, texts, pairs=pairs, method=m, verbose=False) for m in ("procrustes", "linear", "slerp", "nlerp")}
+    out = {
+        m: xbt.fit(old, new, texts, pairs=pairs, method=m, verbose=False)
+        for m in ("procrustes", "linear", "slerp", "nlerp")
+    }
     out["xbt stage 1"] = xbt.fit(old, new, texts, epochs=1, verbose=False)
-    out["xbt stage 1+2"] = xbt.fit(old, new, texts, pairs=pairs, epochs=1, stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0},
-                                   verbose=False)
+    out["xbt stage 1+2"] = xbt.fit(
+        old, new, texts, pairs=pairs, epochs=1, stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False
+    )
     out["xbt stage 1+2 + nlerp"] = xbt.fuse(out["xbt stage 1+2"], old, pairs=pairs, kind="nlerp", verbose=False)
-    image_head = Projection.from_linear(torch.nn.functional.normalize(torch.randn(32, 48, generator=torch.Generator().manual_seed(0)), dim=1))
-    out["two heads"] = Adapter(new, heads={"text": out["xbt stage 1"].projection, "image": image_head}, method="two-heads", old=old)
+    image_head = Projection.from_linear(
+        torch.nn.functional.normalize(torch.randn(32, 48, generator=torch.Generator().manual_seed(0)), dim=1)
+    )
+    out["two heads"] = Adapter(
+        new, heads={"text": out["xbt stage 1"].projection, "image": image_head}, method="two-heads", old=old
+    )
     return out
 
 
@@ -78,7 +97,7 @@ def test_separate_heads_are_saved_apart_and_a_shared_one_once(adapters, old_new,
     loaded = xbt.load_adapter(tmp_path / "two", new=old_new[1])
     assert loaded.heads["text"] is not loaded.heads["image"]
     with pytest.raises(XBTError, match="separate text and image heads"):
-        loaded.projection
+        _ = loaded.projection
 
 
 def write_format_1(adapter, folder):
@@ -88,20 +107,41 @@ def write_format_1(adapter, folder):
     def model(ref):  # format 1 recorded the encoder's label, backend, width and fingerprint
         return {"name": ref.label, "backend": ref.backend, "embed_dim": ref.embed_dim, "fingerprint": ref.fingerprint}
 
-    config = {"format": "xbt-adapter", "format_version": 1, "xbt_version": "0.1.0", "method": base.method,
-              "new_model": model(base.new_ref), "old_model": model(base.old_ref),
-              "projection": base.projection.config(), "training": base.training, "lora": base.lora is not None}
+    config = {
+        "format": "xbt-adapter",
+        "format_version": 1,
+        "xbt_version": "0.1.0",
+        "method": base.method,
+        "new_model": model(base.new_ref),
+        "old_model": model(base.old_ref),
+        "projection": base.projection.config(),
+        "training": base.training,
+        "lora": base.lora is not None,
+    }
     if isinstance(adapter, FusionAdapter):
-        config["fusion"] = {"kind": adapter.kind, "alpha_text": adapter.alpha_text, "alpha_image": adapter.alpha_image,
-                            "query_cost": adapter.query_cost, "base_method": base.method, "base_training": base.training,
-                            "base_class": "xbt.adapter:Adapter"}
-        config.update(method=adapter.method, training=adapter.training, requires_old_encoder=True,
-                      load_with="xbt.baselines.FusionAdapter.from_pretrained(path, new=new, old=old)")
+        config["fusion"] = {
+            "kind": adapter.kind,
+            "alpha_text": adapter.alpha_text,
+            "alpha_image": adapter.alpha_image,
+            "query_cost": adapter.query_cost,
+            "base_method": base.method,
+            "base_training": base.training,
+            "base_class": "xbt.adapter:Adapter",
+        }
+        config.update(
+            method=adapter.method,
+            training=adapter.training,
+            requires_old_encoder=True,
+            load_with="xbt.baselines.FusionAdapter.from_pretrained(path, new=new, old=old)",
+        )
     config["adapter_id"] = "0" * 24
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    save_file({k: v.contiguous() for k, v in base.projection.state_dict().items()}, str(folder / "projection.safetensors"),
-              metadata={"format": "xbt-adapter"})
+    save_file(
+        {k: v.contiguous() for k, v in base.projection.state_dict().items()},
+        str(folder / "projection.safetensors"),
+        metadata={"format": "xbt-adapter"},
+    )
     if base.lora is not None:
         base.lora.peft_model.save_pretrained(str(folder / "lora"))
 
@@ -112,8 +152,14 @@ def test_folders_of_format_1_load_and_can_be_saved_over(adapters, name, old_new,
     adapter = adapters[name]
     if adapter.heads["text"] is not adapter.heads["image"]:
         # Format 1 knew one head for both query paths and LoRA on both towers: such an adapter.
-        adapter = xbt.Adapter(adapter.new, adapter.heads["image"], method=adapter.method, old=adapter.old_ref,
-                              training=adapter.training, lora=adapter.lora)
+        adapter = xbt.Adapter(
+            adapter.new,
+            adapter.heads["image"],
+            method=adapter.method,
+            old=adapter.old_ref,
+            training=adapter.training,
+            lora=adapter.lora,
+        )
     write_format_1(adapter, tmp_path / "v1")
     loaded = xbt.load_adapter(tmp_path / "v1", new=new, old=old)
     assert type(loaded) is type(adapter) and loaded.method == adapter.method
@@ -136,11 +182,24 @@ def test_a_format_from_the_future_is_refused(adapters, old_new, tmp_path):
 
 def test_model_card_has_metadata_and_the_evaluation_table(adapters, old_new, tmp_path):
     old, new = old_new
-    adapter = xbt.fit(old, new, xbt.toy.text_corpus(120), pairs=pair_list(40), epochs=1,
-                      stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False)
+    adapter = xbt.fit(
+        old,
+        new,
+        xbt.toy.text_corpus(120),
+        pairs=pair_list(40),
+        epochs=1,
+        stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0},
+        verbose=False,
+    )
     images, captions = xbt.toy.test_split(12)
-    report = xbt.evaluate(old, {"xbt": adapter, "slerp": adapters["slerp"]}, dataset=RetrievalDataset(images, captions, "toy", "test"),
-                          cache=False, verbose=False, query_cost=False)
+    report = xbt.evaluate(
+        old,
+        {"xbt": adapter, "slerp": adapters["slerp"]},
+        dataset=RetrievalDataset(images, captions, "toy", "test"),
+        cache=False,
+        verbose=False,
+        query_cost=False,
+    )
     adapter.attach_report(report)  # two rows: the one whose method is "xbt"
     adapter.save_pretrained(tmp_path / "a", repo_id="org/xbt-tiny")
     card = ModelCard.load(tmp_path / "a" / "README.md")
@@ -156,8 +215,18 @@ def test_model_card_has_metadata_and_the_evaluation_table(adapters, old_new, tmp
     assert "xbt.load_adapter('org/xbt-tiny', new=new)" in card.text
     # the evaluation travels with the folder but is not part of what the adapter is
     assert xbt.load_adapter(tmp_path / "a", new=new).evaluation == adapter.evaluation
-    assert adapter.adapter_id() == xbt.fit(old, new, xbt.toy.text_corpus(120), pairs=pair_list(40), epochs=1,
-                                           stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False).adapter_id()
+    assert (
+        adapter.adapter_id()
+        == xbt.fit(
+            old,
+            new,
+            xbt.toy.text_corpus(120),
+            pairs=pair_list(40),
+            epochs=1,
+            stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0},
+            verbose=False,
+        ).adapter_id()
+    )
 
 
 def test_fusion_card_says_the_old_model_runs_on_every_query(adapters, captions_400):
@@ -169,10 +238,18 @@ def test_fusion_card_says_the_old_model_runs_on_every_query(adapters, captions_4
 
 
 def test_base_model_is_the_new_models_hub_id():
-    assert hub_model_id(ModelRef("hf:openai/clip-vit-base-patch32", backend="transformers")) == "openai/clip-vit-base-patch32"
-    assert hub_model_id(ModelRef("ViT-B-32", pretrained="openai", backend="open_clip")) == "timm/vit_base_patch32_clip_224.openai"
-    assert hub_model_id(ModelRef("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", backend="open_clip")) == \
-        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    assert (
+        hub_model_id(ModelRef("hf:openai/clip-vit-base-patch32", backend="transformers"))
+        == "openai/clip-vit-base-patch32"
+    )
+    assert (
+        hub_model_id(ModelRef("ViT-B-32", pretrained="openai", backend="open_clip"))
+        == "timm/vit_base_patch32_clip_224.openai"
+    )
+    assert (
+        hub_model_id(ModelRef("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", backend="open_clip"))
+        == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    )
     for local in ("xbt-toy-new", "local-dir:/models/clip", "ViT-B-32"):
         assert hub_model_id(ModelRef(local, backend="open_clip")) is None
 
@@ -199,7 +276,7 @@ def test_load_by_repo_id_from_the_hub_cache_offline(adapters, old_new, pairs, tm
 
 
 def test_downloads_ask_for_the_adapters_own_files_only(tmp_path, monkeypatch):
-    import xbt.hub
+    import xbt.adapters.hub
 
     asked = {}
 
@@ -207,13 +284,55 @@ def test_downloads_ask_for_the_adapters_own_files_only(tmp_path, monkeypatch):
         asked.update(repo=repo_id, revision=revision, patterns=allow_patterns)
         return str(tmp_path)
 
-    monkeypatch.setattr(xbt.hub, "snapshot_download", fake_snapshot_download)
-    assert xbt.hub.resolve("org/x", revision="v1") == tmp_path and asked["revision"] == "v1"
+    monkeypatch.setattr(xbt.adapters.hub, "snapshot_download", fake_snapshot_download)
+    assert xbt.adapters.hub.resolve("org/x", revision="v1") == tmp_path and asked["revision"] == "v1"
 
     def fetched(name):
         return any(fnmatch.fnmatch(name, p) for p in asked["patterns"])
 
-    wanted = ["xbt_config.json", "heads.safetensors", "README.md", "lora/adapter_config.json", "lora/adapter_model.safetensors",
-              "adapter_config.json", "projection.safetensors"]
+    wanted = [
+        "xbt_config.json",
+        "heads.safetensors",
+        "README.md",
+        "lora/adapter_config.json",
+        "lora/adapter_model.safetensors",
+        "adapter_config.json",
+        "projection.safetensors",
+    ]
     assert all(fetched(n) for n in wanted)
-    assert not any(fetched(n) for n in ["pytorch_model.bin", "lora/adapter_model.bin", "x.pkl", "model.pt", "notes.txt"])
+    assert not any(
+        fetched(n) for n in ["pytorch_model.bin", "lora/adapter_model.bin", "x.pkl", "model.pt", "notes.txt"]
+    )
+
+
+# the regressions this file guards (each failed on the code before its fix)
+
+
+def test_a_model_with_other_weights_is_refused_unless_opted_out(stage1_adapter, old_new, tmp_path):
+    """A model whose weights do not match only warned; now an error naming both fingerprints and the fix."""
+    old, new = old_new
+    stage1_adapter.save_pretrained(tmp_path / "a")
+    other_new, other_old = tiny_open_clip(48, seed=10), tiny_open_clip(32, seed=11)
+    with pytest.raises(
+        XBTError,
+        match=rf"new model given .*fingerprint \w+\).*fingerprint {new.fingerprint}\).*check_fingerprint=False",
+    ):
+        xbt.load_adapter(tmp_path / "a", new=other_new)
+    with pytest.raises(XBTError, match=rf"old model given .*fingerprint {old.fingerprint}\)"):
+        xbt.load_adapter(tmp_path / "a", new=new, old=other_old)
+    loaded = xbt.load_adapter(tmp_path / "a", new=other_new, check_fingerprint=False)
+    assert loaded.new_ref == stage1_adapter.new_ref  # it still describes the model it was trained for
+    with pytest.raises(XBTError, match="old model given"):
+        xbt.fuse(stage1_adapter, other_old, alpha=0.5)
+    assert xbt.fuse(stage1_adapter, other_old, alpha=0.5, check_fingerprint=False).alpha_text == 0.5
+
+
+def test_resaving_after_an_xbt_upgrade_is_allowed(stage1_adapter, tmp_path):
+    """``adapter_id`` included the xbt version, so re-saving the same adapter after an upgrade was refused."""
+    stage1_adapter.save_pretrained(tmp_path / "a")
+    path = tmp_path / "a" / "xbt_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "xbt_version": "0.0.1"}))  # as an older xbt wrote it
+    stage1_adapter.save_pretrained(tmp_path / "a")  # same adapter: accepted, and rewritten by this version
+    assert json.loads(path.read_text())["xbt_version"] == xbt.__version__
+    assert stage1_adapter.config().replace(xbt_version="9.9.9").content() == stage1_adapter.config().content()

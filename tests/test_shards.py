@@ -6,14 +6,16 @@ import pytest
 import torch
 
 import xbt
-from xbt.config import Stage1Config
-from xbt.embed import embed_texts
-from xbt.errors import XBTError
-from xbt.fit import unique_texts
-from xbt.losses import stage1_loss
-from xbt.shards import TensorPairs, embed_text_shards, read_shard
-from xbt.stage1 import Projection, _val_loss, train_projection
-from xbt.stream import HashSet, iter_texts, text_hashes, unique_chunks
+from xbt.core.errors import XBTError
+from xbt.core.hashing import text_keys
+from xbt.data.texts import HashSet, iter_texts, unique_chunks
+from xbt.method.config import Stage1Config
+from xbt.method.fit import unique_texts
+from xbt.method.losses import stage1_loss
+from xbt.method.stage1 import _val_loss, train_projection
+from xbt.models.embedding import embed_texts
+from xbt.models.head import Projection
+from xbt.models.shards import TensorPairs, embed_text_shards, read_shard
 
 
 def test_every_text_source_streams_the_same_strings(tmp_path, captions_400):
@@ -43,22 +45,28 @@ def test_hash_dedup_keeps_first_occurrences_in_order(captions_400):
     assert [t for c in chunks for t in c] == unique_texts(texts)
     assert all(len(c) == 64 for c in chunks[:-1]) and 1 <= len(chunks[-1]) <= 64
     seen = HashSet()
-    h = text_hashes(["x", "y", "x"])
+    h = text_keys(["x", "y", "x"])
     assert seen.add(h).tolist() == [True, True, False] and seen.add(h).tolist() == [False, False, False]
     assert len(seen) == 2
 
 
 def test_shards_hold_the_embeddings_of_the_distinct_texts(old_new, captions_400, tmp_path):
     old, new = old_new
-    shards = embed_text_shards(new, old, iter(captions_400 * 2), tmp_path, shard_rows=64, keep_texts=100, verbose=False)
+    shards = embed_text_shards(
+        new, old, iter(captions_400 * 2), tmp_path, shard_rows=64, keep_texts=100, verbose=False
+    )
     distinct = unique_texts(captions_400)
     assert len(shards) == len(distinct) and shards.read == 800 and shards.texts == distinct[:100]
     new_all, old_all = shards.head(len(shards))
     assert torch.allclose(new_all, embed_texts(new, distinct, cache=False, verbose=False), atol=1e-6)
     assert torch.allclose(old_all, embed_texts(old, distinct, cache=False, verbose=False), atol=1e-6)
-    half = embed_text_shards(new, old, iter(captions_400), tmp_path / "fp16", shard_rows=64, dtype="float16", verbose=False)
+    half = embed_text_shards(
+        new, old, iter(captions_400), tmp_path / "fp16", shard_rows=64, dtype="float16", verbose=False
+    )
     new16, _ = half.head(len(half))
-    assert new16.dtype == torch.float32 and torch.allclose(new16, new_all, atol=2e-3) and not torch.equal(new16, new_all)
+    assert (
+        new16.dtype == torch.float32 and torch.allclose(new16, new_all, atol=2e-3) and not torch.equal(new16, new_all)
+    )
 
 
 def test_interrupted_embedding_resumes_at_the_last_complete_shard(old_new, captions_400, tmp_path):
@@ -114,7 +122,7 @@ def test_validation_loss_does_not_grow_with_the_split(old_new, captions_400):
     n, o = embed_texts(new, texts, verbose=False), embed_texts(old, texts, verbose=False)
     proj = Projection(n.shape[1], o.shape[1], hidden=0)
     with torch.no_grad():
-        proj.linear.weight.copy_(xbt.maps.orthogonal_procrustes(n, o))
+        proj.linear.weight.copy_(xbt.baselines.maps.orthogonal_procrustes(n, o))
     cfg = Stage1Config(val_block=500)
     small, large = _val_loss(proj, n[:500], o[:500], cfg)[0], _val_loss(proj, n[:2500], o[:2500], cfg)[0]
     whole_small = stage1_loss(proj(n[:500]), o[:500], cfg.temperature, cfg.cosine_weight).item()

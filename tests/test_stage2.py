@@ -1,6 +1,8 @@
 """Stage 2 on tiny random models: two query paths, the guard, old vectors, LoRA on ViT/ResNet/transformers, resume."""
 
 import importlib
+import json
+import math
 
 import open_clip
 import pytest
@@ -8,10 +10,13 @@ import torch
 
 import xbt
 from xbt import XBTError
-from xbt.encoders import as_encoder
+from xbt.core.files import dumps_json
+from xbt.models.encoders import as_encoder
 from xbt.toy import pair_list
 
-fit_module = importlib.import_module("xbt.fit")  # the module, not the function xbt.fit
+from .conftest import fit_briefly
+
+fit_module = importlib.import_module("xbt.method.fit")  # the module, not the function xbt.fit
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +34,11 @@ def _fit2(old, new, texts, pairs, **kw):
 def tiny_resnet_clip(embed_dim: int, seed: int):
     """A random open_clip CLIP whose image tower is a ModifiedResNet (convolutions, batch norm, attention pool)."""
     torch.manual_seed(seed)
-    model = open_clip.CLIP(embed_dim=embed_dim, vision_cfg={"image_size": 32, "layers": (1, 1, 1, 1), "width": 8, "head_width": 8},
-                           text_cfg={"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1})
+    model = open_clip.CLIP(
+        embed_dim=embed_dim,
+        vision_cfg={"image_size": 32, "layers": (1, 1, 1, 1), "width": 8, "head_width": 8},
+        text_cfg={"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    )
     return model.eval()
 
 
@@ -59,16 +67,28 @@ def test_base_weights_bit_identical_and_each_path_trained(old_new, captions_400,
 def test_fit_embeds_the_pairs_with_the_old_model_unless_given_or_off(old_new, captions_400, pairs_40, capsys):
     old, new = old_new
     images = [p[0] for p in pairs_40]
-    default = xbt.fit(old, new, captions_400[:100], pairs=pairs_40, epochs=1, stage2={"epochs": 1, "text_epochs": 1, "val_fraction": 0.0},
-                      verbose=True)
-    assert default.training["pair_old_vectors"] == {"images": "embedded with the old model", "captions": "embedded with the old model"}
+    default = xbt.fit(
+        old,
+        new,
+        captions_400[:100],
+        pairs=pairs_40,
+        epochs=1,
+        stage2={"epochs": 1, "text_epochs": 1, "val_fraction": 0.0},
+        verbose=True,
+    )
+    assert default.training["pair_old_vectors"] == {
+        "images": "embedded with the old model",
+        "captions": "embedded with the old model",
+    }
     assert "OLD vectors of the 40 pair images: embedded with the old model" in capsys.readouterr().out
     stored = old.encode_image(images)
     given = _fit2(old, new, captions_400[:100], pairs_40, old_image_embeddings=stored)
     assert given.training["pair_old_vectors"]["images"] == "given"
     embedded = _fit2(old, new, captions_400[:100], pairs_40)
     probe = captions_400[300:305]
-    assert torch.allclose(given.encode_text(probe), embedded.encode_text(probe), atol=1e-6)  # same vectors, same adapter
+    assert torch.allclose(
+        given.encode_text(probe), embedded.encode_text(probe), atol=1e-6
+    )  # same vectors, same adapter
     assert torch.allclose(given.encode_image(images[:4]), embedded.encode_image(images[:4]), atol=1e-6)
     off = _fit2(old, new, captions_400[:100], pairs_40, embed_pairs_with_old=False)
     assert off.training["pair_old_vectors"] == {"images": "none", "captions": "none"}
@@ -96,7 +116,11 @@ def test_the_guard_keeps_stage1_for_a_path_that_got_worse(toy_clips, captions_40
     assert guarded.training["kept"]["text"]["kept"] == "stage 1"
     probe = captions_400[300:304]
     assert torch.allclose(guarded.encode_text(probe), stage1.encode_text(probe), atol=1e-6)
-    assert torch.allclose(guarded.encode_image([p[0] for p in pairs_40[:4]]), stage1.encode_image([p[0] for p in pairs_40[:4]]), atol=1e-6)
+    assert torch.allclose(
+        guarded.encode_image([p[0] for p in pairs_40[:4]]),
+        stage1.encode_image([p[0] for p in pairs_40[:4]]),
+        atol=1e-6,
+    )
     record = guarded.training["metrics"]["stage2"]["image"]["choice"]
     assert all(v > record["scores"]["stage 1"] for k, v in record["scores"].items() if k != "stage 1")
     assert "kept stage 1" in guarded.model_card().text  # the card says what was kept and why
@@ -107,7 +131,7 @@ def test_the_guard_keeps_stage1_for_a_path_that_got_worse(toy_clips, captions_40
 
 
 def test_lora_on_a_resnet_image_tower_leaves_batch_norm_alone(captions_400, pairs_40):
-    from xbt.lora import lora_parameter_count, lora_targets
+    from xbt.models.lora import lora_parameter_count, lora_targets
 
     from .conftest import tiny_open_clip
 
@@ -125,16 +149,18 @@ def test_lora_on_a_resnet_image_tower_leaves_batch_norm_alone(captions_400, pair
     assert torch.allclose(merged.encode_image(images), adapter.encode_image(images), atol=1e-5)
 
 
-def _saved(adapter, _n=[0]):
+def _saved(adapter, _n=None):
     import tempfile
     from pathlib import Path
 
+    if _n is None:
+        _n = [0]
     _n[0] += 1
     return adapter.save_pretrained(Path(tempfile.mkdtemp()) / f"a{_n[0]}")
 
 
 def test_a_tower_without_target_layers_is_an_error(old_new):
-    from xbt.lora import lora_targets
+    from xbt.models.lora import lora_targets
 
     _, new = old_new
     with pytest.raises(XBTError, match="no LoRA target layer found in the image tower"):
@@ -145,9 +171,14 @@ def test_pairs_as_dataset_and_as_tuples_give_the_same_adapter(old_new, captions_
     import datasets
 
     old, new = old_new
-    ds = datasets.Dataset.from_dict({"image": [p[0] for p in pairs_40], "caption": [p[1] for p in pairs_40]},
-                                    features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}))
-    assert _fit2(old, new, captions_400[:100], pairs_40).adapter_id() == _fit2(old, new, captions_400[:100], ds).adapter_id()
+    ds = datasets.Dataset.from_dict(
+        {"image": [p[0] for p in pairs_40], "caption": [p[1] for p in pairs_40]},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
+    assert (
+        _fit2(old, new, captions_400[:100], pairs_40).adapter_id()
+        == _fit2(old, new, captions_400[:100], ds).adapter_id()
+    )
 
 
 def test_save_load_round_trip_with_lora_and_two_heads(old_new, captions_400, pairs_40, tmp_path):
@@ -210,7 +241,7 @@ def test_checkpoint_of_another_run_is_refused(old_new, captions_400, pairs_40, t
 
 
 def test_transformers_clip_stage2(captions_400, pairs_40):
-    from xbt.lora import lora_parameter_count
+    from xbt.models.lora import lora_parameter_count
 
     from .conftest import tiny_hf_clip
 
@@ -267,7 +298,7 @@ def test_caption_bank_and_distractors_leave_the_pair_captions_out(old_new, capti
 
 
 def test_pair_confidence_is_the_softmax_diagonal_in_chunks_and_favours_specific_captions():
-    from xbt.losses import pair_confidence
+    from xbt.method.losses import pair_confidence
 
     gen = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(50, 16, generator=gen), dim=-1)
@@ -284,7 +315,7 @@ def test_pair_confidence_is_the_softmax_diagonal_in_chunks_and_favours_specific_
 
 
 def test_ranking_distillation_is_the_kl_from_the_teachers_ranking_and_zero_when_they_agree():
-    from xbt.losses import ranking_distillation
+    from xbt.method.losses import ranking_distillation
 
     gen = torch.Generator().manual_seed(0)
     unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=gen), dim=-1)  # noqa: E731
@@ -302,7 +333,7 @@ def test_ranking_distillation_is_the_kl_from_the_teachers_ranking_and_zero_when_
 
 
 def test_logit_scale_is_read_from_the_model(old_new):
-    from xbt.encoders import CLIPEncoder
+    from xbt.models.encoders import CLIPEncoder
 
     _, new = old_new
     assert new.logit_scale == pytest.approx(new.model.logit_scale.exp().item())
@@ -317,20 +348,34 @@ def test_a_stage1_adapter_can_serve_several_stage2_runs(old_new, captions_400, p
     old, new = old_new
     first = _fit2(old, new, captions_400[:100], pairs_40)
     stage1 = xbt.fit(old, new, captions_400[:100], epochs=2, verbose=False)
-    reused = xbt.fit(old, new, captions_400[:100], pairs=pairs_40, stage1=stage1, verbose=False,
-                     stage2={"epochs": 3, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0})
+    reused = xbt.fit(
+        old,
+        new,
+        captions_400[:100],
+        pairs=pairs_40,
+        stage1=stage1,
+        verbose=False,
+        stage2={"epochs": 3, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0},
+    )
     assert reused.adapter_id() == first.adapter_id()  # the same as training stage 1 anew with the same seed
     with pytest.raises(XBTError, match="drop .'epochs'."):
         xbt.fit(old, new, captions_400[:100], pairs=pairs_40, stage1=stage1, epochs=3, verbose=False)
     with pytest.raises(XBTError, match="adapter of a text-only fit"):
         xbt.fit(old, new, captions_400[:100], pairs=pairs_40, stage1=first, verbose=False)
     with pytest.raises(XBTError, match="another new model"):
-        xbt.fit(old, as_encoder(tiny_resnet_clip(48, seed=9)), captions_400[:100], pairs=pairs_40, stage1=stage1, verbose=False)
+        xbt.fit(
+            old,
+            as_encoder(tiny_resnet_clip(48, seed=9)),
+            captions_400[:100],
+            pairs=pairs_40,
+            stage1=stage1,
+            verbose=False,
+        )
 
 
 def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips, captions_400, pairs_40):
-    from xbt.embed import embed_images, embed_texts
-    from xbt.validation import geometric_mean_rank, t2i_ranks
+    from xbt.method.guard import geometric_mean_rank, t2i_ranks
+    from xbt.models.embedding import embed_images, embed_texts
 
     old, new = toy_clips
     wrecked = {"lr": 50.0, "projection_lr": 50.0, "text_lr": 50.0, "val_fraction": 0.5, "epochs": 1, "text_epochs": 1}
@@ -341,13 +386,20 @@ def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips,
     assert set(versus) == {"text", "image"}
     for r in versus.values():
         assert r["n"] == 20 and r["backward_compatible"] == (r["adapter"] <= r["old_model"])
-        assert r["verdict"] == ("better" if r["mean_log_rank_gain"] > r["standard_error"] else
-                                "worse" if r["mean_log_rank_gain"] < -r["standard_error"] else "within noise")
+        assert r["verdict"] == (
+            "better"
+            if r["mean_log_rank_gain"] > r["standard_error"]
+            else "worse"
+            if r["mean_log_rank_gain"] < -r["standard_error"]
+            else "within noise"
+        )
     assert "worse" in (versus["text"]["verdict"], versus["image"]["verdict"])  # what the warning was about
     # the old model's score is its own search of the same held-out pairs (the split stage 2 draws with its seed)
     val = torch.randperm(40, generator=torch.Generator().manual_seed(xbt.Stage2Config().seed))[:20]
     images, captions = [pairs_40[i][0] for i in val], [pairs_40[i][1] for i in val]
-    expect = geometric_mean_rank(t2i_ranks(embed_texts(old, captions, verbose=False), embed_images(old, images, verbose=False)))
+    expect = geometric_mean_rank(
+        t2i_ranks(embed_texts(old, captions, verbose=False), embed_images(old, images, verbose=False))
+    )
     assert versus["text"]["old_model"] == pytest.approx(expect, rel=1e-4)
     card = adapter.model_card().text
     assert "Against the old model's own queries" in card and "**Not backward compatible here.**" in card
@@ -356,8 +408,15 @@ def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips,
 def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips, captions_400, pairs_40, tmp_path):
     old, new = toy_clips
     # 40 pairs, 20 % held out: 8 pairs, under 200, so 5 folds (the held-out split and four more)
-    adapter = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1,
-                      stage2={"epochs": 1, "text_epochs": 2, "val_fraction": 0.2, "distill_texts": 200}, verbose=False)
+    adapter = xbt.fit(
+        old,
+        new,
+        captions_400,
+        pairs=pairs_40,
+        epochs=1,
+        stage2={"epochs": 1, "text_epochs": 2, "val_fraction": 0.2, "distill_texts": 200},
+        verbose=False,
+    )
     text = adapter.training["metrics"]["stage2"]["text"]
     assert text["folds"] == 5 and "pooled over 5 folds" in text["choice"]["measure"]
     history = text["history"]
@@ -365,7 +424,9 @@ def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips
     # every state's score is the geometric mean of its own held-out score and the other folds'
     for epoch, own in enumerate(history["own_geo_mean_rank"]):
         folds = [own] + [f[epoch] for f in history["other_folds"]]
-        assert history["val_geo_mean_rank"][epoch] == pytest.approx(float(torch.tensor(folds, dtype=torch.float64).log().mean().exp()), rel=1e-9)
+        assert history["val_geo_mean_rank"][epoch] == pytest.approx(
+            float(torch.tensor(folds, dtype=torch.float64).log().mean().exp()), rel=1e-9
+        )
     # a state replaces stage 1 only with a clear paired gain; among those, the best pooled score wins
     scores, clear = text["choice"]["scores"], history["clear_gain"]
     assert len(clear) == 2 and "one standard error" in text["choice"]["measure"]
@@ -375,11 +436,76 @@ def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips
     adapter.save_pretrained(tmp_path / "folded")
     loaded = xbt.load_adapter(tmp_path / "folded", new=new, old=old)
     assert loaded.training["metrics"]["stage2"]["text"]["history"]["clear_gain"] == history["clear_gain"]
-    assert loaded.training["metrics"]["stage2"]["versus_old_model"] == adapter.training["metrics"]["stage2"]["versus_old_model"]
+    assert (
+        loaded.training["metrics"]["stage2"]["versus_old_model"]
+        == adapter.training["metrics"]["stage2"]["versus_old_model"]
+    )
     # one fold (the held-out split alone) when asked; folds without the guard are refused
-    single = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1, verbose=False,
-                     stage2={"epochs": 1, "text_epochs": 2, "val_fraction": 0.2, "distill_texts": 200, "text_folds": 1})
+    single = xbt.fit(
+        old,
+        new,
+        captions_400,
+        pairs=pairs_40,
+        epochs=1,
+        verbose=False,
+        stage2={"epochs": 1, "text_epochs": 2, "val_fraction": 0.2, "distill_texts": 200, "text_folds": 1},
+    )
     assert single.training["metrics"]["stage2"]["text"]["folds"] == 1
     assert "other_folds" not in single.training["metrics"]["stage2"]["text"]["history"]
     with pytest.raises(XBTError, match="text_folds"):
         xbt.Stage2Config(text_folds=3, guard=False)
+
+
+# the regressions this file guards (each failed on the code before its fix)
+
+
+def test_resuming_with_other_pairs_of_the_same_count_is_refused(old_new, captions_400, tmp_path):
+    """The checkpoint key hashed the config and the pair *count*: other pairs silently resumed stale weights."""
+    old, new = old_new
+    pairs = pair_list(80)
+    fit_briefly(old, new, captions_400[:60], pairs[:40], checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(XBTError, match="different run .*training data"):
+        fit_briefly(old, new, captions_400[:60], pairs[40:], checkpoint_dir=tmp_path / "ckpt")
+    changed = [(im, c + " again") for im, c in pairs[:40]]  # same images, other captions
+    with pytest.raises(XBTError, match="different run"):
+        fit_briefly(old, new, captions_400[:60], changed, checkpoint_dir=tmp_path / "ckpt")
+    other_vectors = old.encode_image([im for im, _ in pairs[40:]])  # other OLD vectors for the same pairs
+    with pytest.raises(XBTError, match="different run"):
+        fit_briefly(
+            old,
+            new,
+            captions_400[:60],
+            pairs[:40],
+            old_image_embeddings=other_vectors,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
+
+
+def test_no_validation_split_writes_null_not_nan(old_new, captions_400, tmp_path):
+    """Without a validation split stage 2 wrote NaN into the adapter's JSON, which strict readers refuse."""
+    old, new = old_new
+    adapter = fit_briefly(old, new, captions_400[:60], pair_list(12))  # under 20 pairs: nothing held out
+    adapter.save_pretrained(tmp_path / "a")
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    config = json.loads((tmp_path / "a" / "xbt_config.json").read_text(), parse_constant=refuse)
+    record = config["training"]["metrics"]["stage2"]
+    assert record["n_val"] == 0 and record["image"]["choice"] is None
+    epochs = config["training"]["stage2"]["epochs"]
+    assert record["image"]["history"]["val_geo_mean_rank"] == [None] * (
+        epochs + 1
+    )  # the start and each epoch: nothing to score
+    # the one JSON writer turns any other non-finite number into null too
+    assert json.loads(dumps_json({"x": [1.0, math.inf, math.nan]}), parse_constant=refuse) == {"x": [1.0, None, None]}
+
+
+def test_same_seed_still_gives_the_same_stage2_adapter(old_new, captions_400):
+    """The seed alone decides the weights: the caller's RNG state does not leak in."""
+    old, new = old_new
+    torch.manual_seed(1)
+    a = fit_briefly(old, new, captions_400[:60], pair_list(12))
+    torch.manual_seed(2)
+    b = fit_briefly(old, new, captions_400[:60], pair_list(12))
+    assert a.adapter_id() == b.adapter_id()

@@ -5,7 +5,7 @@ import pytest
 
 from xbt.toy import pair_list, pairs, text_corpus
 from xbt.toy import test_split as toy_test_split
-from xbt.toy.world import COLOURS, SHAPES, caption_mentions, captions, make_scene, render
+from xbt.toy.shapes import COLOURS, SHAPES, caption_mentions, captions, make_scene, render
 
 
 def test_generator_is_deterministic_per_seed():
@@ -55,7 +55,7 @@ def test_five_caption_pairs_repeat_each_image_with_all_its_captions():
     one, five = pair_list(6), pair_list(6, captions_per_image=5)
     assert len(five) == 30
     for i, (image, caption) in enumerate(one):
-        rows = five[5 * i: 5 * i + 5]
+        rows = five[5 * i : 5 * i + 5]
         assert all(im.tobytes() == image.tobytes() for im, _ in rows)
         assert rows[i % 5][1] == caption and len({c for _, c in rows}) > 1
     with pytest.raises(ValueError, match="captions_per_image"):

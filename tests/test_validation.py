@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from xbt import XBTError
-from xbt.validation import PathChoice, geometric_mean_rank, i2t_ranks, paired_gain, t2i_ranks, target_ranks, versus_old_model
+from xbt.method.guard import (
+    PathChoice,
+    geometric_mean_rank,
+    i2t_ranks,
+    paired_gain,
+    t2i_ranks,
+    target_ranks,
+    versus_old_model,
+)
 
 
 def test_ranks_match_a_brute_force_sort():
@@ -15,7 +23,9 @@ def test_ranks_match_a_brute_force_sort():
     g = torch.nn.functional.normalize(torch.randn(50, 8, generator=gen), dim=-1)
     targets = torch.randint(50, (30,), generator=gen)
     scores = q @ g.T
-    reference = torch.tensor([1 + int((scores[i] > scores[i, targets[i]]).sum()) for i in range(30)], dtype=torch.float64)
+    reference = torch.tensor(
+        [1 + int((scores[i] > scores[i, targets[i]]).sum()) for i in range(30)], dtype=torch.float64
+    )
     assert torch.equal(target_ranks(q, g, targets, chunk=7), reference)  # chunk boundaries too
     assert torch.equal(t2i_ranks(q, q), torch.ones(30, dtype=torch.float64))  # each query is its own best item
     assert torch.equal(i2t_ranks(q[:10], q), torch.ones(10, dtype=torch.float64))
@@ -57,7 +67,11 @@ def test_a_path_keeps_stage1_unless_a_later_state_is_strictly_better():
     assert choice.add("stage 2 (epoch 2)", 2.5) and choice.chosen == "stage 2 (epoch 2)"
     assert not choice.add("stage 2 (epoch 3)", 2.7)
     record = choice.to_dict()
-    assert record["chosen"] == "stage 2 (epoch 2)" and record["scores"]["stage 1"] == 3.0 and "2.500 vs stage 1's 3.000" in record["reason"]
+    assert (
+        record["chosen"] == "stage 2 (epoch 2)"
+        and record["scores"]["stage 1"] == 3.0
+        and "2.500 vs stage 1's 3.000" in record["reason"]
+    )
 
 
 def test_paired_gain_is_the_mean_and_standard_error_of_the_per_query_gain():
@@ -72,7 +86,7 @@ def test_paired_gain_is_the_mean_and_standard_error_of_the_per_query_gain():
     wmean, wse = paired_gain(base, logs, w.float())
     assert wmean == pytest.approx(float(rep.mean()))
     n_eff = float(w.sum() ** 2 / (w**2).sum())
-    var = float(((w * (gain - wmean) ** 2).sum() / w.sum())) * n_eff / (n_eff - 1)
+    var = float((w * (gain - wmean) ** 2).sum() / w.sum()) * n_eff / (n_eff - 1)
     assert wse == pytest.approx(math.sqrt(var / n_eff))
     # a diverged state (infinite rank) is never a clear gain
     m, s = paired_gain(base, torch.cat([logs[:-1], torch.tensor([math.inf])]))

@@ -11,20 +11,41 @@ Public API::
 This module only re-exports; each name lives in the module ARCHITECTURE.md describes.
 """
 
+from . import compat as compat  # every module path before the sub-packages (xbt.old_gallery, ...) keeps importing
 from . import toy  # the offline toy world: xbt.toy.load_clips(), text_corpus(), pairs()
-from .adapter import Adapter, FusionAdapter, load_adapter
-from .adapter_config import AdapterConfig, ModelRef
-from .config import BaselineConfig, Stage1Config, Stage2Config
-from .datasets import RetrievalDataset, load_dataset
-from .encoders import CLIPEncoder, load_clip
-from .errors import XBTError
-from .evaluate import evaluate  # the function shadows the submodule name: use xbt.evaluate(...)
-from .fit import fit, fuse  # likewise xbt.fit; `from xbt.fit import ...` still reaches the module
-from .report import Report
+from .adapters.adapter import Adapter
+from .adapters.config import AdapterConfig, ModelRef
+from .adapters.fusion import FusionAdapter
+from .adapters.registry import load_adapter
+from .baselines.config import BaselineConfig
+from .baselines.fit import fuse
+from .core.errors import XBTError
+from .data.retrieval import RetrievalDataset, load_dataset
+from .evaluation.evaluate import evaluate
+from .evaluation.report import Report
+from .method.config import Stage1Config, Stage2Config
+from .method.fit import fit
+from .models.encoders import CLIPEncoder, load_clip
 from .version import __version__
 
 __all__ = [
-    "Adapter", "AdapterConfig", "BaselineConfig", "CLIPEncoder", "FusionAdapter", "ModelRef", "Report", "RetrievalDataset",
-    "Stage1Config", "Stage2Config", "XBTError", "__version__", "evaluate", "fit", "fuse", "load_adapter", "load_clip", "load_dataset",
+    "Adapter",
+    "AdapterConfig",
+    "BaselineConfig",
+    "CLIPEncoder",
+    "FusionAdapter",
+    "ModelRef",
+    "Report",
+    "RetrievalDataset",
+    "Stage1Config",
+    "Stage2Config",
+    "XBTError",
+    "__version__",
+    "evaluate",
+    "fit",
+    "fuse",
+    "load_adapter",
+    "load_clip",
+    "load_dataset",
     "toy",
 ]

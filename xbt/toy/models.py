@@ -1,4 +1,4 @@
-"""The shipped toy CLIPs, trained by scripts/train_toy_clips.py: each world's OLD and NEW model.
+"""The shipped toy CLIPs, trained by scripts/assets/train_toy_clips.py: each world's OLD and NEW model.
 
 Most are open_clip ``local-dir`` folders; the patterns world's OLD model is a transformers
 ``CLIPModel`` folder (``config.json``), loaded through ``hf:<folder>`` as any Hub CLIP would be.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..encoders import CLIPEncoder, load_clip
-from ..errors import XBTError
+from ..core.errors import XBTError
+from ..models.encoders import CLIPEncoder, load_clip
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the toy models by name -> their folder under ``WEIGHTS_DIR``
@@ -37,7 +37,7 @@ def load_model(name: str, device=None) -> CLIPEncoder:
         encoder = load_clip(f"local-dir:{folder}", device=device)
     else:
         raise XBTError(
-            f"toy CLIP weights for {name} are missing from {folder}; regenerate them with `python scripts/train_toy_clips.py`"
+            f"toy CLIP weights for {name} are missing from {folder}; regenerate them with `python -m scripts.assets.train_toy_clips`"
         )
     encoder.name = encoder.source = name
     return encoder

@@ -23,14 +23,28 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 
 COLOURS = {
-    "red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 210), "yellow": (235, 215, 50),
-    "purple": (130, 50, 170), "orange": (245, 140, 30), "black": (25, 25, 25), "white": (245, 245, 245),
-    "pink": (240, 140, 180), "cyan": (60, 200, 210),
+    "red": (210, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 210),
+    "yellow": (235, 215, 50),
+    "purple": (130, 50, 170),
+    "orange": (245, 140, 30),
+    "black": (25, 25, 25),
+    "white": (245, 245, 245),
+    "pink": (240, 140, 180),
+    "cyan": (60, 200, 210),
 }
 COLOUR_WORDS = {
-    "red": ("red", "scarlet"), "green": ("green", "emerald"), "blue": ("blue", "navy"),
-    "yellow": ("yellow", "golden"), "purple": ("purple", "violet"), "orange": ("orange", "amber"),
-    "black": ("black", "dark"), "white": ("white", "pale"), "pink": ("pink", "rose"), "cyan": ("cyan", "turquoise"),
+    "red": ("red", "scarlet"),
+    "green": ("green", "emerald"),
+    "blue": ("blue", "navy"),
+    "yellow": ("yellow", "golden"),
+    "purple": ("purple", "violet"),
+    "orange": ("orange", "amber"),
+    "black": ("black", "dark"),
+    "white": ("white", "pale"),
+    "pink": ("pink", "rose"),
+    "cyan": ("cyan", "turquoise"),
 }
 PATTERNS = ("plain", "hstripes", "vstripes", "checks", "dots")
 PATTERN_WORDS = {
@@ -48,8 +62,10 @@ LAYOUTS = {
 }
 ITEMS = ("ring", "bar", "zigzag", "arrow")
 ITEM_WORDS = {
-    "ring": ("ring", "loop", "hoop"), "bar": ("bar", "stick", "rod"),
-    "zigzag": ("zigzag", "squiggle"), "arrow": ("arrow", "pointer"),
+    "ring": ("ring", "loop", "hoop"),
+    "bar": ("bar", "stick", "rod"),
+    "zigzag": ("zigzag", "squiggle"),
+    "arrow": ("arrow", "pointer"),
 }
 COUNT_WORDS = {1: ("one", "a single"), 2: ("two", "a pair of"), 3: ("three", "a trio of"), 4: ("four", "four")}
 
@@ -166,7 +182,16 @@ def _slots(layout: str, region: int, size: int) -> list[tuple[float, float]]:
     """Up to eight item centres inside a region (for a frame's border: along its edges)."""
     if layout == "frame" and region == 0:
         e, q = size / 8, size / 4
-        return [(e, q), (e, 3 * q), (size - e, q), (size - e, 3 * q), (q, e), (3 * q, e), (q, size - e), (3 * q, size - e)]
+        return [
+            (e, q),
+            (e, 3 * q),
+            (size - e, q),
+            (size - e, 3 * q),
+            (q, e),
+            (3 * q, e),
+            (q, size - e),
+            (3 * q, size - e),
+        ]
     x0, y0, x1, y1 = _boxes(layout, size)[region]
     w, h = (x1 - x0) / 4, (y1 - y0) / 2
     if layout == "vertical":

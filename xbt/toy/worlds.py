@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from ..encoders import CLIPEncoder
-from ..errors import XBTError
-from . import data, models
+from ..core.errors import XBTError
+from ..data.retrieval import RetrievalDataset, register_dataset
+from . import patterns, shapes, splits
+
+if TYPE_CHECKING:
+    from ..models.encoders import CLIPEncoder
 
 
 @dataclass(frozen=True)
@@ -27,41 +31,49 @@ class World:
 
     def load_clips(self, device=None) -> tuple[CLIPEncoder, CLIPEncoder]:
         """The world's (old, new) CLIP pair, loaded offline from the package."""
+        from . import models  # model code loads only when a world's models are asked for
+
         return models.load_model(self.old_model, device), models.load_model(self.new_model, device)
 
     def text_corpus(self, n: int = 50_000, seed: int = 0) -> list[str]:
         """``n`` captions of never-drawn scenes: the stage-1 corpus."""
-        return data.text_corpus(n, seed, self.scenes)
+        return splits.text_corpus(n, seed, self.scenes)
 
-    def pair_list(self, n: int = data.MAX_PAIRS, seed: int = 0, captions_per_image: int = 1):
+    def pair_list(self, n: int = splits.MAX_PAIRS, seed: int = 0, captions_per_image: int = 1):
         """(PIL image, caption) rows of ``n`` pair images (1 or 5 captions each), disjoint from the test gallery."""
-        return data.pair_list(n, seed, self.scenes, captions_per_image)
+        return splits.pair_list(n, seed, self.scenes, captions_per_image)
 
-    def pairs(self, n: int = data.MAX_PAIRS, seed: int = 0, captions_per_image: int = 1):
+    def pairs(self, n: int = splits.MAX_PAIRS, seed: int = 0, captions_per_image: int = 1):
         """The pair set as a ``datasets.Dataset`` (``image``, ``caption``), rows as ``pair_list``."""
-        return data.pairs(n, seed, self.scenes, captions_per_image)
+        return splits.pairs(n, seed, self.scenes, captions_per_image)
 
-    def test_split(self, n: int = data.TEST_IMAGES, seed: int = 0):
+    def test_split(self, n: int = splits.TEST_IMAGES, seed: int = 0):
         """The 1,000-image x 5-caption test gallery (images, captions per image)."""
-        return data.test_split(n, seed, self.scenes)
+        return splits.test_split(n, seed, self.scenes)
 
     def train_split(self, n: int, seed: int = 0):
         """``n`` images x 5 captions of the split the world's CLIPs were trained on."""
-        return data.train_split(n, seed, "train", self.scenes)
+        return splits.train_split(n, seed, "train", self.scenes)
 
     def ceiling_split(self, n: int, seed: int = 0):
         """``n`` images x 5 captions that no model or adapter trains on: the ceiling map's supervision."""
-        return data.train_split(n, seed, "ceiling", self.scenes)
+        return splits.train_split(n, seed, "ceiling", self.scenes)
 
     def recorded_metrics(self) -> dict:
         """Test Recall@1 of the world's two models as their training script recorded it."""
+        from . import models
+
         recorded = models.recorded_metrics()
-        return {which: recorded[models.MODEL_NAMES[name]] for which, name in (("old", self.old_model), ("new", self.new_model))}
+        return {
+            which: recorded[models.MODEL_NAMES[name]]
+            for which, name in (("old", self.old_model), ("new", self.new_model))
+        }
 
 
+#: every toy world by name: the one registry (the demo, the benchmarks and ``load_dataset("toy", world=)`` read it)
 WORLDS = {
-    "shapes": World("shapes", data.SCENES["shapes"], "xbt-toy-old", "xbt-toy-new"),
-    "patterns": World("patterns", data.SCENES["patterns"], "xbt-patterns-old", "xbt-patterns-new"),
+    "shapes": World("shapes", shapes, "xbt-toy-old", "xbt-toy-new"),
+    "patterns": World("patterns", patterns, "xbt-patterns-old", "xbt-patterns-new"),
 }
 
 
@@ -70,3 +82,20 @@ def get_world(name: str) -> World:
     if name not in WORLDS:
         raise XBTError(f"unknown toy world {name!r}; choose one of {sorted(WORLDS)}")
     return WORLDS[name]
+
+
+def load_toy(split: str = "test", n: int | None = None, seed: int = 0, world: str = "shapes") -> RetrievalDataset:
+    """A toy world's test gallery: ``n`` (default all 1,000) images with five captions each.
+
+    ``world`` is ``"shapes"`` (the default toy world) or ``"patterns"``; the dataset is named
+    ``"toy"`` for the shapes world and ``"toy-<world>"`` otherwise.
+    """
+    if split != "test":
+        raise XBTError(f"the toy world has one evaluation split, 'test'; got split={split!r}")
+    images, captions = splits.test_split(
+        min(n or splits.TEST_IMAGES, splits.TEST_IMAGES), seed=seed, scenes=get_world(world).scenes
+    )
+    return RetrievalDataset(images, captions, "toy" if world == "shapes" else f"toy-{world}", "test", "toy")
+
+
+register_dataset("toy", load_toy)

@@ -1,0 +1,1 @@
+"""What the project ships or keeps as fixtures: the toy CLIPs, the legacy adapter folders."""

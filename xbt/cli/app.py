@@ -1,0 +1,82 @@
+"""``xbt app``: the search page over an old gallery, old→old beside new→old and new→new."""
+
+from __future__ import annotations
+
+from ..app.engine import SearchEngine
+from ..app.page import launch, toy_adapters
+from ..core.errors import XBTError
+from ..data.retrieval import load_dataset
+from ..gallery.static import StaticGallery
+from .common import load_adapters, load_model, new_from_adapter_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "app", help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report"
+    )
+    arguments(p)
+    p.set_defaults(func=run)
+
+
+def arguments(p) -> None:
+    """The ``xbt app`` flags."""
+    p.add_argument(
+        "--old", default="xbt-toy-old", help="old model: toy name, open_clip name, hf:<id>, or a local-dir folder"
+    )
+    p.add_argument("--old-pretrained", default=None)
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]FOLDER_OR_REPO",
+        help="adapter folder or Hub repo, repeatable (default with the toy models: a stage-1 adapter fitted at start)",
+    )
+    p.add_argument("--new", default=None, help="new model (default: the one named in the first adapter's config)")
+    p.add_argument("--new-pretrained", default=None)
+    p.add_argument(
+        "--dataset", default="toy", help="gallery: toy | flickr30k | coco | nocaps (as xbt eval reads them)"
+    )
+    p.add_argument("--split", default=None)
+    p.add_argument("--root", default=None)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N gallery images")
+    p.add_argument(
+        "--gallery",
+        default=None,
+        help="a folder written by StaticGallery.save (xbt app --save-gallery) (instead of --dataset)",
+    )
+    p.add_argument(
+        "--save-gallery", default=None, help="save the gallery (images, captions, old vectors) to this folder"
+    )
+    p.add_argument("--report", default=None, help="a report.json (xbt eval) for the Evaluation tab")
+    p.add_argument("--k", type=int, default=5, help="results per column")
+    p.add_argument(
+        "--no-new-new", action="store_true", help="no new→new column (skips embedding the gallery with the new model)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None)
+
+
+def run(args) -> int:
+    """``xbt app``: load the models, adapters and gallery named by ``args`` and serve the page."""
+    old = load_model(args.old, args.old_pretrained)
+    if args.adapter:
+        new = (
+            load_model(args.new, args.new_pretrained)
+            if args.new
+            else new_from_adapter_config(args.adapter[0].rpartition("=")[2], None)
+        )
+        adapters = load_adapters(args.adapter, new, old, True)
+    elif args.old == "xbt-toy-old" and args.new in (None, "xbt-toy-new"):
+        adapters = toy_adapters(old, load_model("xbt-toy-new"), verbose=True)
+    else:
+        raise XBTError("give --adapter FOLDER (repeatable); only the toy models get a default adapter")
+    gallery = (
+        StaticGallery.load(args.gallery, old)
+        if args.gallery
+        else StaticGallery.build(old, load_dataset(args.dataset, split=args.split, root=args.root, limit=args.limit))
+    )
+    if args.save_gallery:
+        print(f"saved the gallery to {gallery.save(args.save_gallery)}")
+    engine = SearchEngine(old, adapters, gallery, new_new=not args.no_new_new, verbose=True)
+    launch(engine, args.report, args.k, inline=False, server_name=args.host, server_port=args.port)
+    return 0

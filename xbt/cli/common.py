@@ -1,0 +1,138 @@
+"""What every subcommand shares: loading models and adapters by CLI spec, flags generated from option dataclasses, vector files."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import toy
+from ..adapters.config import read_config
+from ..adapters.hub import resolve
+from ..adapters.registry import load_adapter
+from ..core.errors import XBTError
+from ..models.encoders import CLIPEncoder, load_clip
+
+
+def load_model(
+    spec: str, pretrained: str | None = None, device: str | None = None, revision: str | None = None
+) -> CLIPEncoder:
+    """A ``CLIPEncoder`` from a CLI model spec: an existing folder is an open_clip ``local-dir``, a toy
+    name (``xbt.toy.MODEL_NAMES``) a shipped toy model, anything else goes to ``xbt.load_clip``."""
+    if Path(spec).expanduser().is_dir():
+        return load_clip(f"local-dir:{Path(spec).expanduser()}", device=device)
+    if spec in toy.MODEL_NAMES:
+        return toy.load_model(spec, device=device)
+    try:
+        return load_clip(spec, pretrained=pretrained, device=device, revision=revision)
+    except XBTError:
+        raise
+    except Exception as exc:  # unknown name, missing weights, no network
+        raise XBTError(f"cannot load model {spec!r} (pretrained={pretrained!r}): {type(exc).__name__}: {exc}") from exc
+
+
+def new_from_adapter_config(path: str, device: str | None) -> CLIPEncoder:
+    """Load the new model named in an adapter's config (for ``--adapter`` without ``--new``)."""
+    ref = read_config(resolve(path)).new_model
+    try:
+        return load_model(ref.name, ref.pretrained, device, ref.revision)
+    except XBTError as exc:
+        raise XBTError(
+            f"{exc}; the adapter's config names its new model {ref.label!r}: pass --new NAME [--new-pretrained TAG]"
+        ) from exc
+
+
+def load_adapters(specs: list[str], new, old, check_fingerprint: bool) -> dict[str, Any]:
+    """``NAME=FOLDER`` or ``FOLDER`` (named by its method) -> loaded adapters, in order."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        adapter = load_adapter(path, new, old=old, check_fingerprint=check_fingerprint)
+        label = name or adapter.method
+        if label in out:
+            label = f"{label} ({Path(path).name})"
+        out[label] = adapter
+    return out
+
+
+def add_option_flags(
+    parser: argparse.ArgumentParser, cls: type, prefix: str | None = None, exclude: Sequence[str] = ()
+) -> dict[str, str]:
+    """Add one flag per field of the option dataclass ``cls``; returns {argparse dest: field name}.
+
+    ``--<prefix>-<field-name>`` (dashes for underscores); bools get ``--x/--no-x``, tuples take
+    several values, ``X | None`` fields take an ``X``. Defaults are suppressed: only given flags appear.
+    """
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.what} options" + (f" (--{prefix}-...)" if prefix else ""))
+    dests = {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        typ = hints[f.name]
+        if isinstance(typ, types.UnionType):  # X | None
+            typ = next(a for a in typing.get_args(typ) if a is not type(None))
+        dest = f"{prefix or 'opt'}__{f.name}"
+        kw: dict[str, Any] = {
+            "dest": dest,
+            "default": argparse.SUPPRESS,
+            "help": f"{f.metadata.get('help', '')} (default: {f.default})",
+        }
+        if typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(typ) is tuple:
+            kw.update(nargs="+", type=typing.get_args(typ)[0])
+        else:
+            kw["type"] = typ
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        group.add_argument("--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-"), **kw)
+        dests[dest] = f.name
+    return dests
+
+
+def given_options(args: argparse.Namespace, dests: dict[str, str]) -> dict[str, Any]:
+    """The options among ``dests`` that were given on the command line, by field name."""
+    return {name: getattr(args, dest) for dest, name in dests.items() if hasattr(args, dest)}
+
+
+def load_vectors(path: str) -> torch.Tensor:
+    """A float32 [n, d] tensor from a ``.safetensors`` file (its one tensor, or ``"embeddings"``) or a ``.npy`` array.
+
+    Pickled formats are never read: ``.npy`` files holding Python objects are refused.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise XBTError(f"{file} does not exist; give a .safetensors or .npy file of [n_pairs, d_old] vectors")
+    if file.suffix == ".npy":
+        try:
+            array = np.load(file, allow_pickle=False)
+        except ValueError as exc:
+            raise XBTError(
+                f"{file} holds pickled Python objects, which xbt never loads; save a plain float array "
+                "(np.save(path, vectors.astype('float32')))"
+            ) from exc
+        vectors = torch.from_numpy(np.ascontiguousarray(array))
+    elif file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(file))
+        if len(tensors) != 1 and "embeddings" not in tensors:
+            raise XBTError(f"{file} holds tensors {sorted(tensors)}; save one tensor, or name it 'embeddings'")
+        vectors = tensors["embeddings"] if "embeddings" in tensors else next(iter(tensors.values()))
+    else:
+        raise XBTError(
+            f"{file}: vectors must be a .safetensors or .npy file (pickle formats such as .pt or .pkl are never read)"
+        )
+    if vectors.ndim != 2 or not vectors.is_floating_point():
+        raise XBTError(
+            f"{file} holds a {tuple(vectors.shape)} {vectors.dtype} array; expected float vectors [n_pairs, d_old]"
+        )
+    return vectors.float()

@@ -1,0 +1,93 @@
+"""``xbt eval``: evaluate adapters on a retrieval dataset and write the report."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..core.errors import XBTError
+from ..evaluation.evaluate import evaluate
+from .common import load_adapters, load_model, new_from_adapter_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate an adapter: old→old, new→old, new→new Recall@K, flips, verdict",
+        description="Evaluate upgrade adapters on a retrieval dataset and write report.json, report.md and report.png.",
+    )
+    p.add_argument("--old", required=True, help="old model: open_clip name, hf:<id>, toy name, or a local-dir folder")
+    p.add_argument("--old-pretrained", default=None, help="open_clip pretrained tag of the old model (e.g. openai)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]FOLDER_OR_REPO",
+        help="adapter folder or Hub repo; repeat to compare several methods in one report",
+    )
+    p.add_argument("--new", default=None, help="new model (default: the one named in the adapter's config)")
+    p.add_argument("--new-pretrained", default=None, help="open_clip pretrained tag of the new model")
+    p.add_argument("--dataset", default="toy", help="toy | flickr30k | coco | nocaps (default toy)")
+    p.add_argument(
+        "--split", default=None, help="test (1K Flickr / 5K COCO), full, val, ... (default test; nocaps: val)"
+    )
+    p.add_argument(
+        "--root", default=None, help="folder with the dataset files (local) or a downloaded webdataset copy (hf)"
+    )
+    p.add_argument("--source", default="local", choices=("local", "hf"), help="local files or Hugging Face webdataset")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images (quick runs)")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10], help="K values of Recall@K (default 1 5 10)")
+    p.add_argument(
+        "--index",
+        default="flat",
+        choices=("flat", "block", "ivf"),
+        help="search: flat (faiss, exact), block (exact, bounded memory) or ivf",
+    )
+    p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query (default min(nlist, 16))")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument(
+        "--no-query-cost", action="store_true", help="skip timing the query path against the bare new model"
+    )
+    p.add_argument(
+        "--no-fingerprint-check",
+        action="store_true",
+        help="accept models whose weights differ from those the adapters recorded (e.g. another precision)",
+    )
+    p.add_argument("--out", default="xbt-eval", help="output folder for report.json/.md/.png (default ./xbt-eval)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``xbt eval``: load the models and adapters, evaluate, print the markdown, save the report."""
+    if not args.adapter and not args.new:
+        raise XBTError("give --adapter FOLDER (new→old) and/or --new MODEL (new→new only)")
+    old = load_model(args.old, args.old_pretrained, args.device)
+    new = (
+        load_model(args.new, args.new_pretrained, args.device)
+        if args.new
+        else new_from_adapter_config(args.adapter[0], args.device)
+    )
+    check = not args.no_fingerprint_check
+    upgraded = load_adapters(args.adapter, new, old, check) if args.adapter else new
+    report = evaluate(
+        old,
+        upgraded,
+        dataset=args.dataset,
+        split=args.split,
+        root=args.root,
+        source=args.source,
+        limit=args.limit,
+        ks=args.ks,
+        index=args.index,
+        nprobe=args.nprobe,
+        cache=False if args.no_cache else None,
+        device=args.device,
+        query_cost=not args.no_query_cost,
+        verbose=not args.quiet,
+        check_fingerprint=check,
+    )
+    out = report.save(args.out)
+    print(report.to_markdown())
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
+    return 0

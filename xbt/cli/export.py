@@ -1,0 +1,30 @@
+"""``xbt export``: an adapter's query encoders as ONNX, served by onnxruntime alone."""
+
+from __future__ import annotations
+
+from ..adapters.registry import load_adapter
+from ..serving.export import EXPORT_FORMATS
+from .common import load_model, new_from_adapter_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an adapter's query encoders (LoRA merged) as ONNX, served by onnxruntime alone",
+        description="Write text.onnx, image.onnx, tokenizer.json, xbt_export.json and xbt_runtime.py to --out.",
+    )
+    p.add_argument("--adapter", required=True, help="adapter folder or Hub repo")
+    p.add_argument("--new", default=None, help="new model (default: the one named in the adapter's config)")
+    p.add_argument("--new-pretrained", default=None)
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    p.add_argument("--out", required=True, help="folder to write the exported encoders to")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    new = load_model(args.new, args.new_pretrained) if args.new else new_from_adapter_config(args.adapter, None)
+    out = load_adapter(args.adapter, new).export(args.format, args.out)
+    print(
+        f"exported {args.adapter} to {out}: load it with xbt_runtime.load({str(out)!r}) (numpy, onnxruntime, tokenizers)"
+    )
+    return 0

@@ -1,0 +1,338 @@
+"""The resumable backfill job: re-embed a gallery's items with the NEW model, a batch at a time, safely.
+
+A gallery folder (``MixedGallery.save``: ``gallery.json``, ``old.safetensors``) gets a
+``backfill/`` folder:
+
+- ``manifest.json``: the new model (``ModelRef`` with fingerprint), the planned order of item
+  ids, and the committed batches (file, item range, SHA-256 of the file). Only committed batches
+  count: the manifest is the record of which items are in the new space.
+- ``batch-00000.safetensors``...: ``ids`` (int64 [m]) and ``vectors`` (float32 [m, d_new]),
+  with the SHA-256 of those tensors' bytes and the range in the file's own metadata.
+- ``lock``: held (``fcntl.flock``) by the running job; a second job is refused. The kernel drops
+  the lock when the process dies, so a killed job never leaves a stale lock.
+
+Each batch is embedded, written to a temporary file and renamed into place (``xbt.io``), and only
+then added to the manifest (also written by rename). A crash between the two (killed process,
+full disk) leaves a complete batch file the manifest does not list: the next run checks it
+against its own checksum and the plan and adopts it instead of embedding it again; anything else
+is re-embedded. So a killed job loses nothing, embeds nothing twice, and resumes where it stopped.
+A batch file that fails its checksum is refused with the fix (``repair=True`` re-embeds it).
+
+``open_gallery`` loads a folder: the old vectors plus every committed batch (verified).
+``rollback`` sets the backfill aside, so the gallery is all-old again, until ``cutover`` has
+dropped the old vectors.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from ..adapters.config import ModelRef
+from ..core.errors import XBTError
+from ..core.files import save_tensors, write_json
+from ..core.names import BACKFILL_DIR, GALLERY_FILE
+from ..models.embedding import embed_images, embed_texts
+from ..models.encoders import as_encoder
+from .mixed import MixedGallery
+from .planner import budget_count
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+def _tensor_digest(ids: np.ndarray, vectors: np.ndarray) -> str:
+    return hashlib.sha256(
+        np.ascontiguousarray(ids, np.int64).tobytes() + np.ascontiguousarray(vectors, np.float32).tobytes()
+    ).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def batch_name(index: int) -> str:
+    """File name of batch ``index``."""
+    return f"batch-{index:05d}.safetensors"
+
+
+def read_batch(path: Path, expected_sha: str | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """``(ids int64 [m], vectors float32 [m, d_new], metadata)`` of a batch file, verified.
+
+    Refused (``XBTError``) when the file is unreadable, its tensors do not match the checksum in
+    its own metadata, or its bytes do not match ``expected_sha`` (the manifest's).
+    """
+    fix = "re-embed it: run the backfill again with repair=True (xbt gallery backfill --repair)"
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            ids, vectors = f.get_tensor("ids"), f.get_tensor("vectors")
+    except Exception as exc:
+        raise XBTError(f"backfill batch {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); {fix}") from exc
+    if meta.get("sha256") != _tensor_digest(ids, vectors):
+        raise XBTError(
+            f"backfill batch {path} is corrupt: its vectors do not match the checksum it was written with; {fix}"
+        )
+    if expected_sha is not None and _file_digest(path) != expected_sha:
+        raise XBTError(f"backfill batch {path} is corrupt: its SHA-256 differs from the manifest's; {fix}")
+    return ids.astype(np.int64), vectors.astype(np.float32), meta
+
+
+@contextmanager
+def job_lock(folder: Path):
+    """Hold ``folder/lock`` exclusively for the block, or refuse: another job is running."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise XBTError(
+                f"another backfill job (pid {holder}) holds {folder / 'lock'}; wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def read_manifest(gallery_dir: str | Path) -> dict[str, Any] | None:
+    """The backfill manifest of a gallery folder, or ``None`` when no backfill has started."""
+    path = Path(gallery_dir) / BACKFILL_DIR / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise XBTError(f"{path} has format {manifest.get('format')!r}; this xbt reads format {MANIFEST_FORMAT}")
+    return manifest
+
+
+class BackfillJob:
+    """Re-embeds a gallery's items with the new model in planned order; resumable, one job at a time.
+
+    Args:
+        gallery_dir: a folder written by ``MixedGallery.save``.
+        new: the NEW model (``CLIPEncoder`` or raw model); it must match a started backfill's.
+        items: the gallery's items by id (texts, or PIL images), the same ones the old vectors embed.
+        order: int item ids, most useful first (``planner.plan_order``); fixed by the first run,
+            later runs may omit it (given again, it must be the same).
+        batch_size: items per batch file (fixed by the first run).
+    """
+
+    def __init__(
+        self,
+        gallery_dir: str | Path,
+        new: Any,
+        items: Sequence[Any],
+        order: Sequence[int] | None = None,
+        batch_size: int = 256,
+        plan: str = "given",
+    ) -> None:
+        self.gallery_dir = Path(gallery_dir)
+        meta_file = self.gallery_dir / GALLERY_FILE
+        if not meta_file.is_file():
+            raise XBTError(f"{self.gallery_dir} holds no {GALLERY_FILE}; build the gallery first (xbt gallery build)")
+        self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        self.new = as_encoder(new)
+        self.items, self.folder = items, self.gallery_dir / BACKFILL_DIR
+        n = self.meta["size"]
+        if len(items) != n:
+            raise XBTError(
+                f"the gallery has {n} items but {len(items)} were given; pass the items the gallery was built from"
+            )
+        if self.new.embed_dim != self.meta["new_width"]:
+            raise XBTError(
+                f"the gallery expects {self.meta['new_width']}-d new vectors but {self.new.name} gives "
+                f"{self.new.embed_dim}-d; backfill with the new model the gallery was built for"
+            )
+        if batch_size < 1:
+            raise XBTError(f"batch_size must be >= 1, got {batch_size}")
+        self.order = None if order is None else np.asarray(order, np.int64)
+        if self.order is not None and (sorted(self.order.tolist()) != list(range(n))):
+            raise XBTError(f"order must be a permutation of the gallery's {n} item ids (planner.plan_order gives one)")
+        self.batch_size, self.plan = int(batch_size), plan
+
+    def _start(self) -> dict[str, Any]:
+        manifest = read_manifest(self.gallery_dir)
+        ref = ModelRef.of(self.new)
+        if manifest is None:
+            order = self.order if self.order is not None else np.arange(self.meta["size"])
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "new_model": asdict(ref),
+                "plan": self.plan,
+                "batch_size": self.batch_size,
+                "order": order.tolist(),
+                "batches": [],
+                "cutover": False,
+            }
+            write_json(self.folder / MANIFEST, manifest)
+            return manifest
+        if manifest["new_model"].get("fingerprint") != ref.fingerprint:
+            raise XBTError(
+                f"this backfill was started with new model {manifest['new_model']['name']!r} (fingerprint "
+                f"{manifest['new_model']['fingerprint']}), not {self.new.name} ({ref.fingerprint}); resume with "
+                "that model, or roll the backfill back first"
+            )
+        if self.order is not None and self.order.tolist() != manifest["order"]:
+            raise XBTError(
+                "this backfill was started with another order; resume without an order (or with the same one), "
+                "or roll it back to plan anew"
+            )
+        return manifest
+
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        batch = [self.items[int(i)] for i in ids]
+        fn = embed_images if self.meta["modality"] == "image" else embed_texts
+        return fn(self.new, batch, batch_size=len(batch), cache=False, verbose=False).numpy().astype(np.float32)
+
+    def _write_batch(self, index: int, start: int, ids: np.ndarray, vectors: np.ndarray) -> Path:
+        path = self.folder / batch_name(index)
+        meta = {
+            "sha256": _tensor_digest(ids, vectors),
+            "start": str(start),
+            "new_fingerprint": str(self.new.fingerprint),
+        }
+        return save_tensors(path, {"ids": torch.from_numpy(ids), "vectors": torch.from_numpy(vectors)}, meta)
+
+    def run(self, budget: float | int = 1.0, repair: bool = False, verbose: bool = True) -> dict[str, int]:
+        """Backfill until ``budget`` items (fraction or count of the gallery) are in the new space.
+
+        Returns counts for this run: ``embedded`` (items run through the new model), ``adopted``
+        (items of complete batch files a crashed run wrote but did not record), ``repaired``,
+        ``done`` (items in the new space now) and ``target``.
+        """
+        with job_lock(self.folder):
+            manifest = self._start()
+            n = self.meta["size"]
+            target = budget_count(budget, n)
+            stats = {"embedded": 0, "adopted": 0, "repaired": 0}
+            for entry in manifest["batches"]:
+                path = self.folder / entry["file"]
+                try:
+                    read_batch(path, entry["sha256"])
+                except XBTError:
+                    if not repair:
+                        raise
+                    ids = np.asarray(manifest["order"][entry["start"] : entry["start"] + entry["count"]], np.int64)
+                    self._write_batch(entry["index"], entry["start"], ids, self._embed(ids))
+                    entry["sha256"] = _file_digest(path)
+                    write_json(self.folder / MANIFEST, manifest)
+                    stats["repaired"] += len(ids)
+            done = sum(e["count"] for e in manifest["batches"])
+            order = np.asarray(manifest["order"], np.int64)
+            bar = tqdm(total=target, initial=min(done, target), desc="backfill", unit="item", disable=not verbose)
+            while done < target:
+                index, count = len(manifest["batches"]), min(manifest["batch_size"], target - done)
+                ids = order[done : done + count]
+                path = self.folder / batch_name(index)
+                adopted = self._adopt(path, ids, done)
+                if not adopted:
+                    self._write_batch(index, done, ids, self._embed(ids))
+                    stats["embedded"] += count
+                else:
+                    count = adopted
+                    stats["adopted"] += count
+                manifest["batches"].append(
+                    {
+                        "index": index,
+                        "file": path.name,
+                        "start": done,
+                        "count": count,
+                        "sha256": _file_digest(path),
+                        "time": round(time.time(), 3),
+                    }
+                )
+                write_json(self.folder / MANIFEST, manifest)
+                done += count
+                bar.update(count)
+            bar.close()
+        return {**stats, "done": done, "target": target}
+
+    def _adopt(self, path: Path, planned: np.ndarray, start: int) -> int:
+        """Items of a complete, unrecorded batch file at ``path`` that matches the plan (0: none, file removed)."""
+        if not path.exists():
+            return 0
+        try:
+            ids, _, meta = read_batch(path)
+        except XBTError:
+            path.unlink()
+            return 0
+        ok = (
+            meta.get("start") == str(start)
+            and meta.get("new_fingerprint") == str(self.new.fingerprint)
+            and 0 < len(ids) <= len(planned)
+            and np.array_equal(ids, planned[: len(ids)])
+        )
+        if not ok:
+            path.unlink()
+            return 0
+        return len(ids)
+
+
+def open_gallery(gallery_dir: str | Path, store: str | None = None, store_path: str | None = None) -> MixedGallery:
+    """The gallery saved in ``gallery_dir`` with every committed backfill batch applied (each verified)."""
+    gallery = MixedGallery.load(gallery_dir, store=store, store_path=store_path)
+    manifest = read_manifest(gallery_dir)
+    if manifest is None:
+        return gallery
+    gallery.new_ref = ModelRef.from_dict(manifest["new_model"])
+    folder = Path(gallery_dir) / BACKFILL_DIR
+    for entry in manifest["batches"]:
+        ids, vectors, _ = read_batch(folder / entry["file"], entry["sha256"])
+        gallery.set_new(ids, vectors)
+    if manifest.get("cutover"):
+        gallery.cutover()
+    return gallery
+
+
+def rollback(gallery_dir: str | Path) -> Path | None:
+    """Set the backfill aside (renamed ``backfill.rolled-back-<time>``): the gallery is all-old again.
+
+    Refused after cutover and while a job holds the lock. Returns where the backfill went (``None``: there was none).
+    """
+    folder = Path(gallery_dir) / BACKFILL_DIR
+    manifest = read_manifest(gallery_dir)
+    if manifest is None:
+        return None
+    if manifest.get("cutover"):
+        raise XBTError(
+            f"{gallery_dir} was cut over to the new model; its old vectors are no longer used and it cannot roll back"
+        )
+    with job_lock(folder):
+        aside = folder.with_name(f"{BACKFILL_DIR}.rolled-back-{int(time.time())}")
+        os.replace(folder, aside)
+    (aside / "lock").unlink(missing_ok=True)
+    return aside
+
+
+def cutover(gallery_dir: str | Path) -> None:
+    """Mark a finished backfill as cut over: searches use the new vectors only and rollback is refused."""
+    manifest = read_manifest(gallery_dir)
+    folder = Path(gallery_dir) / BACKFILL_DIR
+    size = json.loads((Path(gallery_dir) / GALLERY_FILE).read_text(encoding="utf-8"))["size"]
+    done = 0 if manifest is None else sum(e["count"] for e in manifest["batches"])
+    if done < size:
+        raise XBTError(f"{done} of {size} items are backfilled; finish the backfill (budget 1.0) before cutover")
+    with job_lock(folder):
+        manifest["cutover"] = True
+        write_json(folder / MANIFEST, manifest)

@@ -1,0 +1,321 @@
+"""A gallery in migration: some items searched with OLD vectors, the backfilled ones with NEW vectors.
+
+``MixedGallery`` records each item's space and the two models (``ModelRef``, with fingerprints),
+holds the vectors in a store (``store.FaissStore`` by default, ``vectordb.QdrantStore`` for a
+real vector database) and answers a query with both halves of an adapter:
+
+- the re-embedded part is searched with the bare NEW query (``adapter.new``),
+- the old part with the adapter's query (new model mapped into the old space),
+- the two top-k lists are merged on a calibrated score (``calibration``): old-space scores are
+  mapped to the new space's scale by a map fitted on image–caption pairs for the gallery's
+  backfilled fraction, normalised per query by each part's top scores (optionally also from
+  anchor items scored in both spaces).
+
+An adapter made for another old model is refused by fingerprint. The gallery's own files
+(``gallery.json`` and ``old.safetensors``) are written by ``save``; the backfilled vectors live in
+the backfill job's batch files (``xbt.backfill``), so a gallery folder always says which items
+are in which space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..adapters.config import ModelRef
+from ..core.errors import XBTError
+from ..core.files import save_tensors, write_json
+from ..core.names import GALLERY_FILE, MIXED_GALLERY, OLD_VECTORS_FILE, STATIC_GALLERY, gallery_kind
+from .calibration import MERGES, ScoreCalibration, merge_scores
+from .qdrant import QdrantStore
+from .store import FaissStore, VectorStore, as_vectors
+
+GALLERY_FORMAT = 1
+STORES = ("faiss", "qdrant")
+ITEM_MODALITIES = ("image", "text")
+
+
+def make_store(kind: str, d_old: int, d_new: int, path: str | None = None) -> VectorStore:
+    """A store by name: ``"faiss"`` (embedded default) or ``"qdrant"`` (in-process Qdrant; ``path`` persists it)."""
+    if kind == "faiss":
+        return FaissStore(d_old, d_new)
+    if kind == "qdrant":
+        return QdrantStore(d_old, d_new, path=path)
+    raise XBTError(f"unknown store {kind!r}; use one of {list(STORES)}")
+
+
+class MixedGallery:
+    """Items embedded by the OLD model, re-embedded by the NEW one a batch at a time.
+
+    Args:
+        old_ref: the old model the gallery vectors came from (its fingerprint guards searches).
+        new_width: the new model's embedding width.
+        modality: what the items are: ``"image"`` (text queries, T2I) or ``"text"`` (image queries, I2T).
+        store: ``"faiss"``, ``"qdrant"`` or a ``VectorStore``.
+        calibration: how old-space scores are put on the new scale (default: the identity, i.e. raw
+            cosines, until one is fitted with ``calibration.fit_calibration``).
+        new_ref: the new model, once known (the backfill records it).
+        n_anchors: at most this many backfilled items are scored in both spaces per query.
+        items: a JSON description of where the items come from (the backfill re-reads them).
+    """
+
+    def __init__(
+        self,
+        old_ref: ModelRef,
+        new_width: int,
+        modality: str,
+        store: str | VectorStore = "faiss",
+        calibration: ScoreCalibration | None = None,
+        new_ref: ModelRef | None = None,
+        n_anchors: int = 256,
+        items: dict[str, Any] | None = None,
+        store_path: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if modality not in ITEM_MODALITIES:
+            raise XBTError(f"gallery items are 'image' or 'text', got {modality!r}")
+        if old_ref.embed_dim is None:
+            raise XBTError(f"the old model reference {old_ref.label!r} needs its embed_dim")
+        self.old_ref, self.new_ref, self.modality = old_ref, new_ref, modality
+        self.store = (
+            store if isinstance(store, VectorStore) else make_store(store, old_ref.embed_dim, new_width, store_path)
+        )
+        self.calibration = calibration or ScoreCalibration()
+        self.n_anchors, self.items, self.seed = int(n_anchors), dict(items or {}), seed
+        self._anchor_cache: tuple | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"MixedGallery({self.size} {self.modality} items, {self.fraction_new:.0%} backfilled, "
+            f"store={self.store.kind}, old={self.old_ref.label!r})"
+        )
+
+    # ------------------------------------------------------------------ state
+    @property
+    def size(self) -> int:
+        return self.store.size
+
+    @property
+    def in_new(self) -> np.ndarray:
+        """bool [n]: which items are searched in the new space (a copy)."""
+        return self.store.in_new.copy()
+
+    @property
+    def fraction_new(self) -> float:
+        return float(self.store.in_new.mean()) if self.size else 0.0
+
+    @property
+    def query_modality(self) -> str:
+        return "text" if self.modality == "image" else "image"
+
+    def add_old(self, vectors) -> np.ndarray:
+        """Append items by their old vectors [m, d_old]; returns their ids."""
+        self._anchor_cache = None
+        return self.store.add_old(vectors)
+
+    def set_new(self, ids, vectors) -> None:
+        """Record the new vectors [m, d_new] of backfilled items ``ids``."""
+        self._anchor_cache = None
+        self.store.set_new(ids, vectors)
+
+    def rollback(self) -> None:
+        """Back to all-old (possible until cutover)."""
+        self._anchor_cache = None
+        self.store.rollback()
+
+    def cutover(self) -> None:
+        """Drop the old vectors once every item is backfilled."""
+        self._anchor_cache = None
+        self.store.cutover()
+
+    # ------------------------------------------------------------------ checks
+    def check_adapter(self, adapter: Any, check_fingerprint: bool = True) -> None:
+        """Refuse an adapter made for another old (or new) model than this gallery's, by fingerprint."""
+        old_fp, mine = getattr(adapter.old_ref, "fingerprint", None), self.old_ref.fingerprint
+        if adapter.embed_dim != self.old_ref.embed_dim:
+            raise XBTError(
+                f"the adapter maps into {adapter.embed_dim}-d but the gallery's old model {self.old_ref.label!r} is "
+                f"{self.old_ref.embed_dim}-d; use an adapter fitted for this gallery's old model"
+            )
+        if check_fingerprint and old_fp != mine:
+            raise XBTError(
+                f"the adapter was fitted for old model {adapter.old_ref.label!r} (fingerprint {old_fp}) but this "
+                f"gallery was embedded by {self.old_ref.label!r} (fingerprint {mine}); use an adapter fitted "
+                "for the gallery's old model"
+            )
+        if self.new_ref is not None:
+            if adapter.new.embed_dim != self.store.widths["new"]:
+                raise XBTError(
+                    f"the adapter's new model is {adapter.new.embed_dim}-d but the gallery's new vectors are "
+                    f"{self.store.widths['new']}-d; use the new model the backfill ran with"
+                )
+            if check_fingerprint and self.new_ref.fingerprint and adapter.new.fingerprint != self.new_ref.fingerprint:
+                raise XBTError(
+                    f"the adapter's new model (fingerprint {adapter.new.fingerprint}) is not the one this gallery "
+                    f"was backfilled with ({self.new_ref.label!r}, fingerprint {self.new_ref.fingerprint}); "
+                    "query with that new model"
+                )
+
+    # ------------------------------------------------------------------ search
+    def anchors(self) -> np.ndarray:
+        """Ids of up to ``n_anchors`` backfilled items (a fixed pseudo-random sample) scored in both spaces."""
+        members = np.flatnonzero(self.store.in_new)
+        if not self.store.has_old or len(members) == 0:
+            return members[:0]
+        rank = np.random.default_rng(self.seed).permutation(self.size)
+        return np.sort(members[np.argsort(rank[members], kind="stable")[: self.n_anchors]])
+
+    def _anchor_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._anchor_cache is None:
+            ids = self.anchors()
+            self._anchor_cache = (self.store.vectors("old", ids), self.store.vectors("new", ids))
+        return self._anchor_cache
+
+    def search(
+        self, new_queries, adapted_queries, k: int = 10, merge: str = "calibrated"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Merged top-``k``: ``(scores, ids)`` float32 / int64 [n_q, min(k, size)] (merged scale; ties by id).
+
+        Args:
+            new_queries: float32 [n_q, d_new] bare new-model queries (search the backfilled part).
+            adapted_queries: float32 [n_q, d_old] the adapter's queries (search the old part).
+            merge: ``"calibrated"`` (default), ``"naive"`` (raw cosines) or ``"interleave"`` (ranks).
+        """
+        if merge not in MERGES:
+            raise XBTError(f"unknown merge {merge!r}; use one of {list(MERGES)}")
+        if k < 1:
+            raise XBTError(f"k must be >= 1, got {k}")
+        if self.size == 0:
+            raise XBTError("the gallery is empty; add items (add_old) before searching")
+        k = min(int(k), self.size)  # as search.search: K is clipped to the gallery size
+        qn = as_vectors(new_queries, self.store.widths["new"], "new-model queries")
+        n_q = qn.shape[0]
+        n_new = int(self.store.in_new.sum())
+        n_old = self.size - n_new
+        qa = as_vectors(adapted_queries, self.store.widths["old"], "adapter queries") if n_old else None
+        if qa is not None and qa.shape[0] != n_q:
+            raise XBTError(f"{n_q} new-model queries but {qa.shape[0]} adapter queries; give both for each query")
+        # the calibrated map normalises each query by its parts' top-``depth`` scores: fetch at least that many
+        per_part = max(k, self.calibration.depth) if merge == "calibrated" and n_old and n_new else k
+        so, io = (
+            self.store.search("old", qa, per_part)
+            if n_old
+            else (np.full((n_q, 0), -np.inf, np.float32), np.zeros((n_q, 0), np.int64))
+        )
+        sn, inn = (
+            self.store.search("new", qn, per_part)
+            if n_new
+            else (np.full((n_q, 0), -np.inf, np.float32), np.zeros((n_q, 0), np.int64))
+        )
+        ids = np.concatenate([io, inn], 1)
+        in_new = np.concatenate([np.zeros(io.shape, bool), np.ones(inn.shape, bool)], 1)
+        raw = np.concatenate([so, sn], 1)
+        a_old = a_new = None
+        if merge == "calibrated" and self.calibration.per_query and n_old and n_new:
+            vo, vn = self._anchor_vectors()
+            a_old, a_new = qa @ vo.T, qn @ vn.T
+        merged = merge_scores(raw, raw, in_new, merge, self.calibration, a_old, a_new, n_old, n_new)
+        merged = np.where(ids >= 0, merged, -np.inf).astype(np.float32)
+        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -merged), axis=-1)[:, :k]
+        return np.take_along_axis(merged, order, 1), np.take_along_axis(ids, order, 1)
+
+    def encode_queries(self, adapter: Any, queries: Sequence[Any] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bare new-model queries [n, d_new], adapter queries [n, d_old]) of texts or PIL images."""
+        if self.query_modality == "text":
+            new = adapter.new.encode_text(list(queries))
+        else:
+            new = adapter.new.encode_image(queries)
+        adapted = adapter.from_new_embeddings(new, self.query_modality)
+        if adapted is None:
+            adapted = (
+                adapter.encode_text(list(queries)) if self.query_modality == "text" else adapter.encode_image(queries)
+            )
+        return new, adapted
+
+    def search_with(
+        self,
+        adapter: Any,
+        queries: Sequence[Any] | torch.Tensor,
+        k: int = 10,
+        merge: str = "calibrated",
+        check_fingerprint: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` for raw queries (texts for an image gallery, PIL images for a text gallery), encoded by ``adapter``.
+
+        The adapter must have been fitted for this gallery's old model (``check_adapter``).
+        """
+        self.check_adapter(adapter, check_fingerprint)
+        new, adapted = self.encode_queries(adapter, queries)
+        return self.search(new, adapted, k, merge)
+
+    # ------------------------------------------------------------------ files
+    def describe(self) -> dict[str, Any]:
+        """``gallery.json``: format, modality, models, size, store, calibration, item source."""
+        return {
+            "format": GALLERY_FORMAT,
+            "kind": MIXED_GALLERY,
+            "modality": self.modality,
+            "size": self.size,
+            "store": self.store.kind,
+            "old_model": asdict(self.old_ref),
+            "new_width": self.store.widths["new"],
+            "calibration": self.calibration.to_dict(),
+            "n_anchors": self.n_anchors,
+            "items": self.items,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``gallery.json`` and ``old.safetensors`` (each atomically) into ``folder``; returns it.
+
+        Only the old part is written: the new vectors belong to the backfill job's batch files.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not self.store.has_old:
+            raise XBTError("this gallery was cut over; its old vectors are gone and it has nothing to save here")
+        save_tensors(
+            folder / OLD_VECTORS_FILE, {"vectors": torch.from_numpy(self.store.vectors("old", np.arange(self.size)))}
+        )
+        write_json(folder / GALLERY_FILE, self.describe())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, store: str | None = None, store_path: str | None = None) -> MixedGallery:
+        """The all-old gallery saved in ``folder`` (``xbt.backfill.open_gallery`` adds the backfilled part)."""
+        folder = Path(folder)
+        meta_file = folder / GALLERY_FILE
+        if not meta_file.is_file():
+            raise XBTError(f"{folder} holds no {GALLERY_FILE}; build the gallery first (xbt gallery build)")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if gallery_kind(meta) == STATIC_GALLERY:
+            raise XBTError(
+                f"{folder} is a search page's gallery (StaticGallery.save, xbt app --save-gallery), not a gallery "
+                "in migration; serve it with xbt app --gallery, or build one with xbt gallery build"
+            )
+        if meta.get("format") != GALLERY_FORMAT:
+            raise XBTError(f"{meta_file} has format {meta.get('format')!r}; this xbt reads format {GALLERY_FORMAT}")
+        gallery = cls(
+            ModelRef.from_dict(meta["old_model"]),
+            meta["new_width"],
+            meta["modality"],
+            store or meta["store"],
+            ScoreCalibration.from_dict(meta["calibration"]),
+            n_anchors=meta["n_anchors"],
+            items=meta["items"],
+            store_path=store_path,
+        )
+        vectors = load_file(str(folder / OLD_VECTORS_FILE))["vectors"]
+        if vectors.shape[0] != meta["size"]:
+            raise XBTError(
+                f"{folder / OLD_VECTORS_FILE} holds {vectors.shape[0]} vectors, {GALLERY_FILE} says {meta['size']}; "
+                "rebuild the gallery"
+            )
+        gallery.add_old(vectors)
+        return gallery

@@ -1,0 +1,204 @@
+"""Held-out measures that mirror the two searches an upgrade serves, for stage 2's per-path guard.
+
+Stage 2 trains two query paths, and each must prove itself on pairs it never trained on before it
+replaces stage 1's:
+
+- text queries (T2I): held-out pair captions, encoded by the text path, search the OLD vectors of
+  the held-out pair images (``t2i_ranks``);
+- image queries (I2T): held-out pair images, encoded by the image path, search the OLD vectors of
+  the held-out pair captions among distractor captions that no path trained on (``i2t_ranks``).
+
+Galleries hold held-out items only: an item a path was trained on would be easier to reach than a
+new one, and the measure would favour whichever path trained on it.
+
+The score of a path is the geometric-mean rank of the right item (``geometric_mean_rank``, lower is
+better), optionally weighted per query. Every rank counts, in proportion to its logarithm, so it
+moves with small real changes that Recall@1 on a few hundred queries hides in noise, and it still
+rewards the top ranks most. Inputs are float32 unit rows; ranks are 1-based, and a tie counts half
+(the mid-rank), so a collapsed head that scores every item the same is ranked in the middle, not
+first.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.errors import XBTError
+
+
+def target_ranks(
+    queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
+    """The 1-based mid-rank of gallery row ``targets[i]`` for query ``i`` by inner product: float64 [n].
+
+    ``queries`` [n, d] and ``gallery`` [m, d] are unit rows of one space; rank = 1 + the number of
+    gallery rows scoring strictly higher + half the number of other rows scoring the same. A query
+    with a non-finite value (a diverged head) ranks last (``m``). Computed in blocks of ``chunk``
+    queries (memory m x chunk).
+    """
+    if queries.shape[-1] != gallery.shape[-1]:
+        raise XBTError(
+            f"queries are {queries.shape[-1]}-d but the gallery is {gallery.shape[-1]}-d; embed both in the old space"
+        )
+    if len(queries) != len(targets):
+        raise XBTError(f"{len(queries)} queries but {len(targets)} targets; give one gallery row per query")
+    out = []
+    for s in range(0, len(queries), chunk):
+        scores = queries[s : s + chunk].float() @ gallery.float().T
+        right = scores.gather(1, targets[s : s + chunk, None].to(scores.device))
+        ties = (scores == right).sum(1) - 1
+        ranks = 1 + (scores > right).sum(1).double() + 0.5 * ties.double()
+        broken = ~torch.isfinite(scores).all(1)
+        out.append(torch.where(broken, torch.full_like(ranks, float(len(gallery))), ranks))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def geometric_mean_rank(ranks: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """``exp(weighted mean of log rank)``: 1.0 when every query ranks its item first; lower is better."""
+    if len(ranks) == 0:
+        raise XBTError("no held-out queries to score; keep some pairs for validation (val_fraction > 0)")
+    logs = torch.log(ranks.double())
+    if weights is None:
+        return math.exp(float(logs.mean()))
+    w = weights.double().to(logs.device)
+    return math.exp(float((w * logs).sum() / w.sum()))
+
+
+def t2i_ranks(text_queries: torch.Tensor, old_images: torch.Tensor) -> torch.Tensor:
+    """Ranks of held-out caption ``i`` [n, d_old] searching the old vectors of held-out images [n, d_old]: its own image is row ``i``."""
+    return target_ranks(text_queries, old_images, torch.arange(len(text_queries)))
+
+
+def i2t_ranks(image_queries: torch.Tensor, old_captions: torch.Tensor) -> torch.Tensor:
+    """Ranks of held-out image ``i`` [n, d_old] searching old caption vectors [m >= n, d_old]: its caption is row ``i``, the rest are distractors."""
+    if len(old_captions) < len(image_queries):
+        raise XBTError(
+            f"the caption gallery has {len(old_captions)} rows for {len(image_queries)} image queries; put each image's caption at its row"
+        )
+    return target_ranks(image_queries, old_captions, torch.arange(len(image_queries)))
+
+
+def paired_gain(
+    base_log_ranks: torch.Tensor, log_ranks: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Mean per-query log-rank gain of a state over a base on the same queries, and its standard error.
+
+    ``base_log_ranks - log_ranks`` (float [n] each; > 0 where the state ranks the right item
+    higher), averaged with optional per-query ``weights``. The standard error uses the weighted
+    unbiased variance and the effective sample size ``(sum w)^2 / sum w^2`` (plain ``std / sqrt(n)``
+    when unweighted). "A clear gain" everywhere in xbt means ``mean > standard error``. Non-finite
+    ranks (a diverged state) give ``(nan, nan)``, which is never a clear gain.
+    """
+    gain = base_log_ranks.double() - log_ranks.double()
+    if not torch.isfinite(gain).all() or len(gain) < 2:
+        return math.nan, math.nan
+    w = torch.ones_like(gain) if weights is None else weights.double().to(gain.device)
+    mean = float((w * gain).sum() / w.sum())
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    variance = float((w * (gain - mean) ** 2).sum() / w.sum()) * n_eff / max(n_eff - 1.0, 1e-12)
+    return mean, math.sqrt(variance / n_eff)
+
+
+@dataclass
+class PathChoice:
+    """Which state one query path keeps, and why.
+
+    Attributes:
+        path: ``"text"`` or ``"image"``.
+        measure: what the scores are (the search, the gallery, the statistic).
+        scores: candidate label -> held-out score (lower is better); ``"stage 1"`` is always one.
+        chosen: the kept candidate: the lowest score, ties to the earlier candidate (stage 1 first).
+    """
+
+    path: str
+    measure: str
+    scores: dict[str, float] = field(default_factory=dict)
+    chosen: str = "stage 1"
+
+    def add(self, label: str, score: float, eligible: bool = True) -> bool:
+        """Record a candidate's score; True (and chosen) when it beats every earlier one strictly.
+
+        ``eligible=False`` records the score without letting it be chosen (a gain too small to trust).
+        """
+        self.scores[label] = float(score)
+        if eligible and score < self.scores[self.chosen]:
+            self.chosen = label
+            return True
+        return False
+
+    @property
+    def kept_stage1(self) -> bool:
+        """True when no stage-2 state beat stage 1 on the held-out pairs."""
+        return self.chosen == "stage 1"
+
+    def reason(self) -> str:
+        """One sentence for the training record and the model card."""
+        s1 = self.scores.get("stage 1")
+        if self.kept_stage1:
+            return f"kept stage 1: no stage-2 state beat its held-out score {s1:.3f} ({self.measure})"
+        return (
+            f"kept {self.chosen}: held-out score {self.scores[self.chosen]:.3f} vs stage 1's {s1:.3f} ({self.measure})"
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready record."""
+        return {
+            "path": self.path,
+            "measure": self.measure,
+            "scores": {k: round(v, 5) for k, v in self.scores.items()},
+            "chosen": self.chosen,
+            "reason": self.reason(),
+        }
+
+
+def versus_old_model(
+    path: str, adapter_ranks: torch.Tensor, old_ranks: torch.Tensor, measure: str, weights: torch.Tensor | None = None
+) -> dict:
+    """Does a query path beat the OLD model's own queries on the held-out pairs? JSON-ready record.
+
+    ``adapter_ranks`` / ``old_ranks``: float [n] ranks of the same held-out queries' right items,
+    searched by the path and by the old model (``measure``), optionally weighted per query.
+    Backward compatibility means the upgraded query finds old-gallery items at least as well as
+    the old model did. The paired per-query log-rank gain says whether the difference is clear: a
+    ``verdict`` of ``"worse"`` (the old model ahead by more than one standard error) is what
+    ``say_versus_old`` warns about; a few hundred pairs often cannot tell, and the record says so.
+    """
+    mean, se = paired_gain(
+        torch.log(old_ranks.double()), torch.log(adapter_ranks.double()), weights
+    )  # > 0: the path ranks better
+    verdict = "better" if mean > se else "worse" if mean < -se else "within noise"
+    ours, theirs = geometric_mean_rank(adapter_ranks, weights), geometric_mean_rank(old_ranks, weights)
+    return {
+        "path": path,
+        "measure": measure,
+        "n": len(adapter_ranks),
+        "adapter": round(ours, 5),
+        "old_model": round(theirs, 5),
+        "backward_compatible": bool(ours <= theirs),
+        "verdict": verdict,
+        "mean_log_rank_gain": round(mean, 5),
+        "standard_error": round(se, 5),
+        "summary": f"{path} queries: held-out geometric-mean rank {ours:.3f} vs the old model's {theirs:.3f} "
+        f"({'within one standard error of' if verdict == 'within noise' else verdict + ' than'} the old model's queries).",
+    }
+
+
+def say_versus_old(record: dict, verbose: bool) -> None:
+    """Print each path against the old model's queries; warn (even when quiet) where one is not backward compatible."""
+    paths = [r for r in record.values() if isinstance(r, dict)]
+    if verbose:
+        for r in paths:
+            print(f"xbt stage 2: {r['summary']}")
+    worse = [r["path"] for r in paths if r["verdict"] == "worse"]
+    if worse:
+        warnings.warn(
+            f"on the held-out pairs the adapter's {' and '.join(worse)} queries rank the old gallery worse than the old "
+            "model's own queries, by more than one standard error: not backward compatible there (adapter.training['metrics']['stage2']['versus_old_model'] "
+            "has the figures). Keep the old model for those queries (xbt.fit(..., method='slerp') fuses both), "
+            "backfill the gallery, or fit with more pairs.",
+            stacklevel=5,
+        )  # the caller of xbt.fit

@@ -1,0 +1,209 @@
+"""The text-query head of stage 2: the new model's own text->image ranking, distilled onto OLD image vectors.
+
+Text queries search the OLD image gallery (T2I). Stage 1 puts a new text embedding where the old
+model put the same text, so new text queries rank old images about as well as old ones did. The
+new model ranks images far better; this head learns to rank the *old* vectors of images the way
+the new model ranks their new embeddings:
+
+    loss = KL( softmax(new text . new pair images / T_new)  ||  softmax(head(new text) . OLD pair images / T) )
+           + anchor_weight * (1 - cos(head(new text), stage-1 head(new text)))
+
+over a sample of the stage-1 captions (``distill_texts`` of them: thousands of queries, where the
+pairs alone give a few hundred), teacher and student ranking the same training pair images.
+``T_new`` is the new model's own temperature (``1 / logit_scale``), so the teacher is as sharp as
+the model was trained to be; the anchor keeps every caption near its stage-1 place, so captions
+the pair images say nothing about stay where stage 1 put them.
+
+The head runs on the frozen new text tower (no LoRA): a query costs what stage 1's does. It starts
+as a copy of the stage-1 head; after every epoch it is scored on held-out pairs
+(``xbt.validation.t2i_ranks``) and the best state is kept, stage 1 included.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.errors import XBTError
+from ..models.head import Projection
+from .config import Stage2Config
+from .guard import PathChoice, paired_gain, t2i_ranks
+from .losses import cosine_gap, ranking_distillation
+
+T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
+
+
+def distill_text_head(
+    stage1_head: Projection,
+    texts_new: torch.Tensor,
+    images_new: torch.Tensor,
+    images_old: torch.Tensor,
+    teacher_temperature: float,
+    config: Stage2Config,
+    val_texts_new: torch.Tensor | None = None,
+    val_images_old: torch.Tensor | None = None,
+    verbose: bool = True,
+    other_folds: list[list[torch.Tensor]] | None = None,
+    on_state: Callable[[Projection], None] | None = None,
+) -> tuple[Projection, PathChoice | None, dict]:
+    """Train the text head (a copy of ``stage1_head``) by distillation; keep its best held-out state.
+
+    Args:
+        stage1_head: the stage-1 projection (copied, never changed).
+        texts_new: NEW-model embeddings of the distillation captions, float32 [n, d_new], unit rows.
+        images_new, images_old: the training pair images under the NEW model [m, d_new] and the OLD
+            model [m, d_old] (row ``j`` is one image in both): the teacher ranks the first, the
+            student ranks the second.
+        teacher_temperature: the new model's own temperature (``1 / logit_scale``).
+        config: ``text_epochs``, ``text_lr``, ``text_batch_size``, ``distill_temperature``,
+            ``text_anchor_weight``, ``guard`` and ``seed`` are read.
+        val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of
+            their images [v, d_old]; without them every epoch is kept blind and the last one wins.
+        other_folds: the held-out log ranks of the same run on other folds of the pairs
+            (``fold_scores``: [fold][stage 1, epoch 1, ...] of [fold size]); each state is then
+            scored over all folds' queries, this one's included, and replaces stage 1 only if its
+            paired per-query log-rank gain over stage 1 exceeds one standard error.
+        on_state: called with the head (eval mode) at stage 1 and after every epoch.
+
+    Returns:
+        ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None
+        without validation) and per-epoch losses and held-out scores.
+    """
+    if len(images_new) != len(images_old) or len(images_new) < 2:
+        raise XBTError(
+            f"distillation needs the same training images under both models (at least 2), got {len(images_new)} and {len(images_old)}"
+        )
+    if len(texts_new) < 2:
+        raise XBTError(f"distillation needs at least 2 captions, got {len(texts_new)}")
+    cfg = config
+    gen = torch.Generator().manual_seed(cfg.seed)
+    head = copy.deepcopy(stage1_head).train().requires_grad_(True)
+    anchors = stage1_head.eval().in_chunks(texts_new)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.text_lr, weight_decay=1e-4)
+    steps = cfg.text_epochs * math.ceil(len(texts_new) / cfg.text_batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    validate = val_texts_new is not None and val_images_old is not None and len(val_texts_new) > 0
+
+    def log_ranks(h: Projection, state: int) -> torch.Tensor:
+        """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage 1)."""
+        own = torch.log(t2i_ranks(h.in_chunks(val_texts_new), val_images_old))
+        if not other_folds:
+            return own
+        history["own_geo_mean_rank"].append(math.exp(float(own.mean())))
+        return torch.cat(
+            [own] + [f[state] if state < len(f) else torch.full_like(f[0], math.inf) for f in other_folds]
+        )
+
+    def clear_gain(logs: torch.Tensor) -> bool:  # a paired gain over stage 1 by more than one standard error
+        mean, se = paired_gain(stage1_logs, logs)
+        return mean > se
+
+    measure = T2I_MEASURE + (
+        f", pooled over {1 + len(other_folds)} folds of the pairs; a state replaces stage 1 only if its "
+        "paired per-query log-rank gain exceeds one standard error"
+        if other_folds
+        else ""
+    )
+    choice = PathChoice("text", measure) if validate else None
+    best = copy.deepcopy(head.state_dict())
+    history: dict = {"train_loss": []}
+    if other_folds:
+        history.update(
+            own_geo_mean_rank=[],
+            clear_gain=[],
+            other_folds=[[math.exp(float(e.mean())) for e in f] for f in other_folds],
+        )
+    stage1_logs = log_ranks(head.eval(), 0) if choice is not None else None
+    if choice is not None:
+        choice.add("stage 1", math.exp(float(stage1_logs.mean())))
+    if on_state is not None:
+        on_state(head.eval())
+    history["val_geo_mean_rank"] = [choice.scores["stage 1"]] if choice else []
+    bar = tqdm(range(1, cfg.text_epochs + 1), desc="stage 2 (text head)", disable=not verbose, leave=False)
+    for epoch in bar:
+        head.train()
+        order = torch.randperm(len(texts_new), generator=gen)
+        total, batches = 0.0, 0
+        for s in range(0, len(order), cfg.text_batch_size):
+            idx = order[s : s + cfg.text_batch_size]
+            x = texts_new[idx]
+            z = head(x)
+            loss = ranking_distillation(z, images_old, cfg.distill_temperature, x, images_new, teacher_temperature)
+            if cfg.text_anchor_weight:
+                loss = loss + cfg.text_anchor_weight * cosine_gap(z, anchors[idx])
+            if not torch.isfinite(loss):  # diverged: stop here, the best earlier state is kept
+                history["diverged_at_epoch"] = epoch
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, batches = total + loss.item(), batches + 1
+        if "diverged_at_epoch" in history:
+            break
+        history["train_loss"].append(total / max(1, batches))
+        if on_state is not None:
+            on_state(head.eval())
+        if choice is not None and cfg.guard:
+            logs = log_ranks(head.eval(), epoch)
+            val = math.exp(float(logs.mean()))
+            history["val_geo_mean_rank"].append(val)
+            eligible = clear_gain(logs) if other_folds else True
+            if other_folds:
+                history["clear_gain"].append(eligible)
+            if choice.add(f"stage 2 (epoch {epoch})", val, eligible=eligible):
+                best = copy.deepcopy(head.state_dict())
+            bar.set_postfix(val=f"{val:.3f}")
+        else:
+            best = copy.deepcopy(head.state_dict())
+            if choice is not None:  # guard off: scored for the record, the last epoch kept
+                val = math.exp(float(log_ranks(head.eval(), epoch).mean()))
+                history["val_geo_mean_rank"].append(val)
+                choice.scores[f"stage 2 (epoch {epoch})"] = val
+                choice.chosen = f"stage 2 (epoch {epoch})"
+    head.load_state_dict(best)
+    return head.eval().requires_grad_(False), choice, history
+
+
+def fold_scores(
+    stage1_head: Projection,
+    texts_new: torch.Tensor,
+    images_new: torch.Tensor,
+    images_old: torch.Tensor,
+    captions_new: torch.Tensor,
+    folds: list[torch.Tensor],
+    teacher_temperature: float,
+    config: Stage2Config,
+    verbose: bool = True,
+) -> list[list[torch.Tensor]]:
+    """The text head's held-out log ranks on each fold but the first: [fold][stage 1, epoch 1, ...] of float64 [fold size].
+
+    ``images_new`` / ``images_old`` / ``captions_new`` hold ALL pairs ([n, d]); ``folds`` are
+    disjoint index sets of them. For each fold after the first, a head is distilled on the pairs
+    outside it, every epoch kept and scored on the fold (so the first fold, the caller's held-out
+    split, can choose its epoch by all folds' scores: ``distill_text_head(other_folds=...)``).
+    A few hundred pairs hold out too few to tell a real gain from noise; folds use every pair.
+    """
+    blind = dataclasses.replace(config, guard=False)
+    out = []
+    everything = torch.arange(len(images_new))
+    for fold in tqdm(folds[1:], desc="stage 2 (text head folds)", disable=not verbose, leave=False):
+        train = everything[~torch.isin(everything, fold)]
+        logs: list[torch.Tensor] = []
+        distill_text_head(
+            stage1_head,
+            texts_new,
+            images_new[train],
+            images_old[train],
+            teacher_temperature,
+            blind,
+            verbose=False,
+            on_state=lambda h: logs.append(torch.log(t2i_ranks(h.in_chunks(captions_new[fold]), images_old[fold]))),
+        )
+        out.append(logs)
+    return out
