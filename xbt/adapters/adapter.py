@@ -320,18 +320,21 @@ class Adapter:
     ) -> Adapter:
         """Build the adapter ``config`` describes from the tensors in ``folder`` (checks both models)."""
         enc = as_encoder(new)
-        config.new_model.check(enc, "new", f"adapter {folder}", check_fingerprint)
+        # a ref from an earlier xbt whose model is recognised comes back with today's fingerprint, so a re-save
+        # records it
+        new_ref = config.new_model.check(enc, "new", f"adapter {folder}", check_fingerprint)
+        old_ref = config.old_model
         if old is not None:
-            config.old_model.check(as_encoder(old), "old", f"adapter {folder}", check_fingerprint)
+            old_ref = config.old_model.check(as_encoder(old), "old", f"adapter {folder}", check_fingerprint)
         lora = load_lora(enc, folder / LORA_DIR) if config.lora else None
         return cls(
             enc,
             heads=read_heads(folder, config),
             method=config.method,
-            old=config.old_model,
+            old=old_ref,
             training=config.training,
             lora=lora,
             lora_modalities=config.lora_modalities,
-            new_ref=config.new_model,
+            new_ref=new_ref,
             evaluation=config.evaluation,
         )

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..core.errors import XBTError, need
 from ..version import __version__
@@ -52,6 +56,14 @@ def check_alpha(name: str, value: Any) -> float:
     return alpha
 
 
+#: the weights fingerprint ``CLIPEncoder.fingerprint`` computes (``ModelRef.fingerprint_scheme``):
+#: 1 summed each tensor in float32 (xbt before commit 5e60fc4; its value depends on torch's thread
+#: count), 2 sums in float64. A reference read without the field may hold either.
+FINGERPRINT_SCHEME = 2
+#: torch thread counts tried, after the current one, to recompute a scheme-1 fingerprint
+LEGACY_FINGERPRINT_THREADS = (1, 2, 4, 8, 16, 32, 64)
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """How an adapter names one of its two CLIP models.
@@ -62,6 +74,9 @@ class ModelRef:
         pretrained: the open_clip pretrained tag, if any.
         revision: the Hub revision of an ``hf:`` model, if one was asked for.
         backend, embed_dim, fingerprint: what recognises the model (``CLIPEncoder`` attributes).
+        fingerprint_scheme: how ``fingerprint`` was computed (``FINGERPRINT_SCHEME`` for a
+            reference made by this xbt); ``None`` for one read from an earlier xbt, which did not
+            record it and may hold a float32-sum (scheme 1) fingerprint.
     """
 
     name: str
@@ -70,12 +85,18 @@ class ModelRef:
     backend: str | None = None
     embed_dim: int | None = None
     fingerprint: str | None = None
+    fingerprint_scheme: int | None = FINGERPRINT_SCHEME
 
     def __post_init__(self) -> None:
         need(isinstance(self.name, str) and bool(self.name), f"a model reference needs a name, got {self.name!r}")
         need(
             self.embed_dim is None or (isinstance(self.embed_dim, int) and self.embed_dim > 0),
             f"model {self.name!r}: embed_dim must be a positive int, got {self.embed_dim!r}",
+        )
+        need(
+            self.fingerprint_scheme is None
+            or (isinstance(self.fingerprint_scheme, int) and not isinstance(self.fingerprint_scheme, bool)),
+            f"model {self.name!r}: fingerprint_scheme must be an int or None, got {self.fingerprint_scheme!r}",
         )
 
     @classmethod
@@ -88,36 +109,108 @@ class ModelRef:
             backend=encoder.backend,
             embed_dim=encoder.embed_dim,
             fingerprint=encoder.fingerprint,
+            fingerprint_scheme=FINGERPRINT_SCHEME,
         )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelRef:
-        """Inverse of ``asdict``; unknown keys are ignored, so later versions can add some."""
+        """Inverse of ``asdict``; unknown keys are ignored, so later versions can add some.
+
+        A dict without ``fingerprint_scheme`` was written by an earlier xbt: its scheme is unknown (``None``).
+        """
         need(isinstance(d, dict), f"a model reference must be a JSON object, got {d!r}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"fingerprint_scheme": None, **{k: v for k, v in d.items() if k in known}})
 
     @property
     def label(self) -> str:
         """``name`` or ``name/pretrained``: how reports and cards print the model."""
         return self.name if self.pretrained is None else f"{self.name}/{self.pretrained}"
 
-    def check(self, encoder: Any, role: str, where: str, check_fingerprint: bool = True) -> None:
+    def check(self, encoder: Any, role: str, where: str, check_fingerprint: bool = True) -> ModelRef:
         """Refuse ``encoder`` as this model when its width differs or, unless opted out, its weights.
 
         ``role`` is ``"new"`` or ``"old"``; ``where`` names what the model is for in the message.
+        A reference from an earlier xbt (``fingerprint_scheme`` None) whose fingerprint is not the
+        encoder's current one is compared with the encoder's float32-sum fingerprint at the current
+        and at 1, 2, 4 ... 64 torch threads; if none matches (it was computed on other hardware or
+        thread count) the encoder is accepted, with a warning, when its name, pretrained tag,
+        revision, backend and width are the reference's, and refused otherwise.
+
+        Returns the reference to record for ``encoder`` from now on: this one, or for an accepted
+        earlier-xbt reference, this one with the encoder's current fingerprint and scheme (so an
+        adapter saved again does not carry the old fingerprint).
         """
         if self.embed_dim is not None and self.embed_dim != encoder.embed_dim:
             raise XBTError(
                 f"{where} works with a {self.embed_dim}-d {role} model ({self.label!r}) but the {role} model given "
                 f"({encoder.name}) has {encoder.embed_dim}-d embeddings; pass the {role.upper()} model it was made for"
             )
-        if check_fingerprint and self.fingerprint and self.fingerprint != encoder.fingerprint:
+        if not check_fingerprint or not self.fingerprint or self.fingerprint == encoder.fingerprint:
+            return self
+        refused = (
+            f"the {role} model given ({encoder.name}, weights fingerprint {encoder.fingerprint}) is not the one "
+            f"{where} was made for ({self.label!r}, fingerprint {self.fingerprint}); pass that {role.upper()} model, "
+            "or check_fingerprint=False if you know its weights are equivalent (e.g. the same model in another precision)"
+        )
+        if self.fingerprint_scheme is not None:
+            raise XBTError(refused)
+        refreshed = dataclasses.replace(self, fingerprint=encoder.fingerprint, fingerprint_scheme=FINGERPRINT_SCHEME)
+        if self._matches_legacy(encoder):
+            return refreshed
+        same = {
+            "name": (self.name, encoder.source or encoder.name),  # as ModelRef.of records it
+            "pretrained tag": (self.pretrained, encoder.pretrained),
+            "revision": (self.revision, encoder.revision),
+            "backend": (self.backend, encoder.backend),
+            "width": (self.embed_dim, encoder.embed_dim),
+        }
+        differ = [k for k, (mine, theirs) in same.items() if mine != theirs]
+        if differ:
             raise XBTError(
-                f"the {role} model given ({encoder.name}, weights fingerprint {encoder.fingerprint}) is not the one "
-                f"{where} was made for ({self.label!r}, fingerprint {self.fingerprint}); pass that {role.upper()} model, "
-                "or check_fingerprint=False if you know its weights are equivalent (e.g. the same model in another precision)"
+                f"{refused} (an earlier xbt saved {where}; its fingerprint cannot be recomputed here, and the model's "
+                f"{' and '.join(differ)} differ{'s' if len(differ) == 1 else ''} from the recorded one too)"
             )
+        if _first_warning(encoder, self.fingerprint):
+            warnings.warn(
+                f"{where} was saved by an earlier xbt whose weights fingerprint of the {role} model ({self.label!r}, "
+                f"fingerprint {self.fingerprint}) cannot be recomputed here: only the name, backend and width of the "
+                f"{role} model given ({encoder.name}) were checked, not its weights. Re-save the adapter with this "
+                "xbt (it then records the current fingerprint) to check them from now on, or pass "
+                "check_fingerprint=False to silence this",
+                UserWarning,
+                stacklevel=2,
+            )
+        return refreshed
+
+    def _matches_legacy(self, encoder: Any) -> bool:
+        """Whether ``encoder``'s float32-sum fingerprint (xbt before 5e60fc4) at some thread count is ``fingerprint``."""
+        legacy = getattr(encoder, "legacy_fingerprint", None)
+        if legacy is None:
+            return False
+        threads = dict.fromkeys((torch.get_num_threads(), *LEGACY_FINGERPRINT_THREADS))
+        return any(legacy(n) == self.fingerprint for n in threads)
+
+
+#: encoder -> the (recorded, current) fingerprint pairs ``ModelRef.check`` already warned about
+_WARNED: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+
+
+def _first_warning(encoder: Any, recorded: str) -> bool:
+    """Whether this is the first unverifiable-fingerprint warning for ``recorded`` on ``encoder`` (as its weights are now).
+
+    A fusion adapter, and evaluating an adapter after loading it, check the same reference again;
+    one warning per model and reference is enough.
+    """
+    key = (recorded, encoder.fingerprint)
+    try:
+        seen = _WARNED.setdefault(encoder, set())
+    except TypeError:  # not weakly referenceable: warn every time
+        return True
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 @dataclass

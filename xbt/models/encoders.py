@@ -62,6 +62,7 @@ class CLIPEncoder:
         self.backend = backend
         self.source, self.pretrained, self.revision = source, pretrained, revision
         self._fingerprint: str | None = None
+        self._legacy_fingerprints: dict[int, str] = {}  # thread count -> legacy_fingerprint
 
     def __repr__(self) -> str:
         return f"CLIPEncoder(name={self.name!r}, backend={self.backend!r}, embed_dim={self.embed_dim})"
@@ -107,7 +108,34 @@ class CLIPEncoder:
         return self._fingerprint
 
     def refresh_fingerprint(self) -> str:
-        """Recompute ``fingerprint`` from the current weights."""
+        """Recompute ``fingerprint`` from the current weights (and forget the legacy ones)."""
+        self._legacy_fingerprints = {}
+        # float64, so the sum does not depend on how many threads reduced it
+        self._fingerprint = self._weights_fingerprint(torch.float64)
+        return self._fingerprint
+
+    def legacy_fingerprint(self, threads: int) -> str:
+        """The fingerprint xbt wrote before it summed in float64 (adapter folders of those versions record it).
+
+        Each tensor's sum was taken in float32, whose rounding depends on how many threads reduced
+        it, so the value is computed with torch running ``threads`` intra-op threads; the caller's
+        thread count is restored afterwards. Cached per thread count until ``refresh_fingerprint()``.
+        """
+        threads = int(threads)
+        if threads < 1:
+            raise XBTError(f"threads must be >= 1, got {threads}")
+        cache = self.__dict__.setdefault("_legacy_fingerprints", {})
+        if threads not in cache:
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                cache[threads] = self._weights_fingerprint(torch.float32)
+            finally:
+                torch.set_num_threads(before)
+        return cache[threads]
+
+    def _weights_fingerprint(self, sum_dtype: torch.dtype) -> str:
+        """Hash of the class, each tensor's name, shape, dtype, a strided sample and its sum in ``sum_dtype``."""
         h = hashlib.sha256(f"{self.backend}/{type(self.model).__name__}".encode())
         with torch.no_grad():
             for key, tensor in sorted(self.model.state_dict().items()):
@@ -116,10 +144,8 @@ class CLIPEncoder:
                 sample = flat[::step][:64].float().cpu()
                 h.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
                 h.update(sample.numpy().tobytes())
-                # float64, so the sum does not depend on how many threads reduced it
-                h.update(f"{flat.double().sum().item():.6e}".encode())
-        self._fingerprint = h.hexdigest()[:24]
-        return self._fingerprint
+                h.update(f"{flat.to(sum_dtype).sum().item():.6e}".encode())
+        return h.hexdigest()[:24]
 
     # ------------------------------------------------------------------ inputs
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
