@@ -84,10 +84,11 @@ def search(
 
     ``k' = min(k, len(gallery))``. Rows are sorted by score, descending, and equal scores by gallery
     index, ascending, so the result matches a stable argsort of the negated scores (ties are real:
-    duplicate captions embed identically). FAISS orders ties arbitrarily and keeps an arbitrary
-    subset of the items tied at rank k, so the returned lists are re-sorted and the rare rows with a
-    tie across rank k are recomputed exactly with numpy. IVF rows may end in id -1 (fewer than
-    ``k`` candidates in the probed cells); those count as misses.
+    duplicate captions embed identically). ``"flat"``: FAISS finds the candidates and every score
+    returned is exact (``_exact_block``), so neither FAISS's order among ties nor its float32 sums
+    (which, under some OpenBLAS builds, change with a row's position) decide a rank. ``"ivf"``: FAISS's
+    scores, re-sorted, the rare rows with a tie across rank k recomputed with numpy; rows may end in
+    id -1 (fewer than ``k`` candidates in the probed cells), which count as misses.
     """
     if index == "block":
         return block_search(queries, gallery, k)
@@ -100,6 +101,8 @@ def search(
         )
     if k < 1:
         raise XBTError(f"k must be >= 1, got {k}")
+    if index == "flat":
+        return _exact_block(q, g, int(k))
     n = g.shape[0]
     k = min(int(k), n)
     k1 = min(k + 1, n)  # one extra to see ties straddling rank k
@@ -135,30 +138,44 @@ def _block(x: Any, start: int, size: int, what: str) -> np.ndarray:
     return arr
 
 
-def _sorted_search(idx, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores, ids = idx.search(q, k)
-    order = np.lexsort((ids, -scores), axis=-1)
-    return np.take_along_axis(scores, order, -1), np.take_along_axis(ids, order, -1)
+#: a bound on |FAISS's float32 inner product - the exact one| for unit rows (float32 accumulation over <= ~1k dims)
+_SCORE_SLACK = 1e-4
+
+
+def _exact_scores(q: np.ndarray, g: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each query's inner product with its candidate rows ``g[ids]``, summed in float64 and rounded to float32:
+    [n, m]. The value depends on the two vectors only, never on where the row sits in a block or which BLAS
+    kernel ran, so duplicates tie exactly."""
+    out = np.empty(ids.shape, dtype=np.float32)
+    for s in range(0, len(q), 1024):
+        cand = g[ids[s : s + 1024]].astype(np.float64)  # [b, m, d]
+        out[s : s + 1024] = np.einsum("bd,bmd->bm", q[s : s + 1024].astype(np.float64), cand)
+    return out
 
 
 def _exact_block(q: np.ndarray, g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``min(k, len(g))`` of ``g`` per query with the tie rule; every score from the one FAISS kernel.
+    """Top ``min(k, len(g))`` of ``g`` per query with the tie rule, every score exact (``_exact_scores``).
 
-    FAISS keeps an arbitrary subset of the items tied at rank k; rows whose tie run reaches the
-    end of the returned list are searched again with twice the depth until the run ends, so the
-    lower indices of a tie are kept without mixing in scores computed another way.
+    FAISS finds candidates; their scores are recomputed exactly and sorted by (score, index). A
+    row FAISS left out scores at most the last candidate's FAISS score plus ``_SCORE_SLACK``; rows
+    where that could still reach the k-th exact score are searched again with twice the depth, so
+    the result does not depend on FAISS's kernels (whose float32 sums, under some OpenBLAS builds,
+    change with a row's position in the block).
     """
     idx = build_index(g)
     k = min(k, len(g))
-    depth = min(k + 1, len(g))
-    scores, ids = _sorted_search(idx, q, depth)
-    rows = np.flatnonzero(scores[:, k - 1] == scores[:, depth - 1]) if depth > k else np.zeros(0, dtype=np.int64)
+    out_s, out_i = np.empty((len(q), k), dtype=np.float32), np.empty((len(q), k), dtype=np.int64)
+    rows, depth = np.arange(len(q)), min(k + 1, len(g))
     while len(rows):
+        approx, ids = idx.search(q[rows], depth)
+        exact = _exact_scores(q[rows], g, ids)
+        order = np.lexsort((ids, -exact), axis=-1)[:, :k]
+        out_s[rows], out_i[rows] = np.take_along_axis(exact, order, -1), np.take_along_axis(ids, order, -1)
+        if depth == len(g):
+            break
+        rows = rows[approx[:, -1] + _SCORE_SLACK >= out_s[rows, -1]]
         depth = min(2 * depth, len(g))
-        s, i = _sorted_search(idx, q[rows], depth)
-        scores[rows], ids[rows] = s[:, : scores.shape[1]], i[:, : scores.shape[1]]
-        rows = rows[s[:, k - 1] == s[:, depth - 1]] if depth < len(g) else rows[:0]
-    return scores[:, :k], ids[:, :k]
+    return out_s, out_i
 
 
 def block_search(
@@ -167,9 +184,8 @@ def block_search(
     """``search`` (exact inner product, same tie rule) in bounded memory: ``(scores, ids)`` [n_queries, k'].
 
     Queries and gallery are read ``query_block`` x ``gallery_block`` rows at a time, each pair of
-    blocks searched with FAISS ``IndexFlatIP`` and merged into a running top-k per query. A score
-    is one FAISS inner product of one query and one gallery row (below FAISS's BLAS threshold of
-    queries per call, as ``query_block`` is by default, it does not depend on the block), so
+    blocks searched with FAISS ``IndexFlatIP`` and merged into a running top-k per query. Every
+    score kept is exact (``_exact_block``): it depends on the query and the gallery row alone, so
     duplicates tie exactly wherever they sit. Memory is a block of each plus the outputs, whatever the gallery size; both may be
     ``np.memmap`` arrays that never enter memory whole. Among equal scores the lower gallery index
     wins, as in ``search``.
