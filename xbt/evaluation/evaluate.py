@@ -201,17 +201,7 @@ def evaluate(
         model's caption embeddings; new->old T2I searches adapter-embedded captions against the
         OLD model's image embeddings.
     """
-    if isinstance(dataset, RetrievalDataset):
-        given = {"split": split, "root": root, **dataset_kwargs, **({"source": source} if source != "local" else {})}
-        ignored = sorted(k for k, v in given.items() if v is not None)
-        if ignored:
-            raise XBTError(
-                f"{ignored} only apply when dataset is a name; the RetrievalDataset given is already loaded: "
-                "load the split you want with xbt.datasets.load_dataset(name, split=..., root=...), or pass the name"
-            )
-        ds = dataset.head(limit) if limit is not None else dataset
-    else:
-        ds = load_dataset(dataset, split=split, root=root, source=source, limit=limit, **dataset_kwargs)
+    ds = _dataset(dataset, split, root, source, limit, dataset_kwargs)
     ks = check_ks(ks)
     old_enc = as_encoder(old)
     adapters, new_enc = _split_upgraded(upgraded)
@@ -246,30 +236,12 @@ def evaluate(
         return {d: r[d].recall for d in DIRECTIONS}
 
     old_old, new_new = recall_of(base), recall_of(backfilled)
-    methods = {}
-    for name, r in results.items():
-        a = adapters[name]
-        rec = recall_of(r)
-        flips = {d: {k: flip_rates(base[d].hits[k], r[d].hits[k]) for k in ks} for d in DIRECTIONS}
-        methods[name] = MethodResult(
-            name=name,
-            recall=rec,
-            compatible={d: {k: rec[d][k] > old_old[d][k] for k in ks} for d in DIRECTIONS},
-            pfr={d: {k: flips[d][k]["pfr"] for k in ks} for d in DIRECTIONS},
-            nfr={d: {k: flips[d][k]["nfr"] for k in ks} for d in DIRECTIONS},
-            delta={d: {k: flips[d][k]["delta"] for k in ks} for d in DIRECTIONS},
-            gap_closure={d: {k: gap_closure(old_old[d][k], rec[d][k], new_new[d][k]) for k in ks} for d in DIRECTIONS},
-            requires_old_encoder=a.requires_old_encoder,
-            query_cost=_query_cost(a, ds, emb.texts) if query_cost else None,
-            info={"method": a.method, "repr": repr(a)},
+    methods = {
+        name: _method_result(
+            name, adapters[name], base, r, old_old, new_new, ks, _query_cost if query_cost else None, ds, emb
         )
-    index_label = (
-        "faiss exact inner product (IndexFlatIP)"
-        if index == "flat"
-        else "faiss exact inner product in blocks (IndexFlatIP, running top-k)"
-        if index == "block"
-        else f"faiss IVF (IndexIVFFlat, nlist={nlist or '≈√n'}, nprobe={nprobe or 16}; approximate)"
-    )
+        for name, r in results.items()
+    }
     report = Report(
         dataset=ds.name,
         split=ds.split,
@@ -278,10 +250,52 @@ def evaluate(
         ks=ks,
         old_model=old_enc.name,
         new_model=new_enc.name,
-        index=index_label,
+        index=_index_label(index, nlist, nprobe),
         old_old=old_old,
         new_new=new_new,
         methods=methods,
         timings=timings,
     )
     return report.set_ceiling(ceiling) if ceiling is not None else report
+
+
+def _dataset(dataset, split, root, source, limit, dataset_kwargs) -> RetrievalDataset:
+    """The dataset ``evaluate`` runs on: a name loaded with its options, or a ``RetrievalDataset`` (whose options
+    are refused: it is already loaded)."""
+    if not isinstance(dataset, RetrievalDataset):
+        return load_dataset(dataset, split=split, root=root, source=source, limit=limit, **dataset_kwargs)
+    given = {"split": split, "root": root, **dataset_kwargs, **({"source": source} if source != "local" else {})}
+    ignored = sorted(k for k, v in given.items() if v is not None)
+    if ignored:
+        raise XBTError(
+            f"{ignored} only apply when dataset is a name; the RetrievalDataset given is already loaded: "
+            "load the split you want with xbt.datasets.load_dataset(name, split=..., root=...), or pass the name"
+        )
+    return dataset.head(limit) if limit is not None else dataset
+
+
+def _method_result(name, adapter, base, r, old_old, new_new, ks, query_cost, ds, emb) -> MethodResult:
+    """One adapter's row: recall, backward compatibility per K, flips against old->old, gap closure, query cost."""
+    rec = {d: r[d].recall for d in DIRECTIONS}
+    flips = {d: {k: flip_rates(base[d].hits[k], r[d].hits[k]) for k in ks} for d in DIRECTIONS}
+    return MethodResult(
+        name=name,
+        recall=rec,
+        compatible={d: {k: rec[d][k] > old_old[d][k] for k in ks} for d in DIRECTIONS},
+        pfr={d: {k: flips[d][k]["pfr"] for k in ks} for d in DIRECTIONS},
+        nfr={d: {k: flips[d][k]["nfr"] for k in ks} for d in DIRECTIONS},
+        delta={d: {k: flips[d][k]["delta"] for k in ks} for d in DIRECTIONS},
+        gap_closure={d: {k: gap_closure(old_old[d][k], rec[d][k], new_new[d][k]) for k in ks} for d in DIRECTIONS},
+        requires_old_encoder=adapter.requires_old_encoder,
+        query_cost=query_cost(adapter, ds, emb.texts) if query_cost else None,
+        info={"method": adapter.method, "repr": repr(adapter)},
+    )
+
+
+def _index_label(index: str, nlist: int | None, nprobe: int | None) -> str:
+    """How the report names the search it ran."""
+    if index == "flat":
+        return "faiss exact inner product (IndexFlatIP)"
+    if index == "block":
+        return "faiss exact inner product in blocks (IndexFlatIP, running top-k)"
+    return f"faiss IVF (IndexIVFFlat, nlist={nlist or '≈√n'}, nprobe={nprobe or 16}; approximate)"
