@@ -7,6 +7,8 @@ parameters under ``h.<name>``; a head shared by both modalities is stored once, 
 ``write_folder`` refuses to replace a folder holding a different adapter or foreign files; what
 counts as "the same adapter" is ``content_id``, computed alike from an adapter in memory and from a
 folder's files, so re-saving one after an xbt upgrade (or over its format-1 folder) is allowed.
+A rewrite keeps every file it does not write (the user's notes, evaluation outputs, ...): only the
+adapter's own names (``ADAPTER_NAMES``, format 1's included) are replaced or dropped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .config import (
     CONFIG_NAME,
     FORMAT,
     HEADS_NAME,
+    LEGACY_CONFIG_NAME,
     LEGACY_HEADS_NAME,
     LORA_DIR,
     MODALITIES,
@@ -37,6 +40,10 @@ from .config import (
     read_config,
 )
 from .hub import model_card
+
+#: the top-level names an adapter folder's writer owns: written anew, or dropped when this adapter
+#: has none (``lora/`` of an adapter without LoRA, format 1's files); everything else is the user's
+ADAPTER_NAMES = (CONFIG_NAME, HEADS_NAME, LORA_DIR, CARD_NAME, LEGACY_CONFIG_NAME, LEGACY_HEADS_NAME)
 
 
 def write_folder(
@@ -48,10 +55,17 @@ def write_folder(
     overwrite: bool = False,
     repo_id: str | None = None,
 ) -> Path:
-    """Write an adapter folder at ``path`` atomically; returns the path.
+    """Write an adapter folder at ``path`` atomically, keeping the files there it does not write; returns the path.
 
     ``tensors`` are the head weights (``<head>.<parameter>``), ``lora`` the LoRA weights (for the
     id), ``save_lora(folder)`` writes ``lora/`` (a no-op without LoRA). ``repo_id`` names the card.
+
+    The whole adapter (each file written atomically) is assembled in a temporary sibling folder;
+    the user's files of an existing ``path`` are hard-linked into it, and it is swapped into place
+    (``xbt.core.files.atomic_path``). A crash leaves either the previous folder or the new one at
+    ``path``, never the config of one adapter beside the weights of another; the user's files are
+    in both. ``overwrite=True`` replaces a different adapter (or writes into a folder of foreign
+    files); the user's files are kept then too.
     """
     target = Path(path)
     adapter_id = content_id(config, tensors, lora)
@@ -61,7 +75,7 @@ def write_folder(
         except XBTError as exc:
             raise XBTError(
                 f"{target} already holds files this xbt cannot read as an adapter ({exc}); choose an empty or "
-                "new directory, or pass overwrite=True to replace its contents"
+                "new directory, or pass overwrite=True to write the adapter there anyway (files it does not write are kept)"
             ) from exc
         if existing != adapter_id:
             raise XBTError(
@@ -69,7 +83,7 @@ def write_folder(
                 "replace it or save elsewhere"
             )
     config = config.replace(adapter_id=adapter_id)
-    with atomic_path(target, folder=True) as tmp:
+    with atomic_path(target, folder=True, owned=ADAPTER_NAMES) as tmp:
         write_json(tmp / CONFIG_NAME, config.to_dict())
         save_tensors(tmp / HEADS_NAME, tensors, metadata={"format": FORMAT})
         save_lora(tmp / LORA_DIR)

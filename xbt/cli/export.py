@@ -18,12 +18,15 @@ def register(sub) -> None:
     p.add_argument("--new-pretrained", default=None)
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
     p.add_argument("--out", required=True, help="folder to write the exported encoders to")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace another adapter's export in --out (your other files stay)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     new = load_model(args.new, args.new_pretrained) if args.new else new_from_adapter_config(args.adapter, None)
-    out = load_adapter(args.adapter, new).export(args.format, args.out)
+    out = load_adapter(args.adapter, new).export(args.format, args.out, overwrite=args.overwrite)
     print(
         f"exported {args.adapter} to {out}: load it with xbt_runtime.load({str(out)!r}) (numpy, onnxruntime, tokenizers)"
     )

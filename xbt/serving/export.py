@@ -11,7 +11,12 @@ with numpy, onnxruntime and tokenizers only:
   (built from open_clip's CLIP BPE vocabulary, or copied from a Hugging Face fast tokenizer),
   padded and truncated to the context length;
 - ``xbt_export.json``: the manifest: the graphs' inputs and outputs, the tokenizer, the image
-  preprocessing (size, mean, std, interpolation, resize mode), both models, and the check below.
+  preprocessing (size, mean, std, interpolation, resize mode), both models, the check below, and
+  the sha256 digests of itself and of the files it names (the runtime refuses a changed one).
+
+Exporting again into an export folder keeps the files the export does not write (a user's server
+script, say); replacing the export of another adapter (or writing into a folder that holds no
+export) needs ``overwrite=True``.
 
 Before the folder is moved into place, the exported graphs are run through the runtime on probe
 captions and images (raw strings and PIL images, so tokenizer and preprocessing are checked too) and
@@ -20,6 +25,7 @@ compared with the torch path; a difference above ``tolerance`` refuses the expor
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -32,7 +38,7 @@ from PIL import Image
 from torch import nn
 
 from ..core.errors import XBTError
-from ..core.files import atomic_path, write_json
+from ..core.files import atomic_path, dumps_json, write_json
 from ..models.encoders import CLIPEncoder
 from ..models.lora import merged_copy
 from . import runtime
@@ -40,6 +46,8 @@ from . import runtime
 #: formats ``Adapter.export`` writes
 EXPORT_FORMATS = ("onnx",)
 TEXT_MODEL, IMAGE_MODEL, TOKENIZER, RUNTIME = "text.onnx", "image.onnx", "tokenizer.json", "xbt_runtime.py"
+#: the names an export owns in its folder; a re-export keeps every other file there
+EXPORT_NAMES = (TEXT_MODEL, IMAGE_MODEL, TOKENIZER, RUNTIME, runtime.MANIFEST)
 #: the probe captions the export is checked on (odd spacing, case, punctuation, a too-long one)
 PROBE_TEXTS = ["a red circle", "Two BLUE squares,  left of a star!", "it's a dog's café 2", "word " * 80]
 #: CLIP's own normalisation constants (transformers models without a preprocess config)
@@ -190,6 +198,7 @@ def export_onnx(
     info: dict[str, Any],
     opset: int = 17,
     tolerance: float = 1e-4,
+    overwrite: bool = False,
 ) -> Path:
     """Write the query encoders ``encoders[m]`` + ``heads[m]`` (m = text, image) as an ONNX folder.
 
@@ -200,13 +209,16 @@ def export_onnx(
         info: what the manifest records about the adapter (method, models, adapter id, ...).
         opset: the ONNX opset.
         tolerance: the largest |onnxruntime - torch| accepted on the probe inputs.
+        overwrite: replace the export of another adapter in ``folder``, or export into a folder
+            that holds other files but no export; the files the export does not write are kept
+            either way.
 
     Returns:
         the folder. Raises ``XBTError`` when the exported path does not reproduce the torch one.
     """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not (folder / runtime.MANIFEST).is_file():
-        raise XBTError(f"{folder} exists and is not an xbt export; choose an empty or new folder")
+    if not overwrite:
+        _refuse_to_replace(folder, info.get("adapter_id"))
     text_enc, image_enc = encoders["text"], encoders["image"]
     graphs = {m: QueryGraph(encoders[m], heads[m], m).eval() for m in ("text", "image")}
     tokens = text_enc.tokenize(PROBE_TEXTS[:1])
@@ -217,7 +229,7 @@ def export_onnx(
     text_inputs = ["input_ids"] + (["attention_mask"] if text_enc.backend == "transformers" else [])
     spec = preprocess_spec(image_enc)
     devices = {m: encoders[m].device for m in graphs}
-    with atomic_path(folder, folder=True) as tmp:
+    with atomic_path(folder, folder=True, owned=EXPORT_NAMES) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         cpu = {m: g.cpu() for m, g in graphs.items()}  # exported and checked on the CPU, put back after
         ids = text_enc.tokenize(PROBE_TEXTS[:2])
@@ -255,12 +267,35 @@ def export_onnx(
             },
             "runtime": f"{RUNTIME}: needs numpy, onnxruntime, tokenizers and pillow",
         }
+        manifest = json.loads(dumps_json(manifest))  # as the runtime reads it back, for its digest
+        manifest["digests"] = runtime.digests(tmp, manifest)
         write_json(tmp / runtime.MANIFEST, manifest)
         manifest["check"] = _check(tmp, text_enc, image_enc, heads, tolerance)
         write_json(tmp / runtime.MANIFEST, manifest)
     for m, g in graphs.items():
         g.to(devices[m])
     return folder
+
+
+def _refuse_to_replace(folder: Path, adapter_id: str | None) -> None:
+    """Refuse (without ``overwrite``) a folder of other files but no export, or another adapter's export."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    manifest = folder / runtime.MANIFEST
+    if not manifest.is_file():
+        raise XBTError(
+            f"{folder} exists and is not an xbt export; choose an empty or new folder, or pass overwrite=True "
+            "to export into it (its files are kept)"
+        )
+    try:
+        existing = json.loads(manifest.read_text(encoding="utf-8")).get("adapter_id")
+    except (OSError, ValueError, AttributeError):
+        existing = "unreadable"
+    if existing != adapter_id:
+        raise XBTError(
+            f"{folder} already holds the export of another adapter (id {existing}, this one is {adapter_id}); "
+            "pass overwrite=True to replace it (the files it does not write are kept), or export elsewhere"
+        )
 
 
 def export_adapter(adapter: Any, format: str, folder: str | Path, **kwargs: Any) -> Path:

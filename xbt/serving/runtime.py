@@ -13,12 +13,19 @@ onnxruntime, tokenizers (and PIL for images)::
 
 This module imports nothing from xbt (it must run where xbt is not installed); xbt's exporter uses
 the same ``preprocess`` to check, at export time, that it reproduces the model's own preprocessing.
+
+Loading refuses what would serve other vectors silently: a file name in the manifest that leads
+outside the folder (``../``, an absolute path, a link out), and, when the manifest carries
+``digests`` (exports since they were added), a changed manifest (its preprocessing, say) or a
+changed file it names (the sha256 differs). An export without digests loads with one warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +36,42 @@ MANIFEST = "xbt_export.json"
 #: the export format version this runtime reads
 EXPORT_FORMAT = 1
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling values
+#: the manifest keys its own digest leaves out: the digests, and the report of the export-time check
+UNSIGNED = ("digests", "check")
+
+
+def named_files(manifest: dict) -> dict[str, str]:
+    """The files a manifest names, by the key that names them (``text.model``, ...)."""
+    return {
+        "text.model": manifest["text"]["model"],
+        "image.model": manifest["image"]["model"],
+        "text.tokenizer": manifest["text"]["tokenizer"],
+    }
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """The hex sha256 of a manifest's content (canonical JSON, less ``UNSIGNED`` keys)."""
+    body = {k: v for k, v in manifest.items() if k not in UNSIGNED}
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+
+
+def digests(folder: str | os.PathLike, manifest: dict) -> dict:
+    """What the exporter writes as ``manifest["digests"]``: the sha256 of each named file and of the manifest."""
+    return {
+        "files": {name: sha256_file(Path(folder) / name) for name in named_files(manifest).values()},
+        "manifest": manifest_sha256(manifest),
+    }
 
 
 def preprocess(images: Sequence, spec: dict) -> np.ndarray:
@@ -91,16 +134,53 @@ class ExportedEncoders:
                 f"{manifest} is export format {self.manifest.get('format')!r}; this runtime reads format "
                 f"{EXPORT_FORMAT}: use the xbt_runtime.py shipped in the same folder"
             )
+        paths = {key: self._inside(key, name) for key, name in named_files(self.manifest).items()}
+        self._verify(paths)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = options.inter_op_num_threads = int(threads)
         providers = list(providers or ["CPUExecutionProvider"])
         self.sessions = {
-            m: ort.InferenceSession(str(self.folder / self.manifest[m]["model"]), options, providers=providers)
-            for m in ("text", "image")
+            m: ort.InferenceSession(str(paths[f"{m}.model"]), options, providers=providers) for m in ("text", "image")
         }
-        self.tokenizer = Tokenizer.from_file(str(self.folder / self.manifest["text"]["tokenizer"]))
+        self.tokenizer = Tokenizer.from_file(str(paths["text.tokenizer"]))
         self.embed_dim = int(self.manifest["embed_dim"])
+
+    def _inside(self, key: str, name: object) -> Path:
+        """``name`` resolved within the folder; a path that leads outside it (``..``, absolute, a link) is refused."""
+        root = self.folder.resolve()
+        path = (root / str(name)).resolve()
+        if not isinstance(name, str) or path == root or not path.is_relative_to(root):
+            raise ValueError(
+                f"{self.folder / MANIFEST} names {name!r} as its {key}, a path outside {self.folder}; an export "
+                "loads only files inside its own folder: re-export the adapter, or restore the manifest"
+            )
+        return path
+
+    def _verify(self, paths: dict[str, Path]) -> None:
+        """Check the manifest and the files it names against the manifest's sha256 digests."""
+        manifest, expected = self.folder / MANIFEST, self.manifest.get("digests")
+        if expected is None:
+            warnings.warn(
+                f"{manifest} has no sha256 digests (exported before xbt wrote them), so its files and "
+                "preprocessing were not checked; re-export the adapter to have them checked",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        if not isinstance(expected, dict) or expected.get("manifest") != manifest_sha256(self.manifest):
+            raise ValueError(
+                f"{manifest} was changed after export (its content no longer matches its sha256 digest); "
+                "re-export the adapter, or restore the manifest"
+            )
+        files = expected.get("files") or {}
+        for key, path in paths.items():
+            name = named_files(self.manifest)[key]
+            if not path.is_file() or files.get(name) != sha256_file(path):
+                raise ValueError(
+                    f"{path} (the {key} of {manifest}) is missing or was changed after export (its sha256 "
+                    "differs from the manifest's); re-export the adapter, or restore the file"
+                )
 
     def __repr__(self) -> str:
         return f"ExportedEncoders({str(self.folder)!r}, method={self.manifest.get('method')!r}, embed_dim={self.embed_dim})"
@@ -109,6 +189,9 @@ class ExportedEncoders:
         """int64 token arrays [n, context_length] for the inputs the text graph declares."""
         if isinstance(texts, str):
             raise TypeError("pass a list of strings, not one string")
+        if len(texts) == 0:
+            shape = (0, int(self.manifest["text"]["context_length"]))
+            return {i.name: np.zeros(shape, dtype=np.int64) for i in self.sessions["text"].get_inputs()}
         encodings = self.tokenizer.encode_batch(list(texts))
         arrays = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(encodings), -1),
@@ -131,11 +214,15 @@ class ExportedEncoders:
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), dtype=np.float32)
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Text queries in the OLD space: float32 [n, d_old] unit rows."""
+        """Text queries in the OLD space: float32 [n, d_old] unit rows ([0, d_old] for no texts)."""
+        if not isinstance(texts, str) and len(texts) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
         return self._run("text", self.tokenize(texts), batch_size)
 
     def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
         """Image queries (PIL images, or pixels [n, 3, H, W] already preprocessed) in the OLD space: float32 [n, d_old]."""
+        if len(images) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
         pixels = images if isinstance(images, np.ndarray) else self.preprocess(images)
         return self._run("image", {"pixel_values": pixels.astype(np.float32, copy=False)}, batch_size)
 
