@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ..app.engine import SearchEngine
 from ..app.page import launch, toy_adapters
 from ..core.errors import XBTError
+from ..core.names import GALLERY_FILE, MIXED_GALLERY, gallery_kind
 from ..data.retrieval import load_dataset
+from ..evaluation.report import Report
 from ..gallery.static import StaticGallery
 from .common import load_adapters, load_model, new_from_adapter_config
 
@@ -56,8 +61,49 @@ def arguments(p) -> None:
     p.add_argument("--port", type=int, default=None)
 
 
+def check_gallery_folder(path: str) -> None:
+    """Refuse a ``--gallery`` that is not a search page's gallery folder, before any model is loaded."""
+    folder = Path(path).expanduser()
+    fix = "save one with xbt app --save-gallery DIR (or StaticGallery.build(old, dataset).save(DIR)), or use --dataset"
+    if not (folder / GALLERY_FILE).is_file():
+        raise XBTError(f"--gallery {path} is not a gallery folder (no {GALLERY_FILE} there); {fix}")
+    try:
+        meta = json.loads((folder / GALLERY_FILE).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise XBTError(f"{folder / GALLERY_FILE} is unreadable (truncated or corrupt: {exc}); {fix}") from None
+    if isinstance(meta, dict) and gallery_kind(meta) == MIXED_GALLERY:
+        raise XBTError(
+            f"--gallery {path} is a gallery in migration (xbt gallery build): search it with xbt gallery search"
+        )
+
+
+def read_report(path: str | None) -> Report | None:
+    """The ``--report`` file as a ``Report`` (``None`` without one), read before any model is loaded."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise XBTError(f"--report {path} does not exist; give the report.json that xbt eval wrote, or drop --report")
+    try:
+        return Report.from_dict(json.loads(file.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise XBTError(
+            f"--report {path} is not a report written by xbt eval ({type(exc).__name__}: {exc}); give its report.json"
+        ) from None
+
+
 def run(args) -> int:
-    """``xbt app``: load the models, adapters and gallery named by ``args`` and serve the page."""
+    """``xbt app``: load the models, adapters and gallery named by ``args`` and serve the page.
+
+    The cheap checks (gallery folder, report file, counts) come first: loading the models and fitting the
+    toy adapter take about a minute that a typo should not cost.
+    """
+    for flag, value in (("--k", args.k), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise XBTError(f"{flag} must be >= 1, got {value}")
+    if args.gallery:
+        check_gallery_folder(args.gallery)
+    read_report(args.report)  # refused now, not after the models; launch reads it again
     old = load_model(args.old, args.old_pretrained)
     if args.adapter:
         new = (

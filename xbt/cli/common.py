@@ -49,6 +49,24 @@ def new_from_adapter_config(path: str, device: str | None) -> CLIPEncoder:
         ) from exc
 
 
+def check_repo_id(repo_id: str, flag: str = "--repo") -> str:
+    """Refuse a Hub repo id that is not ``namespace/name`` (by ``huggingface_hub``'s own rules), offline."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        problem = str(exc).splitlines()[0]
+    else:
+        problem = None if repo_id.count("/") == 1 else "it names no namespace"
+    if problem:
+        raise XBTError(
+            f"{flag} {repo_id!r} is not a Hub repo id ({problem}); give namespace/name, e.g. org/xbt-adapter"
+        )
+    return repo_id
+
+
 def load_adapters(specs: list[str], new, old, check_fingerprint: bool) -> dict[str, Any]:
     """``NAME=FOLDER`` or ``FOLDER`` (named by its method) -> loaded adapters, in order."""
     out: dict[str, Any] = {}

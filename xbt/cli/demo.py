@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..core.errors import XBTError
 from ..toy.demo import run_demo
+from ..toy.splits import MAX_PAIRS
 
 
 def register(sub) -> None:
@@ -25,6 +27,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """``xbt demo``; the counts are checked first, so a typo is refused at once and not minutes in."""
+    if args.texts < 2:
+        raise XBTError(f"--texts must be >= 2 (stage 1 contrasts captions), got {args.texts}; the default is 50000")
+    if not 4 <= args.pairs <= MAX_PAIRS:
+        raise XBTError(
+            f"--pairs must be between 4 (stage 2 contrasts pairs) and {MAX_PAIRS} (the toy pair set), got {args.pairs}"
+        )
     run_demo(
         out=args.out, n_texts=args.texts, n_pairs=args.pairs, seed=args.seed, verbose=not args.quiet, world=args.world
     )

@@ -17,7 +17,7 @@ from ..baselines.config import BASELINE_OPTIONS, BaselineConfig
 from ..core.errors import XBTError
 from ..method.config import Stage1Config, Stage2Config
 from ..method.fit import METHODS, fit
-from .common import add_option_flags, given_options, load_model, load_vectors
+from .common import add_option_flags, check_repo_id, given_options, load_model, load_vectors
 
 
 def register(sub) -> None:
@@ -67,6 +67,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``xbt fit``: read the captions (and pairs), fit, save (and push)."""
+    if args.push_to_hub:  # before any work: a bad repo id would only fail after the fit
+        check_repo_id(args.push_to_hub, "--push-to-hub")
     stage1, stage2, baseline = (given_options(args, args.option_dests[k]) for k in ("stage1", "stage2", "baseline"))
     flags = {"stage1": sorted(stage1), "baseline": sorted(baseline)}
     if args.method == "xbt" and baseline:

@@ -2,13 +2,19 @@
 
 - ``build``: embed the items (a caption file, an image folder, or the toy test split) with the
   OLD model into a gallery folder; with ``--pairs`` (a ``save_to_disk`` dataset of image–caption
-  pairs) the score calibration is fitted for the adapter and recorded.
+  pairs) the score calibration is fitted for the adapter and recorded. Built again into the same
+  folder: a gallery whose backfill has started (``backfill/manifest.json``) is rebuilt only from the
+  same items with the same old and new models, and keeps its backfill; any other rebuild there is
+  refused (roll the backfill back first, or build into a new folder), since the new vectors would
+  stay on the wrong items. A rebuild of the same items with the same old model keeps the recorded
+  calibration unless ``--pairs`` fits a new one.
 - ``backfill``: re-embed with the adapter's NEW model up to ``--budget`` (fraction or count), in
   ``--plan`` order (``uncertainty``/``spread`` fit their disagreement model on ``--pairs``);
   resumable, one job at a time (``xbt.backfill``).
 - ``search``: text (``--query``) or image (``--query-image``) queries through the adapter against
   the mixed gallery, merged on the calibrated score.
-- ``rollback`` / ``cutover``: back to all-old, or drop the old part once everything is backfilled.
+- ``rollback`` / ``cutover``: back to all-old, or drop the old part once everything is backfilled
+  (each says when there was nothing to do; a folder that is not a gallery is refused).
 
 ``register(sub)`` adds the group to the ``xbt`` parser.
 """
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..adapters.config import ModelRef, read_config
 from ..adapters.hub import resolve
@@ -27,8 +34,8 @@ from ..adapters.registry import load_adapter
 from ..core.errors import XBTError
 from ..data.sources import LazyImages
 from ..gallery.backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
-from ..gallery.calibration import MERGES, calibration_set, fit_calibration
-from ..gallery.mixed import STORES, MixedGallery
+from ..gallery.calibration import MERGES, ScoreCalibration, calibration_set, fit_calibration
+from ..gallery.mixed import STORES, MixedGallery, read_meta, read_old_vectors
 from ..gallery.pair_vectors import pair_vectors
 from ..gallery.planner import PLANS, DisagreementModel, plan_order
 from ..models.embedding import embed_images, embed_texts
@@ -144,12 +151,29 @@ def register(sub) -> None:
     s.set_defaults(func=_search)
 
     for name, fn, text in (
-        ("rollback", rollback, "set the backfill aside: all items searched with old vectors again"),
-        ("cutover", cutover, "after a full backfill: search the new vectors only (no rollback after)"),
+        ("rollback", _rollback, "set the backfill aside: all items searched with old vectors again"),
+        ("cutover", _cutover, "after a full backfill: search the new vectors only (no rollback after)"),
     ):
         r = gsub.add_parser(name, help=text)
         r.add_argument("--gallery", required=True)
-        r.set_defaults(func=lambda a, fn=fn, name=name: (fn(a.gallery), print(f"{name}: done for {a.gallery}"), 0)[-1])
+        r.set_defaults(func=fn)
+
+
+def _rollback(args) -> int:
+    aside = rollback(args.gallery)
+    if aside is None:
+        print(f"rollback: {args.gallery} has no backfill to roll back; nothing was done")
+    else:
+        print(f"rollback: set the backfill of {args.gallery} aside in {aside}; every item is searched as old again")
+    return 0
+
+
+def _cutover(args) -> int:
+    if cutover(args.gallery):
+        print(f"cutover: {args.gallery} now searches its new vectors only")
+    else:
+        print(f"cutover: {args.gallery} was already cut over; nothing was done")
+    return 0
 
 
 def _adapter(args, old=None):
@@ -162,20 +186,68 @@ def _adapter(args, old=None):
     return load_adapter(args.adapter, new, old=old)
 
 
+def _earlier_build(folder: str, spec: dict[str, Any]) -> tuple[dict | None, dict | None]:
+    """``(gallery.json, backfill manifest)`` of an earlier build in ``folder`` of the same items (``None``s: none).
+
+    Refused when the folder's backfill has started for other items, or cannot be compared.
+    """
+    manifest = read_manifest(folder)  # an unreadable one names rollback as the fix
+    if manifest is None:
+        try:
+            meta = read_meta(folder)
+        except XBTError:  # no gallery there yet, or a broken one without a backfill: built anew
+            return None, None
+        return (meta if meta.get("items") == spec else None), None
+    meta = read_meta(folder)
+    if meta.get("items") != spec:
+        raise _rebuild_refused(folder, manifest, "other items than those given")
+    return meta, manifest
+
+
+def _rebuild_refused(folder: str, manifest: dict, why: str) -> XBTError:
+    done = sum(e["count"] for e in manifest["batches"])
+    return XBTError(
+        f"{folder} has a backfill in progress ({done} items in the new space) for {why}; building it again "
+        f"would leave those new vectors on the wrong items: roll it back first (xbt gallery rollback --gallery "
+        f"{folder}) or build into a new folder"
+    )
+
+
 def _build(args) -> int:
     spec = items_spec(args)
+    meta, manifest = _earlier_build(args.gallery, spec)
     old = load_model(args.old, args.old_pretrained, args.device)
     adapter = _adapter(args, old)
     modality, items = load_items(spec)
+    if manifest is not None:
+        if meta.get("old_model", {}).get("fingerprint") != ModelRef.of(old).fingerprint:
+            raise _rebuild_refused(
+                args.gallery, manifest, f"items embedded by another old model ({meta.get('old_model')})"
+            )
+        if manifest["new_model"].get("fingerprint") != ModelRef.of(adapter.new).fingerprint:
+            raise _rebuild_refused(args.gallery, manifest, f"another new model ({manifest['new_model']['name']!r})")
+        if meta.get("size") != len(items):
+            raise _rebuild_refused(args.gallery, manifest, f"{meta.get('size')} items, not the {len(items)} given now")
     gallery = MixedGallery(ModelRef.of(old), adapter.new.embed_dim, modality, store=args.store, items=spec)
     gallery.check_adapter(adapter)
     embed = embed_images if modality == "image" else embed_texts
-    gallery.add_old(embed(old, items, cache=False, verbose=not args.quiet))
+    vectors = embed(old, items, cache=False, verbose=not args.quiet)
+    if manifest is not None:
+        try:
+            stored = read_old_vectors(args.gallery)
+        except XBTError:  # a damaged old.safetensors: this rebuild is its fix
+            stored = vectors
+        if stored.shape != vectors.shape or not torch.allclose(stored, vectors, atol=1e-4):
+            raise _rebuild_refused(args.gallery, manifest, "items whose old vectors differ from these (changed files)")
+    gallery.add_old(vectors)
     pairs = _pairs(args.pairs)
     if pairs is not None:
         v, ids = pair_vectors(adapter, old, pairs)
         cal_set = calibration_set(v, ids, modality)
         gallery.calibration = fit_calibration(*cal_set, verbose=not args.quiet)
+    elif meta is not None and meta.get("old_model", {}).get("fingerprint") == gallery.old_ref.fingerprint:
+        gallery.calibration = ScoreCalibration.from_dict(meta["calibration"])
+        print("no --pairs: kept the calibration recorded for these items (give --pairs to fit it anew)")
     else:
         print("no --pairs: the merge uses raw cosines until a calibration is fitted (give --pairs)")
     out = gallery.save(args.gallery)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..adapters.hub import push_folder
+from .common import check_repo_id
 
 
 def register(sub) -> None:
@@ -15,6 +16,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_repo_id(args.repo, "--repo")  # before anything reaches the network
     url = push_folder(args.adapter, args.repo, private=args.private, token=args.token)
     print(f"pushed {args.adapter} to {url}")
     return 0

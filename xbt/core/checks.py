@@ -1,12 +1,14 @@
-"""Input checks shared by every entry point: lists of texts, lists of images, finite embeddings.
+"""Input checks shared by every entry point: lists of texts, lists of images, finite embeddings, stored vectors.
 
 Each raises ``XBTError`` naming the first bad item and the fix, before any work is done.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -62,3 +64,49 @@ def check_finite(emb: torch.Tensor, what: str) -> torch.Tensor:
             "check the model weights and inputs, and run in float32 if you used half precision"
         )
     return emb
+
+
+def check_vectors(vectors, what: str, width: int | None = None) -> torch.Tensor:
+    """Stored embeddings given by a caller (e.g. the OLD gallery vectors of the pair images) as a float32
+    ``[n, d]`` tensor, or an ``XBTError`` naming the problem and the fix.
+
+    Training on such vectors needs each row to point somewhere: so a file path (not yet loaded), a
+    non-float dtype (an int or bool tensor is a cast by mistake and holds no directions), a shape
+    other than ``[n, width]``, NaN or inf, rows of zero norm and rows that all point the same way
+    (a constant fill) are refused before any work is done.
+    """
+    if isinstance(vectors, (str, bytes, os.PathLike)):
+        raise XBTError(
+            f"{what} is a path ({vectors!r:.80}), not vectors; load it first, e.g. "
+            "torch.from_numpy(numpy.load(path)) for a .npy file or safetensors.torch.load_file(path)[name]"
+        )
+    if not isinstance(vectors, torch.Tensor):
+        try:
+            vectors = torch.from_numpy(np.asarray(vectors))
+        except (TypeError, ValueError) as exc:
+            raise XBTError(
+                f"{what} must be a float tensor or array [n, d], got a {type(vectors).__name__} ({exc})"
+            ) from None
+    if not vectors.is_floating_point():
+        raise XBTError(
+            f"{what} holds {str(vectors.dtype).removeprefix('torch.')} values; pass the float embeddings your "
+            "gallery stores (float32 [n, d]), not a cast or an id array"
+        )
+    expected = f"[n, {width}]" if width else "[n, d]"
+    if vectors.ndim != 2 or (width is not None and vectors.shape[1] != width) or len(vectors) == 0:
+        raise XBTError(f"{what} must be {expected} float vectors, one per row, got shape {tuple(vectors.shape)}")
+    vectors = check_finite(vectors.detach().to("cpu", torch.float32), what)
+    zero = vectors.norm(dim=-1) <= 1e-12
+    if zero.any():
+        rows = zero.nonzero().flatten()[:5].tolist()
+        raise XBTError(
+            f"{what}: {int(zero.sum())} of {len(vectors)} vectors are all zeros (first rows {rows}); an embedding "
+            "has a direction: pass the real stored vectors, or drop the items that have none"
+        )
+    unit = vectors / vectors.norm(dim=-1, keepdim=True)
+    if len(unit) > 1 and (unit - unit[0]).abs().max() <= 1e-6:
+        raise XBTError(
+            f"{what}: all {len(vectors)} vectors point the same way (a constant fill, not embeddings); pass the "
+            "vectors your gallery stores for these items"
+        )
+    return vectors

@@ -47,7 +47,7 @@ from ..core.files import save_tensors, write_json
 from ..core.names import BACKFILL_DIR, GALLERY_FILE
 from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import as_encoder
-from .mixed import MixedGallery
+from .mixed import MixedGallery, read_meta
 from .planner import budget_count
 
 MANIFEST = "manifest.json"
@@ -115,12 +115,32 @@ def job_lock(folder: Path):
         os.close(fd)  # closing releases the flock
 
 
+class ManifestUnreadable(XBTError):
+    """A backfill manifest that is cut short or damaged (``rollback`` can still set its backfill aside)."""
+
+
 def read_manifest(gallery_dir: str | Path) -> dict[str, Any] | None:
-    """The backfill manifest of a gallery folder, or ``None`` when no backfill has started."""
+    """The backfill manifest of a gallery folder, or ``None`` when no backfill has started.
+
+    An unreadable one (``ManifestUnreadable``) names the fix: set the backfill aside (``rollback``) and
+    backfill again, or rebuild the gallery in a new folder.
+    """
     path = Path(gallery_dir) / BACKFILL_DIR / MANIFEST
     if not path.is_file():
         return None
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        manifest = exc
+    if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT:
+        missing = [k for k in ("new_model", "order", "batch_size", "batches") if k not in manifest]
+        manifest = ValueError(f"it lacks {missing}") if missing else manifest
+    if not isinstance(manifest, dict):
+        raise ManifestUnreadable(
+            f"the backfill manifest {path} is unreadable (truncated or corrupt: {str(manifest)[:120]}); set the "
+            f"backfill aside with xbt gallery rollback --gallery {gallery_dir} (xbt.gallery.backfill.rollback) and "
+            "backfill again, or build the gallery in a new folder"
+        )
     if manifest.get("format") != MANIFEST_FORMAT:
         raise XBTError(f"{path} has format {manifest.get('format')!r}; this xbt reads format {MANIFEST_FORMAT}")
     return manifest
@@ -148,10 +168,7 @@ class BackfillJob:
         plan: str = "given",
     ) -> None:
         self.gallery_dir = Path(gallery_dir)
-        meta_file = self.gallery_dir / GALLERY_FILE
-        if not meta_file.is_file():
-            raise XBTError(f"{self.gallery_dir} holds no {GALLERY_FILE}; build the gallery first (xbt gallery build)")
-        self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        self.meta = read_meta(self.gallery_dir)
         self.new = as_encoder(new)
         self.items, self.folder = items, self.gallery_dir / BACKFILL_DIR
         n = self.meta["size"]
@@ -308,10 +325,17 @@ def open_gallery(gallery_dir: str | Path, store: str | None = None, store_path: 
 def rollback(gallery_dir: str | Path) -> Path | None:
     """Set the backfill aside (renamed ``backfill.rolled-back-<time>``): the gallery is all-old again.
 
-    Refused after cutover and while a job holds the lock. Returns where the backfill went (``None``: there was none).
+    Refused for a folder that is not a gallery, after cutover and while a job holds the lock. An unreadable
+    manifest is set aside too (the old vectors are intact). Returns where the backfill went (``None``: there
+    was none, nothing was done).
     """
+    if not (Path(gallery_dir) / GALLERY_FILE).is_file():  # a typo, not a gallery folder (a damaged file is fine)
+        read_meta(gallery_dir)
     folder = Path(gallery_dir) / BACKFILL_DIR
-    manifest = read_manifest(gallery_dir)
+    try:
+        manifest = read_manifest(gallery_dir)
+    except ManifestUnreadable:
+        manifest = {}
     if manifest is None:
         return None
     if manifest.get("cutover"):
@@ -325,14 +349,20 @@ def rollback(gallery_dir: str | Path) -> Path | None:
     return aside
 
 
-def cutover(gallery_dir: str | Path) -> None:
-    """Mark a finished backfill as cut over: searches use the new vectors only and rollback is refused."""
+def cutover(gallery_dir: str | Path) -> bool:
+    """Mark a finished backfill as cut over: searches use the new vectors only and rollback is refused.
+
+    Returns ``False`` when it already was (nothing done); refused for a folder that is not a gallery.
+    """
+    size = read_meta(gallery_dir)["size"]
     manifest = read_manifest(gallery_dir)
     folder = Path(gallery_dir) / BACKFILL_DIR
-    size = json.loads((Path(gallery_dir) / GALLERY_FILE).read_text(encoding="utf-8"))["size"]
     done = 0 if manifest is None else sum(e["count"] for e in manifest["batches"])
     if done < size:
         raise XBTError(f"{done} of {size} items are backfilled; finish the backfill (budget 1.0) before cutover")
+    if manifest.get("cutover"):
+        return False
     with job_lock(folder):
         manifest["cutover"] = True
         write_json(folder / MANIFEST, manifest)
+    return True

@@ -42,6 +42,34 @@ STORES = ("faiss", "qdrant")
 ITEM_MODALITIES = ("image", "text")
 
 
+#: what ``gallery.json`` must hold for ``MixedGallery.load``
+META_KEYS = ("modality", "size", "store", "old_model", "new_width", "calibration", "n_anchors", "items")
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``gallery.json`` of a gallery folder, or an ``XBTError`` that says which file is missing or unreadable.
+
+    A folder with a backfill in progress must not simply be built again (its new vectors belong to its
+    items), so an unreadable file's fix is: roll the backfill back, then rebuild, or build a new folder.
+    """
+    folder = Path(folder)
+    meta_file = folder / GALLERY_FILE
+    if not folder.is_dir():
+        raise XBTError(f"there is no gallery folder {folder}; give the folder xbt gallery build wrote (--gallery DIR)")
+    if not meta_file.is_file():
+        raise XBTError(f"{folder} holds no {GALLERY_FILE}; build the gallery first (xbt gallery build)")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        meta = exc
+    if not isinstance(meta, dict):
+        raise XBTError(
+            f"{meta_file} is unreadable (truncated or corrupt: {meta}); roll its backfill back "
+            f"(xbt gallery rollback --gallery {folder}) and build the gallery again, or build it in a new folder"
+        )
+    return meta
+
+
 def make_store(kind: str, d_old: int, d_new: int, path: str | None = None) -> VectorStore:
     """A store by name: ``"faiss"`` (embedded default) or ``"qdrant"`` (in-process Qdrant; ``path`` persists it)."""
     if kind == "faiss":
@@ -290,10 +318,7 @@ class MixedGallery:
     def load(cls, folder: str | Path, store: str | None = None, store_path: str | None = None) -> MixedGallery:
         """The all-old gallery saved in ``folder`` (``xbt.backfill.open_gallery`` adds the backfilled part)."""
         folder = Path(folder)
-        meta_file = folder / GALLERY_FILE
-        if not meta_file.is_file():
-            raise XBTError(f"{folder} holds no {GALLERY_FILE}; build the gallery first (xbt gallery build)")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta_file, meta = folder / GALLERY_FILE, read_meta(folder)
         if gallery_kind(meta) == STATIC_GALLERY:
             raise XBTError(
                 f"{folder} is a search page's gallery (StaticGallery.save, xbt app --save-gallery), not a gallery "
@@ -301,6 +326,11 @@ class MixedGallery:
             )
         if meta.get("format") != GALLERY_FORMAT:
             raise XBTError(f"{meta_file} has format {meta.get('format')!r}; this xbt reads format {GALLERY_FORMAT}")
+        missing = [key for key in META_KEYS if key not in meta]
+        if missing:
+            raise XBTError(
+                f"{meta_file} lacks {missing}; it was not written by MixedGallery.save: rebuild the gallery"
+            )
         gallery = cls(
             ModelRef.from_dict(meta["old_model"]),
             meta["new_width"],
@@ -311,7 +341,7 @@ class MixedGallery:
             items=meta["items"],
             store_path=store_path,
         )
-        vectors = load_file(str(folder / OLD_VECTORS_FILE))["vectors"]
+        vectors = read_old_vectors(folder)
         if vectors.shape[0] != meta["size"]:
             raise XBTError(
                 f"{folder / OLD_VECTORS_FILE} holds {vectors.shape[0]} vectors, {GALLERY_FILE} says {meta['size']}; "
@@ -319,3 +349,22 @@ class MixedGallery:
             )
         gallery.add_old(vectors)
         return gallery
+
+
+def read_old_vectors(folder: str | Path) -> torch.Tensor:
+    """The old vectors [n, d_old] of a gallery folder's ``old.safetensors``, or an ``XBTError`` with the fix.
+
+    The file is only ever written whole (``save``), so an unreadable one was cut short or damaged
+    outside xbt: building the gallery again from the same items and models rewrites it and keeps the backfill.
+    """
+    file = Path(folder) / OLD_VECTORS_FILE
+    fix = (
+        f"build the gallery again into {Path(folder)} with the same items and models (xbt gallery build; its "
+        "backfill is kept)"
+    )
+    if not file.is_file():
+        raise XBTError(f"{file} is missing; {fix}")
+    try:
+        return load_file(str(file))["vectors"]
+    except Exception as exc:  # safetensors raises its own error types for a cut-short header or body
+        raise XBTError(f"{file} is unreadable (truncated or corrupt: {type(exc).__name__}: {exc}); {fix}") from None

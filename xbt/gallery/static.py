@@ -143,7 +143,7 @@ class StaticGallery:
         if gallery_kind(meta) == MIXED_GALLERY:
             raise XBTError(
                 f"{folder} is a gallery in migration (xbt gallery build), not a search page's gallery; "
-                "search it with xbt gallery search, or save one with StaticStaticGallery.build(old, dataset).save(folder)"
+                "search it with xbt gallery search, or save one with StaticGallery.build(old, dataset).save(folder)"
             )
         if old is not None and old.fingerprint != meta["old_fingerprint"]:
             raise XBTError(

@@ -21,7 +21,7 @@ from ..adapters.adapter import Adapter
 from ..baselines.config import BASELINE_OPTIONS
 from ..baselines.fit import fit_baseline
 from ..baselines.maps import orthogonal_procrustes
-from ..core.checks import check_finite, check_texts
+from ..core.checks import check_texts, check_vectors
 from ..core.distributed import broadcast_module
 from ..core.errors import XBTError
 from ..core.seeding import seeded
@@ -146,6 +146,10 @@ def fit(
     stage2_cfg = Stage2Config.from_kwargs(**{"seed": seed, **(stage2 or {})})
     if pairs is None and given:
         raise XBTError(f"{given} only apply to stage 2, which trains on image-caption pairs: pass pairs=...")
+    old_image_embeddings, old_caption_embeddings = (  # refused before stage 1 runs, not after
+        None if v is None else check_vectors(v, f"old_{kind}_embeddings", old_enc.embed_dim)
+        for kind, v in (("image", old_image_embeddings), ("caption", old_caption_embeddings))
+    )
     if stage1 is not None:
         _check_stage1(stage1, old_enc, new_enc, use_stage1, config)
 
@@ -241,7 +245,7 @@ def _old_pair_vectors(
     for kind, given in (("images", old_image_embeddings), ("captions", old_caption_embeddings)):
         name = f"old_{kind[:-1]}_embeddings"
         if given is not None:
-            given = check_finite(torch.as_tensor(given).float(), name)
+            given = check_vectors(given, name, old_enc.embed_dim)
             if tuple(given.shape) != (len(images), old_enc.embed_dim):
                 raise XBTError(
                     f"{name} must be [{len(images)}, {old_enc.embed_dim}] (one OLD-model vector per pair "
