@@ -22,6 +22,8 @@ def check_texts(texts: Iterable[str], what: str = "texts", allow_empty: bool = F
     """
     if isinstance(texts, str):
         raise XBTError(f"{what} must be a list of strings, got a single string; wrap it: [{texts[:40]!r}]")
+    if texts is None or not isinstance(texts, Iterable):
+        raise XBTError(f"{what} must be a list of strings, got {type(texts).__name__}; pass e.g. ['a photo of a dog']")
     items = list(texts)
     if not items and not allow_empty:
         raise XBTError(f"{what} is empty: pass at least one caption (stage 1 needs a few hundred or more)")
@@ -36,7 +38,8 @@ def check_images(
 ) -> list[Image.Image] | torch.Tensor:
     """``images`` as a list of PIL images (or the preprocessed [n, 3, H, W] tensor batch as is).
 
-    Raises an ``XBTError`` naming the first item that is not a PIL image.
+    Raises an ``XBTError`` naming the first item that is not a PIL image, whose file does not decode
+    (truncated or corrupt) or that has no pixels (a zero width or height).
     """
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
@@ -44,6 +47,10 @@ def check_images(
         return images
     if isinstance(images, (str, bytes, Image.Image)):
         raise XBTError(f"{what} must be a list of PIL images, got a single {type(images).__name__}; wrap it in a list")
+    if images is None or not isinstance(images, Iterable):
+        raise XBTError(
+            f"{what} must be a list of PIL images, got {type(images).__name__}; pass e.g. [PIL.Image.open(path)]"
+        )
     items = list(images)
     for i, im in enumerate(items):
         if not isinstance(im, Image.Image):
@@ -51,7 +58,24 @@ def check_images(
                 f"{what}[{i}] is a {type(im).__name__} ({im!r:.60}), not a PIL.Image; open it with PIL.Image.open "
                 "(or pass a preprocessed [n, 3, H, W] tensor batch)"
             )
+        check_image(im, f"{what}[{i}]")
     return items
+
+
+def check_image(image: Image.Image, what: str) -> Image.Image:
+    """Decode a (lazily opened) PIL ``image`` now and refuse one without pixels, naming ``what`` and the fix.
+
+    A truncated or corrupt file would otherwise fail later inside PIL, with no hint of which item it was.
+    """
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for truncated or corrupt files
+        raise XBTError(
+            f"{what} does not decode ({exc}); the image file is truncated or corrupt: re-download or drop it"
+        ) from None
+    if image.width < 1 or image.height < 1:
+        raise XBTError(f"{what} has size {image.width}x{image.height}, no pixels; drop it or pass the real image")
+    return image
 
 
 def check_finite(emb: torch.Tensor, what: str) -> torch.Tensor:

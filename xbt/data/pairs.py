@@ -7,6 +7,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..core.checks import check_image
 from ..core.errors import XBTError
 from ..core.names import CAPTION_COLUMNS, IMAGE_COLUMNS
 from .texts import pick_column
@@ -19,7 +20,8 @@ def as_pairs(
 
     ``pairs`` is a ``datasets.Dataset`` with an image and a caption column (names detected, or given
     with ``image_column`` / ``caption_column``), or any iterable of ``(PIL image, caption)``. A caption
-    cell holding a list (several captions per image) contributes its first caption.
+    cell holding a list (several captions per image) contributes its first caption. Each image is
+    decoded here, so a truncated or empty one is refused naming its pair index.
     """
     if pairs is None:
         raise XBTError(
@@ -42,6 +44,7 @@ def as_pairs(
             caption = caption[0] if caption else None
         if not isinstance(image, Image.Image):
             raise XBTError(f"pairs[{i}] image is a {type(image).__name__}, expected a PIL.Image")
+        check_image(image, f"pairs[{i}] image")
         if not isinstance(caption, str) or not caption.strip():
             raise XBTError(f"pairs[{i}] caption is {caption!r}, expected a non-empty string")
         images.append(image)

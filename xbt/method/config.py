@@ -18,6 +18,7 @@ class TrainingOptions(Options):
     """What both training stages share: epochs, batches, learning rate, temperature, early stopping."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the type of each field, before its range
         need(
             self.epochs >= 1 and self.batch_size >= 2,
             f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}",

@@ -143,6 +143,11 @@ def fit(
         opts = {"seed": seed, "device": device, "cache": cache, "verbose": verbose}
         return fit_baseline(method, old_enc, new_enc, items, pairs=pairs, **opts, **config)
     stage1_cfg = Stage1Config.from_kwargs(**{"seed": seed, **config})
+    if stage2 is not None and not isinstance(stage2, dict):
+        raise XBTError(
+            f"stage2 must be a dict of stage-2 options, got {type(stage2).__name__} ({stage2!r:.40}); "
+            "pass e.g. stage2={'epochs': 3}"
+        )
     stage2_cfg = Stage2Config.from_kwargs(**{"seed": seed, **(stage2 or {})})
     if pairs is None and given:
         raise XBTError(f"{given} only apply to stage 2, which trains on image-caption pairs: pass pairs=...")

@@ -6,12 +6,37 @@ closed-form matrix into its ``hidden=0`` form (``Projection.from_linear``).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import XBTError
 from ..core.seeding import seeded
+
+#: the most parameters a head may hold (2**31, 8 GiB in float32): far above any real head, far below a typo
+MAX_PARAMETERS = 2**31
+
+
+def check_head_shape(d_new: int, d_old: int, hidden: int) -> None:
+    """Refuse head widths that are not ints, not positive (``hidden`` may be 0) or would allocate absurdly.
+
+    Runs before any tensor is allocated, so a corrupt saved config fails at once with the numbers.
+    """
+    for name, value, low in (("d_new", d_new, 1), ("d_old", d_old, 1), ("hidden", hidden, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise XBTError(
+                f"projection {name}={value!r} must be an int >= {low}; check the head shapes you passed "
+                "(or the adapter folder's xbt_config.json)"
+            )
+    d_new, d_old, hidden = int(d_new), int(d_old), int(hidden)
+    count = d_new * d_old + (hidden * (d_new + 1) + hidden * d_old + d_old if hidden else 0)
+    if count > MAX_PARAMETERS:
+        raise XBTError(
+            f"projection d_new={d_new}, d_old={d_old}, hidden={hidden} would hold {count:,} parameters, above "
+            f"the {MAX_PARAMETERS:,} limit; the shapes are wrong: check them (or the adapter folder's xbt_config.json)"
+        )
 
 
 class Projection(nn.Module):
@@ -23,7 +48,9 @@ class Projection(nn.Module):
     """
 
     def __init__(self, d_new: int, d_old: int, hidden: int = 1024) -> None:
+        check_head_shape(d_new, d_old, hidden)
         super().__init__()
+        d_new, d_old, hidden = int(d_new), int(d_old), int(hidden)
         self.d_new, self.d_old, self.hidden = d_new, d_old, hidden
         self.linear = nn.Linear(d_new, d_old, bias=False)
         if hidden > 0:
