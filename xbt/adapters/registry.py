@@ -7,6 +7,7 @@ from typing import Any
 
 from ..core.errors import XBTError
 from .config import read_config
+from .folder import check_adapter_id, verify_folder
 from .hub import resolve
 
 #: saved ``kind`` -> adapter class, filled by ``register_adapter`` where each class is defined
@@ -35,7 +36,12 @@ def load_adapter(
         old: the OLD model; required for a fusion adapter, checked when given.
         revision: the Hub revision (branch, tag or commit).
         check_fingerprint: refuse models whose weights differ from the recorded ones (default);
-            ``False`` accepts them when you know they are equivalent (e.g. another precision).
+            ``False`` accepts them when you know they are equivalent (e.g. another precision), and
+            a reference that records no fingerprint.
+
+    Before loading, the folder is checked to hold the adapter that was saved (``verify_folder``):
+    each file's recorded sha256, the ``adapter_id`` against the content, the method name; a folder
+    from an xbt that recorded no digests loads with one warning.
 
     Returns:
         the adapter, of the class its saved ``kind`` names (``ADAPTER_CLASSES``).
@@ -46,4 +52,10 @@ def load_adapter(
         raise XBTError(
             f"{path_or_repo}: unknown adapter kind {config.kind!r}; this xbt serves {sorted(ADAPTER_CLASSES)}"
         )
-    return ADAPTER_CLASSES[config.kind].from_config(config, folder, new, old=old, check_fingerprint=check_fingerprint)
+    digested = verify_folder(folder, config, check_fingerprint)
+    adapter = ADAPTER_CLASSES[config.kind].from_config(
+        config, folder, new, old=old, check_fingerprint=check_fingerprint
+    )
+    if digested:
+        check_adapter_id(folder, config)
+    return adapter
