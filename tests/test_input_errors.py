@@ -208,3 +208,9 @@ def test_a_static_gallery_folder_keeps_a_users_file(old_new, tmp_path):
 def test_fit_refuses_stage2_options_that_are_not_a_dict(old_new, captions_400):
     with pytest.raises(XBTError, match=r"stage2 must be a dict of stage-2 options, got int"):
         xbt.fit(*old_new, captions_400[:20], pairs=pair_list(4), stage2=5, verbose=False)
+
+
+def test_baseline_options_of_the_wrong_type_are_refused():
+    with pytest.raises(XBTError, match=r"ridge=.*must be float"):
+        xbt.BaselineConfig.for_method("linear", ridge="0.1")
+    assert xbt.BaselineConfig.for_method("linear", ridge=1).ridge == 1

@@ -55,6 +55,7 @@ class BaselineConfig(Options):
     grid: tuple[float, ...] = option(ALPHA_GRID, "the fusion weights tried when choosing on the pairs")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the type of each field, before its range
         need(self.support in SUPPORTS, f"unknown support {self.support!r}; choose one of {list(SUPPORTS)}")
         need(self.ridge >= 0, f"ridge must be >= 0, got {self.ridge}; use a small positive value such as 0.1")
         need(
