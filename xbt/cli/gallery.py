@@ -239,7 +239,7 @@ def _build(args) -> int:
             stored = vectors
         if stored.shape != vectors.shape or not torch.allclose(stored, vectors, atol=1e-4):
             raise _rebuild_refused(args.gallery, manifest, "items whose old vectors differ from these (changed files)")
-    gallery.add_old(vectors)
+    gallery.add_old(vectors, items=items)
     pairs = _pairs(args.pairs)
     if pairs is not None:
         v, ids = pair_vectors(adapter, old, pairs)

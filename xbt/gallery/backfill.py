@@ -7,7 +7,8 @@ A gallery folder (``MixedGallery.save``: ``gallery.json``, ``old.safetensors``) 
   ids, and the committed batches (file, item range, SHA-256 of the file). Only committed batches
   count: the manifest is the record of which items are in the new space.
 - ``batch-00000.safetensors``...: ``ids`` (int64 [m]) and ``vectors`` (float32 [m, d_new]),
-  with the SHA-256 of those tensors' bytes and the range in the file's own metadata.
+  with the SHA-256 of those tensors' bytes, the range and the content hashes of its items
+  (``folder.item_keys``) in the file's own metadata.
 - ``lock``: held (``fcntl.flock``) by the running job; a second job is refused. The kernel drops
   the lock when the process dies, so a killed job never leaves a stale lock.
 
@@ -17,8 +18,11 @@ full disk) leaves a complete batch file the manifest does not list: the next run
 against its own checksum and the plan and adopts it instead of embedding it again; anything else
 is re-embedded. So a killed job loses nothing, embeds nothing twice, and resumes where it stopped.
 A batch file that fails its checksum is refused with the fix (``repair=True`` re-embeds it).
+Each item is checked against the content hash the gallery recorded for it before it is embedded:
+an item that changed since the build stops the job, and nothing is committed for its batch.
 
-``open_gallery`` loads a folder: the old vectors plus every committed batch (verified).
+``open_gallery`` loads a folder: the old vectors plus every committed batch (verified, and refused
+when the batch was embedded from other items than the gallery's).
 ``rollback`` sets the backfill aside, so the gallery is all-old again, until ``cutover`` has
 dropped the old vectors.
 """
@@ -26,7 +30,6 @@ dropped the old vectors.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -38,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..adapters.config import ModelRef
@@ -47,52 +49,24 @@ from ..core.files import save_tensors, write_json
 from ..core.names import BACKFILL_DIR, GALLERY_FILE
 from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import as_encoder
+from .folder import (
+    BATCH_KEYS,
+    batch_name,
+    check_batch_items,
+    file_digest,
+    first_difference,
+    item_keys,
+    keys_from_hex,
+    keys_to_hex,
+    read_batch,
+    read_item_keys,
+    tensor_digest,
+)
 from .mixed import MixedGallery, read_meta
 from .planner import budget_count
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-
-
-def _tensor_digest(ids: np.ndarray, vectors: np.ndarray) -> str:
-    return hashlib.sha256(
-        np.ascontiguousarray(ids, np.int64).tobytes() + np.ascontiguousarray(vectors, np.float32).tobytes()
-    ).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def batch_name(index: int) -> str:
-    """File name of batch ``index``."""
-    return f"batch-{index:05d}.safetensors"
-
-
-def read_batch(path: Path, expected_sha: str | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """``(ids int64 [m], vectors float32 [m, d_new], metadata)`` of a batch file, verified.
-
-    Refused (``XBTError``) when the file is unreadable, its tensors do not match the checksum in
-    its own metadata, or its bytes do not match ``expected_sha`` (the manifest's).
-    """
-    fix = "re-embed it: run the backfill again with repair=True (xbt gallery backfill --repair)"
-    try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            ids, vectors = f.get_tensor("ids"), f.get_tensor("vectors")
-    except Exception as exc:
-        raise XBTError(f"backfill batch {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); {fix}") from exc
-    if meta.get("sha256") != _tensor_digest(ids, vectors):
-        raise XBTError(
-            f"backfill batch {path} is corrupt: its vectors do not match the checksum it was written with; {fix}"
-        )
-    if expected_sha is not None and _file_digest(path) != expected_sha:
-        raise XBTError(f"backfill batch {path} is corrupt: its SHA-256 differs from the manifest's; {fix}")
-    return ids.astype(np.int64), vectors.astype(np.float32), meta
 
 
 @contextmanager
@@ -187,6 +161,12 @@ class BackfillJob:
         if self.order is not None and (sorted(self.order.tolist()) != list(range(n))):
             raise XBTError(f"order must be a permutation of the gallery's {n} item ids (planner.plan_order gives one)")
         self.batch_size, self.plan = int(batch_size), plan
+        #: uint8 [n, 12]: the content hashes recorded at build time (``None``: a gallery saved before them)
+        self.recorded = read_item_keys(self.gallery_dir)
+        if self.recorded is not None and len(self.recorded) != n:
+            raise XBTError(
+                f"{self.gallery_dir} records {len(self.recorded)} item hashes for {n} items; rebuild the gallery"
+            )
 
     def _start(self) -> dict[str, Any]:
         manifest = read_manifest(self.gallery_dir)
@@ -217,17 +197,38 @@ class BackfillJob:
             )
         return manifest
 
-    def _embed(self, ids: np.ndarray) -> np.ndarray:
+    def _checked_keys(self, ids: np.ndarray) -> np.ndarray:
+        """The content hashes [m, 12] of items ``ids`` as given, refused where they differ from the recorded ones."""
+        keys = item_keys([self.items[int(i)] for i in ids], self.meta["modality"])
+        if self.recorded is not None:
+            j = first_difference(self.recorded[ids], keys)
+            if j is not None:
+                what = "image (its pixels, size or mode)" if self.meta["modality"] == "image" else "caption text"
+                raise XBTError(
+                    f"item {int(ids[j])} has changed since the gallery {self.gallery_dir} was built: its {what} "
+                    f"hashes to {keys[j].tobytes().hex()}, the gallery recorded {self.recorded[ids[j]].tobytes().hex()}"
+                    f"; nothing was committed for this batch. Give the items the gallery was built from, or build "
+                    f"the gallery from the new items into a new folder (or roll its backfill back first: xbt gallery "
+                    f"rollback --gallery {self.gallery_dir})"
+                )
+        return keys
+
+    def _embed(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(new vectors [m, d_new], content hashes [m, 12])`` of items ``ids``, each checked before embedding."""
+        keys = self._checked_keys(ids)
         batch = [self.items[int(i)] for i in ids]
         fn = embed_images if self.meta["modality"] == "image" else embed_texts
-        return fn(self.new, batch, batch_size=len(batch), cache=False, verbose=False).numpy().astype(np.float32)
+        vectors = fn(self.new, batch, batch_size=len(batch), cache=False, verbose=False).numpy().astype(np.float32)
+        return vectors, keys
 
-    def _write_batch(self, index: int, start: int, ids: np.ndarray, vectors: np.ndarray) -> Path:
+    def _write_batch(self, index: int, start: int, ids: np.ndarray, embedded: tuple[np.ndarray, np.ndarray]) -> Path:
         path = self.folder / batch_name(index)
+        vectors, keys = embedded
         meta = {
-            "sha256": _tensor_digest(ids, vectors),
+            "sha256": tensor_digest(ids, vectors),
             "start": str(start),
             "new_fingerprint": str(self.new.fingerprint),
+            BATCH_KEYS: keys_to_hex(keys),
         }
         return save_tensors(path, {"ids": torch.from_numpy(ids), "vectors": torch.from_numpy(vectors)}, meta)
 
@@ -252,7 +253,7 @@ class BackfillJob:
                         raise
                     ids = np.asarray(manifest["order"][entry["start"] : entry["start"] + entry["count"]], np.int64)
                     self._write_batch(entry["index"], entry["start"], ids, self._embed(ids))
-                    entry["sha256"] = _file_digest(path)
+                    entry["sha256"] = file_digest(path)
                     write_json(self.folder / MANIFEST, manifest)
                     stats["repaired"] += len(ids)
             done = sum(e["count"] for e in manifest["batches"])
@@ -275,7 +276,7 @@ class BackfillJob:
                         "file": path.name,
                         "start": done,
                         "count": count,
-                        "sha256": _file_digest(path),
+                        "sha256": file_digest(path),
                         "time": round(time.time(), 3),
                     }
                 )
@@ -300,6 +301,9 @@ class BackfillJob:
             and 0 < len(ids) <= len(planned)
             and np.array_equal(ids, planned[: len(ids)])
         )
+        keys = self._checked_keys(ids) if ok else None
+        if ok and BATCH_KEYS in meta and first_difference(keys_from_hex(meta[BATCH_KEYS]), keys) is not None:
+            ok = False  # embedded from other items (a gallery without recorded hashes): embedded again
         if not ok:
             path.unlink()
             return 0
@@ -315,7 +319,8 @@ def open_gallery(gallery_dir: str | Path, store: str | None = None, store_path: 
     gallery.new_ref = ModelRef.from_dict(manifest["new_model"])
     folder = Path(gallery_dir) / BACKFILL_DIR
     for entry in manifest["batches"]:
-        ids, vectors, _ = read_batch(folder / entry["file"], entry["sha256"])
+        ids, vectors, meta = read_batch(folder / entry["file"], entry["sha256"])
+        check_batch_items(gallery.item_keys, gallery.size, folder / entry["file"], ids, meta)
         gallery.set_new(ids, vectors)
     if manifest.get("cutover"):
         gallery.cutover()

@@ -12,14 +12,14 @@ real vector database) and answers a query with both halves of an adapter:
   anchor items scored in both spaces).
 
 An adapter made for another old model is refused by fingerprint. The gallery's own files
-(``gallery.json`` and ``old.safetensors``) are written by ``save``; the backfilled vectors live in
+(``gallery.json`` and ``old.safetensors``, with each item's content hash: ``folder``) are written by ``save``; the backfilled vectors live in
 the backfill job's batch files (``xbt.backfill``), so a gallery folder always says which items
 are in which space.
 """
 
 from __future__ import annotations
 
-import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,15 +27,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from ..adapters.config import ModelRef
 from ..core.errors import XBTError
 from ..core.files import save_tensors, write_json
 from ..core.names import GALLERY_FILE, MIXED_GALLERY, OLD_VECTORS_FILE, STATIC_GALLERY, gallery_kind
 from .calibration import MERGES, ScoreCalibration, merge_scores
+from .folder import check_save_over_backfill, item_keys, read_meta, read_old_tensors, read_old_vectors
 from .qdrant import QdrantStore
 from .store import FaissStore, VectorStore, as_vectors
+
+__all__ = [
+    "GALLERY_FORMAT",
+    "ITEM_MODALITIES",
+    "STORES",
+    "MixedGallery",
+    "make_store",
+    "read_meta",
+    "read_old_vectors",
+]
 
 GALLERY_FORMAT = 1
 STORES = ("faiss", "qdrant")
@@ -44,30 +54,6 @@ ITEM_MODALITIES = ("image", "text")
 
 #: what ``gallery.json`` must hold for ``MixedGallery.load``
 META_KEYS = ("modality", "size", "store", "old_model", "new_width", "calibration", "n_anchors", "items")
-
-
-def read_meta(folder: str | Path) -> dict[str, Any]:
-    """The ``gallery.json`` of a gallery folder, or an ``XBTError`` that says which file is missing or unreadable.
-
-    A folder with a backfill in progress must not simply be built again (its new vectors belong to its
-    items), so an unreadable file's fix is: roll the backfill back, then rebuild, or build a new folder.
-    """
-    folder = Path(folder)
-    meta_file = folder / GALLERY_FILE
-    if not folder.is_dir():
-        raise XBTError(f"there is no gallery folder {folder}; give the folder xbt gallery build wrote (--gallery DIR)")
-    if not meta_file.is_file():
-        raise XBTError(f"{folder} holds no {GALLERY_FILE}; build the gallery first (xbt gallery build)")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
-        meta = exc
-    if not isinstance(meta, dict):
-        raise XBTError(
-            f"{meta_file} is unreadable (truncated or corrupt: {meta}); roll its backfill back "
-            f"(xbt gallery rollback --gallery {folder}) and build the gallery again, or build it in a new folder"
-        )
-    return meta
 
 
 def make_store(kind: str, d_old: int, d_new: int, path: str | None = None) -> VectorStore:
@@ -118,6 +104,8 @@ class MixedGallery:
         self.calibration = calibration or ScoreCalibration()
         self.n_anchors, self.items, self.seed = int(n_anchors), dict(items or {}), seed
         self._anchor_cache: tuple | None = None
+        #: uint8 [n, 12]: each item's content hash (``folder.item_keys``), ``None`` when not known
+        self.item_keys: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return (
@@ -143,10 +131,25 @@ class MixedGallery:
     def query_modality(self) -> str:
         return "text" if self.modality == "image" else "image"
 
-    def add_old(self, vectors) -> np.ndarray:
-        """Append items by their old vectors [m, d_old]; returns their ids."""
+    def add_old(self, vectors, items: Sequence[Any] | None = None) -> np.ndarray:
+        """Append items by their old vectors [m, d_old]; returns their ids.
+
+        ``items`` (the texts or PIL images the vectors embed) records each one's content hash, so the
+        backfill and ``open_gallery`` refuse new vectors made from other items; give them on every call or none.
+        """
+        keys = None if items is None else item_keys(items, self.modality)
+        if keys is not None and len(keys) != len(vectors):
+            raise XBTError(f"{len(vectors)} old vectors but {len(keys)} items; give the items the vectors embed")
+        if self.size and (keys is None) != (self.item_keys is None):
+            raise XBTError(
+                "some of this gallery's items were added with their items and some without; give items= to every "
+                "add_old call (or to none)"
+            )
         self._anchor_cache = None
-        return self.store.add_old(vectors)
+        ids = self.store.add_old(vectors)
+        if keys is not None:
+            self.item_keys = keys if self.item_keys is None else np.concatenate([self.item_keys, keys])
+        return ids
 
     def set_new(self, ids, vectors) -> None:
         """Record the new vectors [m, d_new] of backfilled items ``ids``."""
@@ -302,15 +305,18 @@ class MixedGallery:
     def save(self, folder: str | Path) -> Path:
         """Write ``gallery.json`` and ``old.safetensors`` (each atomically) into ``folder``; returns it.
 
-        Only the old part is written: the new vectors belong to the backfill job's batch files.
+        Only the old part (and the items' content hashes) is written: the new vectors belong to the backfill
+        job's batch files. Refused over a folder whose backfill has started for other items.
         """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         if not self.store.has_old:
             raise XBTError("this gallery was cut over; its old vectors are gone and it has nothing to save here")
-        save_tensors(
-            folder / OLD_VECTORS_FILE, {"vectors": torch.from_numpy(self.store.vectors("old", np.arange(self.size)))}
-        )
+        tensors = {"vectors": torch.from_numpy(self.store.vectors("old", np.arange(self.size)))}
+        check_save_over_backfill(folder, self.item_keys, tensors["vectors"])
+        if self.item_keys is not None:
+            tensors["item_keys"] = torch.from_numpy(self.item_keys)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tensors(folder / OLD_VECTORS_FILE, tensors)
         write_json(folder / GALLERY_FILE, self.describe())
         return folder
 
@@ -341,30 +347,22 @@ class MixedGallery:
             items=meta["items"],
             store_path=store_path,
         )
-        vectors = read_old_vectors(folder)
-        if vectors.shape[0] != meta["size"]:
-            raise XBTError(
-                f"{folder / OLD_VECTORS_FILE} holds {vectors.shape[0]} vectors, {GALLERY_FILE} says {meta['size']}; "
-                "rebuild the gallery"
-            )
+        tensors = read_old_tensors(folder)
+        vectors, keys = tensors["vectors"], tensors.get("item_keys")
+        for what, n in (("vectors", vectors.shape[0]), ("item keys", None if keys is None else keys.shape[0])):
+            if n is not None and n != meta["size"]:
+                raise XBTError(
+                    f"{folder / OLD_VECTORS_FILE} holds {n} {what}, {GALLERY_FILE} says {meta['size']}; rebuild the "
+                    "gallery"
+                )
         gallery.add_old(vectors)
+        if keys is None:
+            warnings.warn(
+                f"{folder} records no content hashes of its items (saved by an xbt before they were recorded, or "
+                "built without its items), so its items could not be checked against its backfill; save it again "
+                "with its items (add_old(vectors, items=...)) to record them",
+                stacklevel=2,
+            )
+        else:
+            gallery.item_keys = keys.numpy().astype(np.uint8)
         return gallery
-
-
-def read_old_vectors(folder: str | Path) -> torch.Tensor:
-    """The old vectors [n, d_old] of a gallery folder's ``old.safetensors``, or an ``XBTError`` with the fix.
-
-    The file is only ever written whole (``save``), so an unreadable one was cut short or damaged
-    outside xbt: building the gallery again from the same items and models rewrites it and keeps the backfill.
-    """
-    file = Path(folder) / OLD_VECTORS_FILE
-    fix = (
-        f"build the gallery again into {Path(folder)} with the same items and models (xbt gallery build; its "
-        "backfill is kept)"
-    )
-    if not file.is_file():
-        raise XBTError(f"{file} is missing; {fix}")
-    try:
-        return load_file(str(file))["vectors"]
-    except Exception as exc:  # safetensors raises its own error types for a cut-short header or body
-        raise XBTError(f"{file} is unreadable (truncated or corrupt: {type(exc).__name__}: {exc}); {fix}") from None
