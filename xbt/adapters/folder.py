@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 
 from ..core.errors import XBTError, need
 from ..core.files import atomic_path, save_tensors, write_json, write_text
+from ..core.hashing import file_digest
 from ..models.head import Projection
 from ..models.lora import LORA_WEIGHTS
 from .config import (
@@ -70,15 +71,6 @@ def known_method(name: object) -> bool:
 def digested_files(config: AdapterConfig) -> list[str]:
     """The files (relative paths) whose sha256 a format-2 ``xbt_config.json`` records for ``config``."""
     return [HEADS_NAME, *((f"{LORA_DIR}/{LORA_WEIGHTS}", f"{LORA_DIR}/{LORA_CONFIG}") if config.lora else ())]
-
-
-def file_digest(path: Path) -> str:
-    """The hex sha256 of the file at ``path``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _user_method(config: AdapterConfig) -> bool:

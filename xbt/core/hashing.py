@@ -9,6 +9,7 @@ de-duplicates by.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,3 +60,15 @@ def image_ids(images: Sequence[Image.Image]) -> np.ndarray:
     row index of its first occurrence. One-row-per-caption datasets repeat each image."""
     first: dict[str, int] = {}
     return np.array([first.setdefault(image_key(im), i) for i, im in enumerate(images)], dtype=np.int64)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks (adapter and gallery folders record these).
+
+    ``xbt.serving.runtime`` has its own copy: it is shipped into exports and imports nothing from xbt.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

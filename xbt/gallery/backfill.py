@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from ..adapters.config import ModelRef
 from ..core.errors import XBTError
 from ..core.files import save_tensors, write_json
+from ..core.hashing import file_digest
 from ..core.names import BACKFILL_DIR, GALLERY_FILE
 from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import as_encoder
@@ -53,7 +54,6 @@ from .folder import (
     BATCH_KEYS,
     batch_name,
     check_batch_items,
-    file_digest,
     first_difference,
     item_keys,
     keys_from_hex,

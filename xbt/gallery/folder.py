@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..core.errors import XBTError
-from ..core.hashing import hash_texts, image_key
+from ..core.hashing import file_digest, hash_texts, image_key
 from ..core.names import BACKFILL_DIR, GALLERY_FILE, OLD_VECTORS_FILE
 
 #: bytes of one item's content hash (24 hex digits)
@@ -179,14 +179,6 @@ def tensor_digest(ids: np.ndarray, vectors: np.ndarray) -> str:
     return hashlib.sha256(
         np.ascontiguousarray(ids, np.int64).tobytes() + np.ascontiguousarray(vectors, np.float32).tobytes()
     ).hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def batch_name(index: int) -> str:
