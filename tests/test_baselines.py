@@ -1,4 +1,5 @@
-"""Training-free baselines through xbt.fit: shapes, maps, fusion identities, alpha selection on support only, save/load."""
+"""Training-free baselines through xbt.fit: shapes, maps, fusion identities, alpha selection on support only,
+save/load."""
 
 import importlib
 

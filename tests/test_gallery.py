@@ -292,7 +292,8 @@ def test_a_killed_backfill_process_resumes_to_the_same_gallery(world, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(path, obj)
         bf.write_json = write_then_die
-        bf.BackfillJob({str(killed)!r}, new, images, order=np.load({str(tmp_path / "order.npy")!r}), batch_size=16).run(1.0, verbose=False)
+        bf.BackfillJob({str(killed)!r}, new, images, order=np.load({str(tmp_path / "order.npy")!r}),
+        batch_size=16).run(1.0, verbose=False)
     """)
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

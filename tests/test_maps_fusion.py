@@ -1,4 +1,5 @@
-"""xbt.maps and xbt.fusion: Procrustes and ridge maps recover planted maps; SLERP/NLERP endpoints and midpoints; alpha selection."""
+"""xbt.maps and xbt.fusion: Procrustes and ridge maps recover planted maps; SLERP/NLERP endpoints and midpoints;
+alpha selection."""
 
 import math
 

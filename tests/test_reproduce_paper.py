@@ -1,4 +1,5 @@
-"""python -m scripts.benchmarks.reproduce_paper --smoke: the whole reproduction script runs offline on tiny stand-ins."""
+"""python -m scripts.benchmarks.reproduce_paper --smoke: the whole reproduction script runs offline on tiny
+stand-ins."""
 
 import json
 import os

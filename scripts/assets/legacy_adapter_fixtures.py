@@ -139,7 +139,8 @@ def main() -> None:
         "expected": {
             "file": "expected.safetensors",
             "names": sorted(expected),
-            "how": "xbt.load_adapter(<kind>, new=new[, old=old for slerp]).encode_text(texts) / .encode_image(images), CPU float32",
+            "how": "xbt.load_adapter(<kind>, new=new[, old=old for slerp]).encode_text(texts) / "
+            ".encode_image(images), CPU float32",
         },
         "made_with": {
             "xbt_commit": commit or LEGACY_COMMIT,

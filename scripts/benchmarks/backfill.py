@@ -1,6 +1,7 @@
 """Partial backfill benchmark: a gallery part old, part new, searched with an adapter, by fraction backfilled.
 
-    python -m scripts.benchmarks.backfill --world shapes      # fits and saves its adapter under benchmarks/out/adapters/ once
+    python -m scripts.benchmarks.backfill --world shapes      # fits and saves its adapter under
+benchmarks/out/adapters/ once
 
 For both directions (T2I: caption queries -> mixed image gallery; I2T: image queries -> mixed
 caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
@@ -17,7 +18,8 @@ caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
 The calibration is fitted on the first ``--cal-images`` pair images with all five captions each
 (the test gallery's layout; the adapter trained on one of those captions per image); the
 disagreement model on the 2,000 pairs the adapter was trained on and, for captions, the first
-``--corpus`` texts of the stage-1 corpus; never on the test split. Checks printed: the calibrated curve starts at new->old (0 %), ends at
+``--corpus`` texts of the stage-1 corpus; never on the test split. Checks printed: the calibrated curve starts at
+new->old (0 %), ends at
 new->new (100 %), stays at or above the straight line between them, never below naive; the
 planner beats random at 10-50 %. Writes JSON and a PNG to ``--out``.
 """
@@ -227,8 +229,13 @@ def checks(rows: dict) -> dict:
         }
         out[f"R@{k}"] = {"below_line": below_line, "below_naive": below_naive}
         lines.append(
-            f"R@{k}: calibrated {'stays at or above the straight line' if not below_line else f'is BELOW the straight line at {below_line}'}"
-            f"; {'never below naive' if not below_naive else f'BELOW naive at {below_naive}'}"
+            f"R@{k}: calibrated "
+            + (
+                "stays at or above the straight line"
+                if not below_line
+                else f"is BELOW the straight line at {below_line}"
+            )
+            + f"; {'never below naive' if not below_naive else f'BELOW naive at {below_naive}'}"
         )
         for name in [r for r in rows if not r.endswith("/ random")]:
             gains = {

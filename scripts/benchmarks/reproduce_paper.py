@@ -81,7 +81,8 @@ def r1_table(results: dict[str, dict]) -> tuple[str, dict]:
 
 
 def smoke_setup(root: Path):
-    """Tiny random stand-ins: (old, new) open_clip models and Karpathy-format COCO / Flickr30k folders under ``root``."""
+    """Tiny random stand-ins: (old, new) open_clip models and Karpathy-format COCO / Flickr30k folders under
+    ``root``."""
     import open_clip
     import torch
 
@@ -122,7 +123,8 @@ def run(old, new, coco_root, flickr_root, n_pairs: int, smoke: bool, out: Path) 
         report = xbt.evaluate(old, adapters, dataset=name, split="full", root=root, **quiet)
         results[name] = report.to_dict()
         print(
-            f"\n## {name} (full protocol: {report.n_images} images, {report.n_captions} captions)\n{report.to_markdown()}"
+            f"\n## {name} (full protocol: {report.n_images} images, {report.n_captions} "
+            f"captions)\n{report.to_markdown()}"
         )
     table, rows = r1_table(results)
     title = (

@@ -139,12 +139,14 @@ def table(out_dir: Path) -> dict:
     s1 = sorted([r for r in rows if r["part"] == "stage1"], key=lambda r: r["n_texts"])
     se = [r for r in rows if r["part"] == "search"]
     print(
-        "| texts read | distinct | wall (s) | texts/s | distinct/s | us/distinct | peak RSS (MB) | RSS after models (MB) |"
+        "| texts read | distinct | wall (s) | texts/s | distinct/s | us/distinct | peak RSS (MB) | RSS after models "
+        "(MB) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in s1:
         print(
-            f"| {r['n_texts']:,} | {r['n_distinct']:,} | {r['wall_s']} | {r['texts_per_s']:,.0f} | {r['distinct_per_s']:,.0f} "
+            f"| {r['n_texts']:,} | {r['n_distinct']:,} | {r['wall_s']} | {r['texts_per_s']:,.0f} | "
+            f"{r['distinct_per_s']:,.0f} "
             f"| {r['us_per_distinct']} | {r['peak_rss_mb']:,.0f} | {r['rss_after_models_mb']:,.0f} |"
         )
     summary: dict = {"stage1": s1, "search": se, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
@@ -157,13 +159,15 @@ def table(out_dir: Path) -> dict:
         per_text = [1e6 * r["wall_s"] / r["n_texts"] for r in s1]
         summary["time_per_text_ratio_max_over_min"] = round(max(per_text) / min(per_text), 3)
         print(
-            f"peak RSS {hi['n_texts']:,} / {lo['n_texts']:,}: {summary['rss_ratio_largest_vs_smallest']}x (target <= 1.2); "
+            f"peak RSS {hi['n_texts']:,} / {lo['n_texts']:,}: {summary['rss_ratio_largest_vs_smallest']}x (target <= "
+            "1.2); "
             f"time per text read max/min: {summary['time_per_text_ratio_max_over_min']}x, per distinct text: "
             f"{summary['time_per_distinct_ratio_max_over_min']}x (target <= 1.3)"
         )
     if se:
         print(
-            "\n| search | images x captions | wall (s) | peak RSS (MB) | R@1 I2T | R@1 T2I |\n|---|---|---:|---:|---:|---:|"
+            "\n| search | images x captions | wall (s) | peak RSS (MB) | R@1 I2T | R@1 T2I "
+            "|\n|---|---|---:|---:|---:|---:|"
         )
         for r in se:
             print(

@@ -109,7 +109,8 @@ def main() -> None:
         seconds[name]["total"] = round(seconds[name]["i2t"] + seconds[name]["t2i"], 3)
         print(
             f"{name:12s} i2t {seconds[name]['i2t']:8.3f} s  t2i {seconds[name]['t2i']:8.3f} s  "
-            f"total {seconds[name]['total']:8.3f} s  R@1 i2t {recall[name]['i2t']['1']:.4f} t2i {recall[name]['t2i']['1']:.4f}",
+            f"total {seconds[name]['total']:8.3f} s  R@1 i2t {recall[name]['i2t']['1']:.4f} t2i "
+            f"{recall[name]['t2i']['1']:.4f}",
             flush=True,
         )
 

@@ -85,7 +85,8 @@ def run_world(name: str, seeds, settings, n_texts: int, n_pairs: int) -> dict:
             adapters[f"seed {seed} | {setting}"] = a
             kept[f"seed {seed} | {setting}"] = {m: a.training["kept"][m]["kept"] for m in ("text", "image")}
             print(
-                f"[{name}] seed {seed}: {setting} fitted in {time.perf_counter() - t0:.0f}s, kept {kept[f'seed {seed} | {setting}']}",
+                f"[{name}] seed {seed}: {setting} fitted in {time.perf_counter() - t0:.0f}s, kept "
+                f"{kept[f'seed {seed} | {setting}']}",
                 flush=True,
             )
     ceiling = read_ceiling(name)
@@ -137,7 +138,8 @@ def print_world(res: dict, seeds, settings) -> None:
         rows = [res["runs"][f"seed {s} | {setting}"] for s in seeds]
         cells = " | ".join(fmt(r["recall"]) + ("" if r["pass"] else " ✗") for r in rows)
         print(
-            f"| {setting} | {cells} | {sum(r['pass'] for r in rows)}/{len(rows)} | {min(r['margin'] for r in rows):+.2f} |"
+            f"| {setting} | {cells} | {sum(r['pass'] for r in rows)}/{len(rows)} | "
+            f"{min(r['margin'] for r in rows):+.2f} |"
         )
 
 
@@ -168,7 +170,8 @@ def main() -> None:
         }
         s = summary[setting]
         print(
-            f"| {setting} | {s['passing']}/{s['runs']} | {s['margin']:+.2f} | {s['margin_bc']:+.2f} | {s['margin_stage1']:+.2f} | "
+            f"| {setting} | {s['passing']}/{s['runs']} | {s['margin']:+.2f} | {s['margin_bc']:+.2f} | "
+            f"{s['margin_stage1']:+.2f} | "
             f"{s['margin_slerp']:+.2f} |"
         )
     write_json(

@@ -81,7 +81,8 @@ def main() -> int:
         )
         rows[f"1600 pair images + {n}"] = t2i(h)
         print(
-            f"{args.world} text head on 1,600 pair images + {n:,} more: T2I R@1/5/10 {rows[f'1600 pair images + {n}']}",
+            f"{args.world} text head on 1,600 pair images + {n:,} more: T2I R@1/5/10 "
+            f"{rows[f'1600 pair images + {n}']}",
             flush=True,
         )
     write_json(out, {"world": args.world, "t2i": rows})

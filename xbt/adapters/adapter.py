@@ -213,7 +213,8 @@ class Adapter:
         )
 
     def export(self, format: str, folder: str | os.PathLike, **kwargs: Any) -> Path:
-        """Write the query encoders (LoRA merged) for serving without torch, e.g. ``"onnx"`` (``xbt.export``); returns the folder."""
+        """Write the query encoders (LoRA merged) for serving without torch, e.g. ``"onnx"`` (``xbt.export``);
+        returns the folder."""
         return export_adapter(self, format, folder, **kwargs)
 
     # ------------------------------------------------------------------ description and persistence
@@ -291,7 +292,8 @@ class Adapter:
     def push_to_hub(
         self, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None
     ) -> str:
-        """Save the adapter (with its card) to a temporary folder and upload exactly that folder; returns the repo URL."""
+        """Save the adapter (with its card) to a temporary folder and upload exactly that folder; returns the repo
+        URL."""
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "adapter", repo_id=repo_id)
             return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)

@@ -151,7 +151,8 @@ class ModelRef:
         refused = (
             f"the {role} model given ({encoder.name}, weights fingerprint {encoder.fingerprint}) is not the one "
             f"{where} was made for ({self.label!r}, fingerprint {self.fingerprint}); pass that {role.upper()} model, "
-            "or check_fingerprint=False if you know its weights are equivalent (e.g. the same model in another precision)"
+            "or check_fingerprint=False if you know its weights are equivalent (e.g. the same model in another "
+            "precision)"
         )
         if self.fingerprint_scheme is not None:
             raise XBTError(refused)
@@ -184,7 +185,8 @@ class ModelRef:
         return refreshed
 
     def _matches_legacy(self, encoder: Any) -> bool:
-        """Whether ``encoder``'s float32-sum fingerprint (xbt before 5e60fc4) at some thread count is ``fingerprint``."""
+        """Whether ``encoder``'s float32-sum fingerprint (xbt before 5e60fc4) at some thread count is
+        ``fingerprint``."""
         legacy = getattr(encoder, "legacy_fingerprint", None)
         if legacy is None:
             return False
@@ -197,7 +199,8 @@ _WARNED: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyD
 
 
 def _first_warning(encoder: Any, recorded: str) -> bool:
-    """Whether this is the first unverifiable-fingerprint warning for ``recorded`` on ``encoder`` (as its weights are now).
+    """Whether this is the first unverifiable-fingerprint warning for ``recorded`` on ``encoder`` (as its weights
+    are now).
 
     A fusion adapter, and evaluating an adapter after loading it, check the same reference again;
     one warning per model and reference is enough.
@@ -313,7 +316,8 @@ class AdapterConfig:
         """Read a format-2 dict, or convert a format-1 one; a format from the future is refused."""
         need(
             isinstance(d, dict) and d.get("format") == FORMAT,
-            f'{where} is not an xbt adapter config (no "format": "{FORMAT}"); point at a folder written by save_pretrained',
+            f'{where} is not an xbt adapter config (no "format": "{FORMAT}"); point at a folder written by '
+            "save_pretrained",
         )
         version = _check_version(d.get("format_version"), where)
         if version == 1:
@@ -338,7 +342,8 @@ def _check_version(version: Any, where: str) -> int:
     )
     if version > FORMAT_VERSION:
         raise XBTError(
-            f"{where} uses adapter format version {version}, newer than this xbt {__version__} reads (up to {FORMAT_VERSION}); "
+            f"{where} uses adapter format version {version}, newer than this xbt {__version__} reads (up to "
+            f"{FORMAT_VERSION}); "
             "upgrade xbt (pip install -U xbt)"
         )
     return version

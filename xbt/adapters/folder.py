@@ -107,7 +107,8 @@ def write_folder(
         except XBTError as exc:
             raise XBTError(
                 f"{target} already holds files this xbt cannot read as an adapter ({exc}); choose an empty or "
-                "new directory, or pass overwrite=True to write the adapter there anyway (files it does not write are kept)"
+                "new directory, or pass overwrite=True to write the adapter there anyway (files it does not write "
+                "are kept)"
             ) from exc
         if existing != adapter_id:
             raise XBTError(
@@ -160,7 +161,8 @@ def content_id(config: AdapterConfig, tensors: dict[str, torch.Tensor], lora: di
 
 
 def folder_adapter_id(folder: Path, config: AdapterConfig | None = None) -> str:
-    """The ``adapter_id`` of what ``folder`` holds, computed from its files (format 1 too; ``config``: its config, read)."""
+    """The ``adapter_id`` of what ``folder`` holds, computed from its files (format 1 too; ``config``: its config,
+    read)."""
     config = config or read_config(folder)
     heads = read_heads(folder, config)
     names = sorted(set(config.heads.values()))
@@ -230,7 +232,8 @@ def verify_folder(folder: Path, config: AdapterConfig, check_fingerprint: bool =
 
 
 def check_adapter_id(folder: Path, config: AdapterConfig) -> None:
-    """Refuse ``folder`` when its recorded ``adapter_id`` is not the one its config and tensors give (an edited config)."""
+    """Refuse ``folder`` when its recorded ``adapter_id`` is not the one its config and tensors give (an edited
+    config)."""
     actual_id = folder_adapter_id(folder, config)
     if config.adapter_id != actual_id:
         raise XBTError(

@@ -1,4 +1,5 @@
-"""Query fusion: the OLD model's query blended with a base adapter's query (SLERP/NLERP), and the adapter that serves it.
+"""Query fusion: the OLD model's query blended with a base adapter's query (SLERP/NLERP), and the adapter that
+serves it.
 
 The math is on [n, d_old] float32 unit rows, no models: ``slerp`` / ``nlerp`` / ``fuse_embeddings``
 give the fused query with weight ``alpha`` on the aligned new query (0 gives the old query
@@ -31,7 +32,8 @@ _PARALLEL_EPS = 1e-4
 def _check_fusion_inputs(a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
     if a.shape != b.shape:
         raise XBTError(
-            f"fusion needs two embeddings of the same shape, got {tuple(a.shape)} (old) and {tuple(b.shape)} (aligned new); "
+            f"fusion needs two embeddings of the same shape, got {tuple(a.shape)} (old) and {tuple(b.shape)} "
+            "(aligned new); "
             "map the new query into the old space first"
         )
     if not 0.0 <= float(alpha) <= 1.0:
@@ -151,7 +153,10 @@ class FusionAdapter(Adapter):
         self.alpha_image = check_alpha("alpha_image", alpha_image)
 
     def __repr__(self) -> str:
-        return f"FusionAdapter(method={self.method!r}, kind={self.kind!r}, alpha_text={self.alpha_text}, alpha_image={self.alpha_image}, base={self.base!r}, old={self.old.name!r})"  # noqa: E501
+        return (
+            f"FusionAdapter(method={self.method!r}, kind={self.kind!r}, alpha_text={self.alpha_text}, "
+            f"alpha_image={self.alpha_image}, base={self.base!r}, old={self.old.name!r})"
+        )  # noqa: E501
 
     @property
     def query_encoders(self) -> dict[str, CLIPEncoder]:

@@ -64,7 +64,8 @@ def resolve(path_or_repo: str | os.PathLike, revision: str | None = None) -> Pat
     except Exception as exc:  # network, auth, missing repo, not cached while offline: say which and what to do
         raise XBTError(
             f"could not fetch adapter {repo!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); check the id, "
-            "your token and network (with HF_HUB_OFFLINE=1 only repos already in the Hub cache load), or pass a local folder"
+            "your token and network (with HF_HUB_OFFLINE=1 only repos already in the Hub cache load), or pass a "
+            "local folder"
         ) from exc
 
 

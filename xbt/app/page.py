@@ -58,8 +58,10 @@ def build_app(engine: SearchEngine, report: Report | None = None, k: int = 5, ti
     examples = [ds.captions[i][0] for i in range(min(3, len(ds)))]
     with gr.Blocks(title=title) as page:
         gr.Markdown(
-            f"## {title}\nGallery: **{ds.name}/{ds.split}**, {ds.n_images} images, {ds.n_captions} captions, embedded by "
-            f"the old model **{engine.gallery.old_model}**. Columns: {', '.join(columns)}. {HIT} marks a hit: the image "
+            f"## {title}\nGallery: **{ds.name}/{ds.split}**, {ds.n_images} images, {ds.n_captions} captions, "
+            "embedded by "
+            f"the old model **{engine.gallery.old_model}**. Columns: {', '.join(columns)}. {HIT} marks a hit: the "
+            "image "
             "a known caption describes, or a caption of an uploaded gallery image."
         )
         with gr.Tab("Text → images"):
@@ -152,7 +154,8 @@ def launch(
     inline: bool | None = None,
     **launch_kwargs: Any,
 ):
-    """Build and serve the page (inline in Jupyter); without an engine, the toy world's. Returns the ``gradio.Blocks``."""
+    """Build and serve the page (inline in Jupyter); without an engine, the toy world's. Returns the
+    ``gradio.Blocks``."""
     if engine is None:
         engine = SearchEngine(*toy_setup())
     if report is not None and not isinstance(report, Report):

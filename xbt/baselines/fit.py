@@ -51,7 +51,8 @@ def support_embeddings(
     if support in ("text", "joint"):
         if not texts:
             raise XBTError(
-                f"support={support!r} needs texts to embed with both text encoders; pass texts or use support='image' with pairs"
+                f"support={support!r} needs texts to embed with both text encoders; pass texts or use "
+                "support='image' with pairs"
             )
         texts = list(texts)
         olds.append(embed_texts(old_enc, texts, **opts))
@@ -60,7 +61,8 @@ def support_embeddings(
     if support in ("image", "joint"):
         if pairs is None:
             raise XBTError(
-                f"support={support!r} needs image-caption pairs (their images are embedded by both models); pass pairs=... or use support='text'"
+                f"support={support!r} needs image-caption pairs (their images are embedded by both models); pass "
+                "pairs=... or use support='text'"
             )
         images, _ = as_pairs(pairs)
         olds.append(embed_images(old_enc, images, **opts))

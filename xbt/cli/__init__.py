@@ -1,4 +1,5 @@
-"""The ``xbt`` command: one module per subcommand (``fit``, ``eval``, ``demo``, ``push``, ``export``, ``app``, ``gallery``).
+"""The ``xbt`` command: one module per subcommand (``fit``, ``eval``, ``demo``, ``push``, ``export``, ``app``,
+``gallery``).
 
 Each subcommand module has ``register(subparsers)``, which adds its parser and sets ``func`` (called
 with the parsed args; returns the exit status). Errors of type ``XBTError`` are printed as

@@ -1,4 +1,5 @@
-"""What every subcommand shares: loading models and adapters by CLI spec, flags generated from option dataclasses, vector files."""
+"""What every subcommand shares: loading models and adapters by CLI spec, flags generated from option dataclasses,
+vector files."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate an adapter: old→old, new→old, new→new Recall@K, flips, verdict",
-        description="Evaluate upgrade adapters on a retrieval dataset and write report.json, report.md and report.png.",
+        description="Evaluate upgrade adapters on a retrieval dataset and write report.json, report.md and "
+        "report.png.",
     )
     p.add_argument("--old", required=True, help="old model: open_clip name, hf:<id>, toy name, or a local-dir folder")
     p.add_argument("--old-pretrained", default=None, help="open_clip pretrained tag of the old model (e.g. openai)")

@@ -28,6 +28,7 @@ def run(args) -> int:
     new = load_model(args.new, args.new_pretrained) if args.new else new_from_adapter_config(args.adapter, None)
     out = load_adapter(args.adapter, new).export(args.format, args.out, overwrite=args.overwrite)
     print(
-        f"exported {args.adapter} to {out}: load it with xbt_runtime.load({str(out)!r}) (numpy, onnxruntime, tokenizers)"
+        f"exported {args.adapter} to {out}: load it with xbt_runtime.load({str(out)!r}) (numpy, onnxruntime, "
+        "tokenizers)"
     )
     return 0

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     flags = {"stage1": sorted(stage1), "baseline": sorted(baseline)}
     if args.method == "xbt" and baseline:
         raise XBTError(
-            f"options {flags['baseline']} apply to the training-free methods {list(BASELINE_OPTIONS)}, not to method 'xbt'"
+            f"options {flags['baseline']} apply to the training-free methods {list(BASELINE_OPTIONS)}, not to method "
+            "'xbt'"
         )
     if args.method != "xbt" and stage1:
         raise XBTError(

@@ -1,4 +1,5 @@
-"""Every module path of xbt before its sub-packages, kept importable: ``from xbt.old_gallery import Gallery`` still works.
+"""Every module path of xbt before its sub-packages, kept importable: ``from xbt.old_gallery import Gallery`` still
+works.
 
 Each old path is a small module whose attributes are looked up, in order, in the modules its
 contents moved to (``MOVED``), with one ``DeprecationWarning`` per old path naming the new home;

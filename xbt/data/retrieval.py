@@ -101,7 +101,8 @@ class RetrievalDataset:
                 raise XBTError(f"captions[{i}] is a single string; wrap it in a list: [{caps[:40]!r}]")
             if not caps:
                 raise XBTError(
-                    f"image {i} of {self.name} has no captions; every image needs at least one (drop it or add captions)"
+                    f"image {i} of {self.name} has no captions; every image needs at least one (drop it or add "
+                    "captions)"
                 )
             for j, c in enumerate(caps):
                 if not isinstance(c, str):

@@ -110,7 +110,8 @@ class HashSet:
         return len(self._sorted)
 
     def add(self, hashes: np.ndarray) -> np.ndarray:
-        """Add ``hashes`` (uint64 [m]); returns bool [m]: True where a hash is new (its first occurrence in ``hashes`` too)."""
+        """Add ``hashes`` (uint64 [m]); returns bool [m]: True where a hash is new (its first occurrence in
+        ``hashes`` too)."""
         hashes = np.asarray(hashes, dtype=np.uint64)
         _, first = np.unique(hashes, return_index=True)
         new = np.zeros(len(hashes), dtype=bool)

@@ -141,7 +141,8 @@ class Report:
     ceiling_label: str = "ceiling"
 
     def set_ceiling(self, recall: dict[str, dict], label: str = "ceiling") -> Report:
-        """Attach a ceiling row (direction -> K -> Recall@K in [0, 1]) and each method's ceiling closure; returns self."""
+        """Attach a ceiling row (direction -> K -> Recall@K in [0, 1]) and each method's ceiling closure; returns
+        self."""
         missing = [(d, k) for d in DIRECTIONS for k in self.ks if str(k) not in {str(x) for x in recall.get(d, {})}]
         if missing:
             raise XBTError(
@@ -245,7 +246,8 @@ class Report:
         lines = [
             f"### Retrieval on {self.dataset} ({self.split}): {self.n_images:,} images, {self.n_captions:,} captions",
             "",
-            f"old model `{self.old_model}` · new model `{self.new_model or '–'}` · search: {self.index} · Recall@K in %",
+            f"old model `{self.old_model}` · new model `{self.new_model or '–'}` · search: {self.index} · Recall@K "
+            "in %",
             "",
         ]
         head = ["row", "needs old encoder at query", "query cost vs bare new"]
@@ -313,7 +315,8 @@ class Report:
             if any(m.query_cost for m in self.methods.values()):
                 lines += [
                     "",
-                    f"Query cost: time to encode the same sample (up to {COST_TEXTS} captions, {COST_IMAGES} images) with the "
+                    f"Query cost: time to encode the same sample (up to {COST_TEXTS} captions, {COST_IMAGES} images) "
+                    "with the "
                     "method divided by the bare new model's time (best of 3, uncached), from one run on this "
                     "machine: an indication, not a benchmark.",
                 ]

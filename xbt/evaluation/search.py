@@ -186,7 +186,8 @@ def block_search(
     Queries and gallery are read ``query_block`` x ``gallery_block`` rows at a time, each pair of
     blocks searched with FAISS ``IndexFlatIP`` and merged into a running top-k per query. Every
     score kept is exact (``_exact_block``): it depends on the query and the gallery row alone, so
-    duplicates tie exactly wherever they sit. Memory is a block of each plus the outputs, whatever the gallery size; both may be
+    duplicates tie exactly wherever they sit. Memory is a block of each plus the outputs, whatever the gallery
+    size; both may be
     ``np.memmap`` arrays that never enter memory whole. Among equal scores the lower gallery index
     wins, as in ``search``.
     """

@@ -206,7 +206,8 @@ class BackfillJob:
                 what = "image (its pixels, size or mode)" if self.meta["modality"] == "image" else "caption text"
                 raise XBTError(
                     f"item {int(ids[j])} has changed since the gallery {self.gallery_dir} was built: its {what} "
-                    f"hashes to {keys[j].tobytes().hex()}, the gallery recorded {self.recorded[ids[j]].tobytes().hex()}"
+                    f"hashes to {keys[j].tobytes().hex()}, the gallery recorded "
+                    f"{self.recorded[ids[j]].tobytes().hex()}"
                     f"; nothing was committed for this batch. Give the items the gallery was built from, or build "
                     f"the gallery from the new items into a new folder (or roll its backfill back first: xbt gallery "
                     f"rollback --gallery {self.gallery_dir})"

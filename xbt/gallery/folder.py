@@ -8,7 +8,8 @@ batch, so new-space vectors are never served for other items than those they wer
 Folders written before keys were recorded hold no ``item_keys``: they still load, unchecked.
 
 The backfill's batch files are read and checked here too (``read_batch``: checksums;
-``check_batch_items``: the items they were embedded from). ``check_save_over_backfill`` refuses to write a gallery over a folder whose backfill has started
+``check_batch_items``: the items they were embedded from). ``check_save_over_backfill`` refuses to write a gallery
+over a folder whose backfill has started
 for other items (``MixedGallery.save`` calls it).
 """
 
@@ -100,7 +101,8 @@ def read_old_vectors(folder: str | Path) -> torch.Tensor:
 
 
 def read_item_keys(folder: str | Path) -> np.ndarray | None:
-    """The recorded item keys uint8 [n, 12] of a gallery folder (``None``: none recorded, or the file is unreadable)."""
+    """The recorded item keys uint8 [n, 12] of a gallery folder (``None``: none recorded, or the file is
+    unreadable)."""
     try:
         keys = read_old_tensors(folder).get("item_keys")
     except XBTError:

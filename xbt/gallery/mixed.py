@@ -12,7 +12,8 @@ real vector database) and answers a query with both halves of an adapter:
   anchor items scored in both spaces).
 
 An adapter made for another old model is refused by fingerprint. The gallery's own files
-(``gallery.json`` and ``old.safetensors``, with each item's content hash: ``folder``) are written by ``save``; the backfilled vectors live in
+(``gallery.json`` and ``old.safetensors``, with each item's content hash: ``folder``) are written by ``save``; the
+backfilled vectors live in
 the backfill job's batch files (``xbt.backfill``), so a gallery folder always says which items
 are in which space.
 """
@@ -278,7 +279,8 @@ class MixedGallery:
         merge: str = "calibrated",
         check_fingerprint: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``search`` for raw queries (texts for an image gallery, PIL images for a text gallery), encoded by ``adapter``.
+        """``search`` for raw queries (texts for an image gallery, PIL images for a text gallery), encoded by
+        ``adapter``.
 
         The adapter must have been fitted for this gallery's old model (``check_adapter``).
         """

@@ -47,7 +47,8 @@ def disagreement(old: np.ndarray, adapted: np.ndarray) -> np.ndarray:
     old, adapted = np.asarray(old, np.float32), np.asarray(adapted, np.float32)
     if old.shape != adapted.shape:
         raise XBTError(
-            f"old vectors {old.shape} and adapter vectors {adapted.shape} must describe the same items in the old space"
+            f"old vectors {old.shape} and adapter vectors {adapted.shape} must describe the same items in the old "
+            "space"
         )
     return 1.0 - (old * adapted).sum(1)
 

@@ -9,7 +9,8 @@ part and the new part are searched separately. Rollback deletes the ``"new"`` ve
 
 The client runs embedded (``QdrantClient(":memory:")``, or ``path=`` for an on-disk local
 collection): no server. The gallery folder stays the record of the vectors and their spaces; the
-collection is (re)built from it when a gallery is opened with ``store="qdrant"``. qdrant-client is an optional extra: ``pip install "xbt[qdrant]"``.
+collection is (re)built from it when a gallery is opened with ``store="qdrant"``. qdrant-client is an optional
+extra: ``pip install "xbt[qdrant]"``.
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ class StaticGallery:
     def top_k(
         self, queries: torch.Tensor, kind: str, k: int, gallery: torch.Tensor | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) [n, k] of ``kind`` (``"images"`` or ``"captions"``) for old-space ``queries`` [n, d_old].
+        """Top-``k`` (scores, ids) [n, k] of ``kind`` (``"images"`` or ``"captions"``) for old-space ``queries``
+        [n, d_old].
 
         ``gallery`` replaces the old vectors (e.g. the new model's, for new->new).
         """

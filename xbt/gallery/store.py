@@ -122,7 +122,8 @@ class VectorStore:
         """Drop the old vectors once every item is backfilled (rollback is impossible afterwards)."""
         if not self.in_new.all():
             raise XBTError(
-                f"{int((~self.in_new).sum())} of {self.size} items are not backfilled yet; finish the backfill before cutover"
+                f"{int((~self.in_new).sum())} of {self.size} items are not backfilled yet; finish the backfill "
+                "before cutover"
             )
         self._drop("old", np.arange(self.size))
         self.has_old = False

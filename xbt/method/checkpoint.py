@@ -156,7 +156,8 @@ def load_checkpoint(folder: Path, key: str) -> tuple[dict[str, torch.Tensor], di
         written = (f.metadata() or {}).get("epoch")
     if written != str(meta.get("epoch")):
         raise XBTError(
-            f"{folder} holds a torn stage-2 checkpoint (tensors of epoch {written}, state of epoch {meta.get('epoch')}: "
+            f"{folder} holds a torn stage-2 checkpoint (tensors of epoch {written}, state of epoch "
+            f"{meta.get('epoch')}: "
             "the run stopped while writing it); delete the checkpoint files to start afresh"
         )
     return load_file(str(tensor_path)), meta

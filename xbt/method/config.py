@@ -53,7 +53,8 @@ class Stage1Config(TrainingOptions):
     )
     val_block: int = option(
         1_000,
-        "held-out texts per InfoNCE block; the validation loss averages full blocks, so it does not depend on the split size",
+        "held-out texts per InfoNCE block; the validation loss averages full blocks, so it does not depend on the "
+        "split size",
     )
     shuffle_buffer: int = option(
         65_536,
@@ -86,7 +87,8 @@ class Stage2Config(TrainingOptions):
     dropout: float = option(0.0, "LoRA dropout")
     target_modules: tuple[str, ...] | None = option(
         None,
-        "layer-name suffixes LoRA wraps in the image tower (default: its attention/MLP or bottleneck-convolution layers)",
+        "layer-name suffixes LoRA wraps in the image tower (default: its attention/MLP or bottleneck-convolution "
+        "layers)",
     )
     epochs: int = option(5, "image-path training epochs over the pairs")
     batch_size: int = option(64, "pairs per image-path batch")
@@ -159,14 +161,17 @@ class Stage2Config(TrainingOptions):
         )
         need(
             self.confidence_temperature is None or self.confidence_temperature > 0,
-            f"confidence_temperature must be positive (or None for the new model's own 1/logit_scale), got {self.confidence_temperature}",
+            "confidence_temperature must be positive (or None for the new model's own 1/logit_scale), got "
+            f"{self.confidence_temperature}",
         )
         need(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
         need(
             self.text_epochs >= 1 and self.text_batch_size >= 2 and self.text_lr > 0,
-            f"text_epochs >= 1, text_batch_size >= 2 and text_lr > 0 are needed, got {self.text_epochs}, {self.text_batch_size}, {self.text_lr}",
+            f"text_epochs >= 1, text_batch_size >= 2 and text_lr > 0 are needed, got {self.text_epochs}, "
+            f"{self.text_batch_size}, {self.text_lr}",
         )
         need(
             self.distill_texts >= 2 and self.distill_temperature > 0,
-            f"distill_texts must be >= 2 and distill_temperature > 0, got {self.distill_texts} and {self.distill_temperature}",
+            f"distill_texts must be >= 2 and distill_temperature > 0, got {self.distill_texts} and "
+            f"{self.distill_temperature}",
         )

@@ -290,7 +290,8 @@ def _check_stage1(stage1: Any, old: CLIPEncoder, new: CLIPEncoder, use_stage1: b
     for role, ref, enc in (("old", stage1.old_ref, old), ("new", stage1.new_ref, new)):
         if ref.fingerprint != enc.fingerprint:
             raise XBTError(
-                f"the stage1= adapter was trained for another {role} model ({ref.label}, fingerprint {ref.fingerprint}) "
+                f"the stage1= adapter was trained for another {role} model ({ref.label}, fingerprint "
+                f"{ref.fingerprint}) "
                 f"than the one given ({enc.name}, {enc.fingerprint}); pass the models it was trained on"
             )
 

@@ -69,15 +69,18 @@ def geometric_mean_rank(ranks: torch.Tensor, weights: torch.Tensor | None = None
 
 
 def t2i_ranks(text_queries: torch.Tensor, old_images: torch.Tensor) -> torch.Tensor:
-    """Ranks of held-out caption ``i`` [n, d_old] searching the old vectors of held-out images [n, d_old]: its own image is row ``i``."""
+    """Ranks of held-out caption ``i`` [n, d_old] searching the old vectors of held-out images [n, d_old]: its own
+    image is row ``i``."""
     return target_ranks(text_queries, old_images, torch.arange(len(text_queries)))
 
 
 def i2t_ranks(image_queries: torch.Tensor, old_captions: torch.Tensor) -> torch.Tensor:
-    """Ranks of held-out image ``i`` [n, d_old] searching old caption vectors [m >= n, d_old]: its caption is row ``i``, the rest are distractors."""
+    """Ranks of held-out image ``i`` [n, d_old] searching old caption vectors [m >= n, d_old]: its caption is row
+    ``i``, the rest are distractors."""
     if len(old_captions) < len(image_queries):
         raise XBTError(
-            f"the caption gallery has {len(old_captions)} rows for {len(image_queries)} image queries; put each image's caption at its row"
+            f"the caption gallery has {len(old_captions)} rows for {len(image_queries)} image queries; put each "
+            "image's caption at its row"
         )
     return target_ranks(image_queries, old_captions, torch.arange(len(image_queries)))
 
@@ -183,7 +186,8 @@ def versus_old_model(
         "mean_log_rank_gain": round(mean, 5),
         "standard_error": round(se, 5),
         "summary": f"{path} queries: held-out geometric-mean rank {ours:.3f} vs the old model's {theirs:.3f} "
-        f"({'within one standard error of' if verdict == 'within noise' else verdict + ' than'} the old model's queries).",
+        f"({'within one standard error of' if verdict == 'within noise' else verdict + ' than'} the old model's "
+        "queries).",
     }
 
 
@@ -196,9 +200,9 @@ def say_versus_old(record: dict, verbose: bool) -> None:
     worse = [r["path"] for r in paths if r["verdict"] == "worse"]
     if worse:
         warnings.warn(
-            f"on the held-out pairs the adapter's {' and '.join(worse)} queries rank the old gallery worse than the old "
-            "model's own queries, by more than one standard error: not backward compatible there (adapter.training['metrics']['stage2']['versus_old_model'] "
-            "has the figures). Keep the old model for those queries (xbt.fit(..., method='slerp') fuses both), "
-            "backfill the gallery, or fit with more pairs.",
+            f"on the held-out pairs the adapter's {' and '.join(worse)} queries rank the old gallery worse than the "
+            "old model's own queries, by more than one standard error: not backward compatible there "
+            "(adapter.training['metrics']['stage2']['versus_old_model'] has the figures). Keep the old model for "
+            "those queries (xbt.fit(..., method='slerp') fuses both), backfill the gallery, or fit with more pairs.",
             stacklevel=5,
         )  # the caller of xbt.fit

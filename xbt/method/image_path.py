@@ -181,7 +181,8 @@ class ImagePathTrainer:
 
     @torch.no_grad()
     def val_ranks(self) -> torch.Tensor | None:
-        """The held-out images' ranks under the path as it stands: float64 [n_val], or ``None`` without held-out pairs."""
+        """The held-out images' ranks under the path as it stands: float64 [n_val], or ``None`` without held-out
+        pairs."""
         val = self.x.val
         if len(val) == 0:
             return None
@@ -201,7 +202,8 @@ class ImagePathTrainer:
 
     # ------------------------------------------------------------------ the run
     def start(self, checkpoint_dir: str | os.PathLike | None) -> int:
-        """Score stage 1 (the guard's first candidate) and resume a matching checkpoint; returns the first epoch to run."""
+        """Score stage 1 (the guard's first candidate) and resume a matching checkpoint; returns the first epoch to
+        run."""
         self.first = self.score()
         self.history["val_geo_mean_rank"].append(self.first)
         if self.first is not None:
@@ -318,7 +320,8 @@ def train_image_path(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     verbose: bool = True,
 ) -> tuple[CLIPEncoder | None, Projection, dict, torch.Tensor | None]:
-    """LoRA on the image tower + an image head; ``(lora or None, head, record, the kept path's held-out ranks or None)``."""
+    """LoRA on the image tower + an image head;
+    ``(lora or None, head, record, the kept path's held-out ranks or None)``."""
     run = ImagePathTrainer(new, stage1_head, data, cfg, dev, inputs)
     start_epoch = run.start(checkpoint_dir)
     bar = tqdm(range(start_epoch, cfg.epochs + 1), desc="stage 2 (image path)", disable=not verbose, leave=False)

@@ -55,7 +55,8 @@ def add_noise(x: torch.Tensor, noise_std: float, generator: torch.Generator | No
 
 
 def _val_mask(rows: int, shard: int, p: float, take: int, seed: int) -> torch.Tensor:
-    """Shard ``shard``'s held-out rows, bool [rows]: each row with probability ``p`` (a seeded draw of its own), the first ``take`` kept."""
+    """Shard ``shard``'s held-out rows, bool [rows]: each row with probability ``p`` (a seeded draw of its own),
+    the first ``take`` kept."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + shard)
     mask = torch.rand(rows, generator=gen) < p
     mask[mask.nonzero().flatten()[take:]] = False
@@ -79,7 +80,8 @@ class _Split:
 
 
 def _split(shards: PairShards, cfg: Stage1Config) -> _Split:
-    """One pass over the shards: draw at most ``val_max`` held-out rows; accumulate the training rows' cross-product."""
+    """One pass over the shards: draw at most ``val_max`` held-out rows; accumulate the training rows'
+    cross-product."""
     n = len(shards)
     n_val = min(int(round(n * cfg.val_fraction)), cfg.val_max) if n >= 20 else 0
     p, room = n_val / n, n_val

@@ -100,13 +100,15 @@ class PairData:
             v = getattr(self, name)
             if v is not None and (self.texts is None or len(v) != len(self.texts)):
                 raise XBTError(
-                    f"{name} has {len(v)} rows for {0 if self.texts is None else len(self.texts)} texts; pass one per text"
+                    f"{name} has {len(v)} rows for {0 if self.texts is None else len(self.texts)} texts; pass one "
+                    "per text"
                 )
 
 
 @dataclass
 class Stage2Result:
-    """Stage 2's outcome: a head per query modality, the LoRA encoder (``None`` if the image path kept stage 1), the record."""
+    """Stage 2's outcome: a head per query modality, the LoRA encoder (``None`` if the image path kept stage 1),
+    the record."""
 
     heads: dict[str, Projection]
     lora: CLIPEncoder | None

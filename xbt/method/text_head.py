@@ -76,7 +76,8 @@ def distill_text_head(
     """
     if len(images_new) != len(images_old) or len(images_new) < 2:
         raise XBTError(
-            f"distillation needs the same training images under both models (at least 2), got {len(images_new)} and {len(images_old)}"
+            f"distillation needs the same training images under both models (at least 2), got {len(images_new)} and "
+            f"{len(images_old)}"
         )
     if len(texts_new) < 2:
         raise XBTError(f"distillation needs at least 2 captions, got {len(texts_new)}")
@@ -90,7 +91,8 @@ def distill_text_head(
     validate = val_texts_new is not None and val_images_old is not None and len(val_texts_new) > 0
 
     def log_ranks(h: Projection, state: int) -> torch.Tensor:
-        """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage 1)."""
+        """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage
+        1)."""
         own = torch.log(t2i_ranks(h.in_chunks(val_texts_new), val_images_old))
         if not other_folds:
             return own
@@ -181,7 +183,8 @@ def fold_scores(
     config: Stage2Config,
     verbose: bool = True,
 ) -> list[list[torch.Tensor]]:
-    """The text head's held-out log ranks on each fold but the first: [fold][stage 1, epoch 1, ...] of float64 [fold size].
+    """The text head's held-out log ranks on each fold but the first: [fold][stage 1, epoch 1, ...] of float64
+    [fold size].
 
     ``images_new`` / ``images_old`` / ``captions_new`` hold ALL pairs ([n, d]); ``folds`` are
     disjoint index sets of them. For each fold after the first, a head is distilled on the pairs

@@ -1,4 +1,5 @@
-"""The networks: CLIP encoders (open_clip and transformers), LoRA on a tower, the projection head, batched cached embedding.
+"""The networks: CLIP encoders (open_clip and transformers), LoRA on a tower, the projection head, batched cached
+embedding.
 
 May import ``core`` and ``data``.
 """

@@ -165,7 +165,8 @@ class CLIPEncoder:
         for i, im in enumerate(images):
             if not isinstance(im, Image.Image):
                 raise XBTError(
-                    f"image {i} is a {type(im).__name__}, expected a PIL.Image; preprocess it yourself and pass a tensor batch instead"
+                    f"image {i} is a {type(im).__name__}, expected a PIL.Image; preprocess it yourself and pass a "
+                    "tensor batch instead"
                 )
             pixels.append(self._preprocess_one(im.convert("RGB")))
         return torch.stack(pixels).to(self.device)

@@ -103,7 +103,8 @@ def add_lora(
         peft_model = get_peft_model(model, lora_cfg)
     except ValueError as exc:
         raise XBTError(
-            f"PEFT cannot wrap the target layers of {encoder.name} ({exc}); pass target_modules=... naming other layers"
+            f"PEFT cannot wrap the target layers of {encoder.name} ({exc}); pass target_modules=... naming other "
+            "layers"
         ) from exc
     return wrap_peft(encoder, peft_model)
 
@@ -176,7 +177,8 @@ def load_lora(new: CLIPEncoder, folder: Path) -> CLIPEncoder:
         peft_model = PeftModel.from_pretrained(copy.deepcopy(new.model), str(folder))
     except Exception as exc:  # PEFT raises several types for a mismatched or corrupt adapter
         raise XBTError(
-            f"cannot load the LoRA weights in {folder} into {new.name} ({exc}); pass the new model the adapter was trained for"
+            f"cannot load the LoRA weights in {folder} into {new.name} ({exc}); pass the new model the adapter was "
+            "trained for"
         ) from exc
     enc = wrap_peft(new, peft_model.eval())
     enc.model.eval()

@@ -213,7 +213,8 @@ def embed_text_shards(
 
 @contextmanager
 def corpus_shards(new: Any, old: Any, texts: Any, cache: CacheSpec = None, **options: Any) -> Iterator[TextShards]:
-    """``embed_text_shards`` into the embedding cache folder; with ``cache=False`` into a temporary one, deleted after the block.
+    """``embed_text_shards`` into the embedding cache folder; with ``cache=False`` into a temporary one, deleted
+    after the block.
 
     Several processes need one folder they all see: ``cache=False`` is refused then.
     """

@@ -126,7 +126,8 @@ class ExportedEncoders:
         manifest = self.folder / MANIFEST
         if not manifest.is_file():
             raise ValueError(
-                f"{self.folder} has no {MANIFEST}; export the adapter with adapter.export('onnx', folder) or `xbt export`"
+                f"{self.folder} has no {MANIFEST}; export the adapter with adapter.export('onnx', folder) or `xbt "
+                "export`"
             )
         self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
         if self.manifest.get("format") != EXPORT_FORMAT:
@@ -183,7 +184,10 @@ class ExportedEncoders:
                 )
 
     def __repr__(self) -> str:
-        return f"ExportedEncoders({str(self.folder)!r}, method={self.manifest.get('method')!r}, embed_dim={self.embed_dim})"
+        return (
+            f"ExportedEncoders({str(self.folder)!r}, method={self.manifest.get('method')!r}, "
+            f"embed_dim={self.embed_dim})"
+        )
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """int64 token arrays [n, context_length] for the inputs the text graph declares."""
@@ -220,7 +224,8 @@ class ExportedEncoders:
         return self._run("text", self.tokenize(texts), batch_size)
 
     def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
-        """Image queries (PIL images, or pixels [n, 3, H, W] already preprocessed) in the OLD space: float32 [n, d_old]."""
+        """Image queries (PIL images, or pixels [n, 3, H, W] already preprocessed) in the OLD space: float32 [n,
+        d_old]."""
         if len(images) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         pixels = images if isinstance(images, np.ndarray) else self.preprocess(images)

@@ -37,7 +37,8 @@ def load_model(name: str, device=None) -> CLIPEncoder:
         encoder = load_clip(f"local-dir:{folder}", device=device)
     else:
         raise XBTError(
-            f"toy CLIP weights for {name} are missing from {folder}; regenerate them with `python -m scripts.assets.train_toy_clips`"
+            f"toy CLIP weights for {name} are missing from {folder}; regenerate them with `python -m "
+            "scripts.assets.train_toy_clips`"
         )
     encoder.name = encoder.source = name
     return encoder
