@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.config import ModelRef, read_config
-from ..adapters.hub import resolve
+from ..adapters.config import ModelRef
 from ..adapters.registry import load_adapter
 from ..core.errors import XBTError
 from ..data.sources import LazyImages
@@ -40,7 +39,7 @@ from ..gallery.pair_vectors import pair_vectors
 from ..gallery.planner import PLANS, DisagreementModel, plan_order
 from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
-from .common import load_model
+from .common import load_model, new_from_adapter_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -177,11 +176,10 @@ def _cutover(args) -> int:
 
 
 def _adapter(args, old=None):
-    ref = read_config(resolve(args.adapter)).new_model
     new = (
         load_model(args.new, args.new_pretrained, args.device)
         if args.new
-        else load_model(ref.name, ref.pretrained, args.device, ref.revision)
+        else new_from_adapter_config(args.adapter, args.device)
     )
     return load_adapter(args.adapter, new, old=old)
 

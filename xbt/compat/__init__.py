@@ -65,7 +65,6 @@ RENAMED: dict[str, dict[str, str]] = {
     "stream": {"text_hashes": "text_keys", "TEXT_COLUMNS": "CAPTION_COLUMNS"},
     "gallery_commands": {"LazyImageFiles": "LazyImages"},
     "config": {"_opt": "option"},
-    "toy.data": {"SCENES": "SCENES"},
 }
 #: old paths whose last name is a function of the package root, which must stay the function
 _ROOT_FUNCTIONS = {"fit", "evaluate"}

@@ -43,7 +43,6 @@ __all__ = ["ALIASES", "DEFAULT_SPLIT", "LOADERS", "LazyImages", "RetrievalDatase
 
 #: canonical dataset names and their accepted aliases
 ALIASES = {
-    "toy": "toy",
     "flickr30k": "flickr30k",
     "flickr": "flickr30k",
     "f30k": "flickr30k",
@@ -53,14 +52,19 @@ ALIASES = {
     "nocaps": "nocaps",
 }
 #: the default split of each dataset
-DEFAULT_SPLIT = {"toy": "test", "flickr30k": "test", "coco": "test", "nocaps": "val"}
+DEFAULT_SPLIT = {"flickr30k": "test", "coco": "test", "nocaps": "val"}
 #: datasets a higher package supplies (``xbt.toy`` registers ``"toy"``): name -> loader(split, n, **kwargs)
 LOADERS: dict[str, Callable[..., RetrievalDataset]] = {}
 
 
-def register_dataset(name: str, loader: Callable[..., RetrievalDataset]) -> None:
-    """Serve ``load_dataset(name, split, limit=n, **kwargs)`` by ``loader(split=split, n=n, **kwargs)``."""
+def register_dataset(
+    name: str, loader: Callable[..., RetrievalDataset], default_split: str = "test", aliases: tuple[str, ...] = ()
+) -> None:
+    """Serve ``load_dataset(name, split, limit=n, **kwargs)`` (or by an alias) by ``loader(split=split, n=n,
+    **kwargs)``, ``default_split`` when no split is given."""
     LOADERS[name] = loader
+    ALIASES.update({alias: name for alias in (name, *aliases)})
+    DEFAULT_SPLIT[name] = default_split
 
 
 # ---------------------------------------------------------------------- the dataset type
@@ -182,8 +186,6 @@ def load_dataset(
         raise XBTError(f"unknown source {source!r}; use 'local' (files on disk) or 'hf' (Hugging Face datasets)")
     if key in LOADERS:
         ds = LOADERS[key](split=split, n=limit, **kwargs)
-    elif key == "toy":
-        raise XBTError("the toy dataset is registered by xbt.toy: import xbt (or xbt.toy) first")
     elif source == "hf":
         if key == "nocaps":
             raise XBTError(
