@@ -8,6 +8,8 @@ embedding and trains briefly; NEW is larger, sees 48-pixel images, has a 96-d em
 seed, and trains longer: a genuinely better model, as a real upgrade is.
 Patterns world: OLD is a transformers ``CLIPModel`` (ViT, 16 pixels, 96-d); NEW an open_clip
 ModifiedResNet ``CLIP`` (32 pixels, 64-d, narrower than OLD), trained longer.
+Patterns-wide world: the same scenes, two open_clip ViTs at a real CLIP's scales (logit scale fixed
+at 100, 512-d OLD -> 768-d NEW); NEW is larger, sees 48 pixels and trains longer on twice the data.
 
 Every model is trained through ``xbt.load_clip`` on its own saved folder (so training sees the
 tokenizer and preprocessing users will get) with open_clip's ``ClipLoss``. Weights ship in fp16:
@@ -96,7 +98,50 @@ MODELS = {
         },
         "train": {"seed": 4, "steps": 1000, "batch_size": 128, "lr": 2e-3, "warmup": 100, "train_images": 30000},
     },
+    # patterns-wide: the patterns scenes with a realistic upgrade at a real CLIP's scales. Both towers keep
+    # the logit scale fixed at 100 (a temperature of 0.01) and have real embedding widths, 512 -> 768. NEW
+    # sees finer patches, is deeper and wider, and trains longer on twice the data, which begins with the
+    # 30,000 scenes OLD was trained on.
+    ("patterns-wide", "old"): {
+        "backend": "open_clip",
+        "model_cfg": {
+            "embed_dim": 512,
+            "init_logit_scale": math.log(100),
+            "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "head_width": 16, "patch_size": 8},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 2},
+        },
+        "train": {
+            "seed": 5,
+            "steps": 600,
+            "batch_size": 256,
+            "lr": 2e-3,
+            "warmup": 50,
+            "train_images": 30000,
+            "fixed_logit_scale": True,
+        },
+    },
+    ("patterns-wide", "new"): {
+        "backend": "open_clip",
+        "model_cfg": {
+            "embed_dim": 768,
+            "init_logit_scale": math.log(100),
+            "vision_cfg": {"image_size": 48, "layers": 4, "width": 96, "head_width": 24, "patch_size": 8},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+        },
+        "train": {
+            "seed": 6,
+            "steps": 1200,
+            "batch_size": 256,
+            "lr": 2e-3,
+            "warmup": 100,
+            "train_images": 60000,
+            "fixed_logit_scale": True,
+        },
+    },
 }
+
+
+MODELS_BY_WORLD = sorted({world for world, _ in MODELS})
 
 
 def save_folder(model: torch.nn.Module, spec: dict, folder: Path, train: dict, dtype=torch.float16) -> dict:
@@ -191,6 +236,8 @@ def train_one(world_name: str, which: str, out_dir: Path, steps: int | None = No
     save_folder(new_model(spec, folder), spec, folder, tr, dtype=torch.float32)
     encoder = load(spec, folder)
     model = encoder.model
+    if tr.get("fixed_logit_scale"):  # a real CLIP's 100, held, not learned
+        model.logit_scale.requires_grad_(False)
 
     start = time.time()
     images, caps = world.train_split(tr["train_images"])
@@ -239,7 +286,7 @@ def train_one(world_name: str, which: str, out_dir: Path, steps: int | None = No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", default="shapes", choices=["shapes", "patterns"])
+    parser.add_argument("--world", default="shapes", choices=sorted(MODELS_BY_WORLD))
     parser.add_argument("--which", nargs="+", default=["old", "new"], choices=["old", "new"])
     parser.add_argument("--out", type=Path, default=ROOT / "xbt" / "toy" / "weights")
     parser.add_argument("--steps", type=int, default=None, help="override the step count (for quick trials)")

@@ -19,6 +19,8 @@ MODEL_NAMES = {
     "xbt-toy-new": "toy-new",
     "xbt-patterns-old": "patterns-old",
     "xbt-patterns-new": "patterns-new",
+    "xbt-patterns-wide-old": "patterns-wide-old",
+    "xbt-patterns-wide-new": "patterns-wide-new",
 }
 
 
