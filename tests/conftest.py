@@ -79,10 +79,13 @@ def captions_400():
 
 
 def fit_briefly(old, new, texts, pairs, **kw):
-    """``xbt.fit`` with one stage-1 epoch and two stage-2 epochs of small batches, no held-out split."""
+    """``xbt.fit`` with one stage-1 epoch and two stage-2 epochs of small batches, no held-out split.
+
+    The image path is LoRA (``image_tower="lora"``), so the adapters these tests save, merge and export carry a
+    LoRA model; the default frozen tower has its own tests (test_image_head.py)."""
     import xbt
 
-    stage2 = {"epochs": 2, "batch_size": 8, "val_fraction": 0.0, **kw.pop("stage2", {})}
+    stage2 = {"image_tower": "lora", "epochs": 2, "batch_size": 8, "val_fraction": 0.0, **kw.pop("stage2", {})}
     return xbt.fit(old, new, texts, pairs=pairs, epochs=1, stage2=stage2, verbose=False, **kw)
 
 

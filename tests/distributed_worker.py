@@ -45,7 +45,7 @@ def main(out: str) -> None:
     with seeded(0):
         head = Projection(48, 32, hidden=16)
     data = PairData(images, captions, old_images=embed_images(old, images, cache=False, verbose=False))
-    cfg = Stage2Config(epochs=1, batch_size=8, rank=2, text_head=False, confidence_weighting=False)
+    cfg = Stage2Config(image_tower="lora", epochs=1, batch_size=8, rank=2, text_head=False, confidence_weighting=False)
     result = train_stage2(new, head, data, cfg, verbose=False)
     save_file(trainable_state(result.lora, result.heads["image"]), f"{out}/rank{rank}.safetensors")
     if rank == 0:
@@ -58,7 +58,7 @@ def main(out: str) -> None:
         (t for t in xbt.toy.text_corpus(200)),
         pairs=xbt.toy.pair_list(8),
         epochs=2,
-        stage2={"epochs": 1, "batch_size": 4, "rank": 2},
+        stage2={"image_tower": "lora", "epochs": 1, "batch_size": 4, "rank": 2},
         cache=f"{out}/cache",
         verbose=False,
     )

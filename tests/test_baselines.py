@@ -247,7 +247,13 @@ def test_pair_groups_join_shared_captions_and_images(pairs):
 def test_fusion_on_a_stage2_lora_adapter_round_trips(old_new, texts, pairs, tmp_path):
     old, new = old_new
     base = xbt.fit(
-        old, new, texts, pairs=pairs, epochs=1, stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False
+        old,
+        new,
+        texts,
+        pairs=pairs,
+        epochs=1,
+        stage2={"image_tower": "lora", "epochs": 1, "rank": 2, "val_fraction": 0.0},
+        verbose=False,
     )
     fused = fuse(base, old, pairs=pairs, verbose=False)
     fused.save_pretrained(tmp_path / "l")

@@ -218,6 +218,8 @@ def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_f
                 "1",
                 "--stage1-noise-std",
                 "0.05",
+                "--stage2-image-tower",
+                "lora",
                 "--stage2-epochs",
                 "1",
                 "--stage2-rank",
@@ -243,7 +245,7 @@ def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_f
         1,
         False,
     )
-    assert stage2["batch_size"] == xbt.Stage2Config().batch_size  # flags not given keep the dataclass default
+    assert stage2["batch_size"] == xbt.Stage2Config(image_tower="lora").batch_size  # flags not given: the default
     assert training["pair_old_vectors"] == {"images": "given", "captions": "embedded with the old model"}
     assert (
         training["metrics"]["stage2"]["image"]["history"]["caption_bank"]

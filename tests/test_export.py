@@ -27,7 +27,7 @@ def adapters(toy_clips, captions_400):
     """The two toy adapters of the acceptance list: stage 1, and stage 1+2 (LoRA on the image tower)."""
     old, new = toy_clips
     stage1 = xbt.fit(old, new, captions_400, epochs=2, verbose=False)
-    stage2 = {"epochs": 2, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0}
+    stage2 = {"image_tower": "lora", "epochs": 2, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0}
     both = xbt.fit(old, new, captions_400, pairs=pair_list(40), epochs=2, stage2=stage2, verbose=False)
     assert both.lora is not None and "image" in both.lora_modalities
     return {"stage1": stage1, "stage1+2": both}
@@ -152,7 +152,7 @@ def test_a_transformers_new_model_exports_too(old_new, captions_400, tmp_path):
 
     old, _ = old_new
     new = as_encoder(tiny_hf_clip(48, seed=3), name="tiny-hf-new")
-    stage2 = {"epochs": 1, "batch_size": 8, "text_epochs": 1, "val_fraction": 0.0}
+    stage2 = {"image_tower": "lora", "epochs": 1, "batch_size": 8, "text_epochs": 1, "val_fraction": 0.0}
     adapter = xbt.fit(old, new, captions_400, pairs=pair_list(16), epochs=1, stage2=stage2, verbose=False)
     folder = adapter.export("onnx", tmp_path / "hf")
     served = xbt_runtime.load(folder, threads=1)

@@ -8,9 +8,9 @@ from xbt.toy import patterns as pw
 from xbt.toy.worlds import WORLDS
 
 
-def test_get_world_names_both_worlds_and_refuses_others():
-    assert set(WORLDS) == {"shapes", "patterns"}
-    assert get_world("patterns").scenes is pw
+def test_get_world_names_the_worlds_and_refuses_others():
+    assert set(WORLDS) == {"shapes", "patterns", "patterns-wide"}
+    assert get_world("patterns").scenes is pw and get_world("patterns-wide").scenes is pw
     with pytest.raises(xbt.XBTError, match="unknown toy world 'moon'"):
         get_world("moon")
 
@@ -113,3 +113,33 @@ def test_closure_is_undefined_when_the_target_is_not_above_old_old():
     assert closure(69.2, 12.0, 30.5) is None  # the patterns ceiling sits below old->old
     assert closure(37.5, 48.7, 64.7) == pytest.approx(11.2 / 27.2)
     assert closure(37.5, 40.0, 37.5) is None
+
+
+@pytest.fixture(scope="module")
+def wide_report():
+    world = get_world("patterns-wide")
+    old, new = world.load_clips()
+    report = xbt.evaluate(
+        old, new, dataset=xbt.toy.load_toy(world="patterns-wide"), verbose=False, query_cost=False
+    ).set_ceiling(world.ceiling())
+    return old, new, report
+
+
+def test_the_wide_world_has_a_real_clips_scales_and_its_weights_reproduce_their_recall(wide_report):
+    old, new, report = wide_report
+    assert (old.embed_dim, new.embed_dim) == (512, 768)
+    assert old.logit_scale == pytest.approx(100, rel=1e-3) and new.logit_scale == pytest.approx(100, rel=1e-3)
+    recorded = get_world("patterns-wide").recorded_metrics()
+    for row, key in ((report.old_old, "old"), (report.new_new, "new")):
+        assert abs(100 * row["i2t"][1] - recorded[key]["i2t_r1"]) <= 1.0, (key, row)
+        assert abs(100 * row["t2i"][1] - recorded[key]["t2i_r1"]) <= 1.0, (key, row)
+    assert report.dataset == "toy-patterns-wide"
+
+
+def test_compatible_worlds_have_a_ceiling_above_old_old_and_patterns_does_not(wide_report):
+    _, _, report = wide_report
+    for direction in ("i2t", "t2i"):  # room to reach through the frozen old gallery, in both directions
+        assert report.ceiling[direction][1] > report.old_old[direction][1] + 0.01
+    shapes, patterns = get_world("shapes").ceiling(), get_world("patterns").ceiling()
+    assert shapes["i2t"][1] > 0.375 and shapes["t2i"][1] > 0.191  # shapes' old->old: 37.5 / 19.1
+    assert patterns["i2t"][1] < 0.692 and patterns["t2i"][1] < 0.281  # below patterns' old->old in both

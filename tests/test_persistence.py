@@ -50,7 +50,13 @@ def adapters(old_new, captions_400, pairs):
     }
     out["xbt stage 1"] = xbt.fit(old, new, texts, epochs=1, verbose=False)
     out["xbt stage 1+2"] = xbt.fit(
-        old, new, texts, pairs=pairs, epochs=1, stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0}, verbose=False
+        old,
+        new,
+        texts,
+        pairs=pairs,
+        epochs=1,
+        stage2={"image_tower": "lora", "epochs": 1, "rank": 2, "val_fraction": 0.0},
+        verbose=False,
     )
     out["xbt stage 1+2 + nlerp"] = xbt.fuse(out["xbt stage 1+2"], old, pairs=pairs, kind="nlerp", verbose=False)
     image_head = Projection.from_linear(
@@ -188,7 +194,7 @@ def test_model_card_has_metadata_and_the_evaluation_table(adapters, old_new, tmp
         xbt.toy.text_corpus(120),
         pairs=pair_list(40),
         epochs=1,
-        stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0},
+        stage2={"image_tower": "lora", "epochs": 1, "rank": 2, "val_fraction": 0.0},
         verbose=False,
     )
     images, captions = xbt.toy.test_split(12)
@@ -223,7 +229,7 @@ def test_model_card_has_metadata_and_the_evaluation_table(adapters, old_new, tmp
             xbt.toy.text_corpus(120),
             pairs=pair_list(40),
             epochs=1,
-            stage2={"epochs": 1, "rank": 2, "val_fraction": 0.0},
+            stage2={"image_tower": "lora", "epochs": 1, "rank": 2, "val_fraction": 0.0},
             verbose=False,
         ).adapter_id()
     )

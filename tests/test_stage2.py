@@ -27,7 +27,15 @@ def pairs_40():
 def _fit2(old, new, texts, pairs, **kw):
     # No held-out split by default: on 40 pairs of random tiny models the guard would judge on 4
     # pairs of noise and may keep stage 1, which would leave nothing to test. The guard has its own tests.
-    stage2 = {"epochs": 3, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0, **kw.pop("stage2", {})}
+    # LoRA on the image tower: most tests here are about it (the frozen tower: test_image_head.py)
+    stage2 = {
+        "image_tower": "lora",
+        "epochs": 3,
+        "batch_size": 8,
+        "text_epochs": 2,
+        "val_fraction": 0.0,
+        **kw.pop("stage2", {}),
+    }
     return xbt.fit(old, new, texts, pairs=pairs, epochs=2, stage2=stage2, verbose=False, **kw)
 
 
@@ -260,7 +268,7 @@ def test_bad_pairs(old_new, captions_400):
     with pytest.raises(XBTError, match="unknown stage-2 option"):
         xbt.fit(old, new, captions_400[:50], pairs=pair_list(4), stage2={"rnk": 4}, verbose=False)
     with pytest.raises(XBTError, match="caption_bank must be 'stage1' or 'old'"):
-        xbt.Stage2Config(caption_bank="gallery")
+        xbt.Stage2Config(image_tower="lora", caption_bank="gallery")
 
 
 def test_bf16_autocast_path_trains_on_cpu(old_new, captions_400, pairs_40):
@@ -293,8 +301,12 @@ def test_caption_bank_and_distractors_leave_the_pair_captions_out(old_new, capti
     assert bank(_fit2(old, new, texts, pairs_40, stage2={"caption_bank_size": 0})) == len(pairs_40)
     old_bank = _fit2(old, new, texts, pairs_40, stage2={"caption_bank": "old"})
     assert old_bank.training["metrics"]["stage2"]["image"]["history"]["caption_bank_kind"] == "old"
+    with pytest.raises(XBTError, match=r"\['caption_bank_size'\] only apply to image_tower='lora'"):
+        xbt.Stage2Config(caption_bank_size=30)  # a LoRA option, refused for the frozen tower
     with pytest.raises(XBTError, match="caption_bank_size must be >= 0"):
-        xbt.Stage2Config(caption_bank_size=-1)  # validated on construction, not only through from_kwargs
+        xbt.Stage2Config(
+            image_tower="lora", caption_bank_size=-1
+        )  # validated on construction, not only through from_kwargs
 
 
 def test_pair_confidence_is_the_softmax_diagonal_in_chunks_and_favours_specific_captions():
@@ -355,7 +367,7 @@ def test_a_stage1_adapter_can_serve_several_stage2_runs(old_new, captions_400, p
         pairs=pairs_40,
         stage1=stage1,
         verbose=False,
-        stage2={"epochs": 3, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0},
+        stage2={"image_tower": "lora", "epochs": 3, "batch_size": 8, "text_epochs": 2, "val_fraction": 0.0},
     )
     assert reused.adapter_id() == first.adapter_id()  # the same as training stage 1 anew with the same seed
     with pytest.raises(XBTError, match="drop .'epochs'."):
@@ -378,7 +390,15 @@ def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips,
     from xbt.models.embedding import embed_images, embed_texts
 
     old, new = toy_clips
-    wrecked = {"lr": 50.0, "projection_lr": 50.0, "text_lr": 50.0, "val_fraction": 0.5, "epochs": 1, "text_epochs": 1}
+    wrecked = {
+        "image_tower": "lora",
+        "lr": 50.0,
+        "projection_lr": 50.0,
+        "text_lr": 50.0,
+        "val_fraction": 0.5,
+        "epochs": 1,
+        "text_epochs": 1,
+    }
     with pytest.warns(UserWarning, match="not backward compatible"):
         # one stage-1 epoch on 400 captions: far from the old model, which the held-out pairs must say
         adapter = xbt.fit(old, new, captions_400, pairs=pairs_40, epochs=1, stage2=wrecked, verbose=False)

@@ -111,7 +111,12 @@ def run(old, new, coco_root, flickr_root, n_pairs: int, smoke: bool, out: Path) 
     texts = [c for caps in train.captions for c in caps]
     pairs = [(train.images[i], train.captions[i][0]) for i in range(min(n_pairs, len(train.captions)))]
     stage1 = {"epochs": 2} if smoke else {}
-    stage2 = {"precision": "bf16", **({"epochs": 1, "text_epochs": 1, "batch_size": 8} if smoke else {})}
+    # the paper trains LoRA on the image tower
+    stage2 = {
+        "image_tower": "lora",
+        "precision": "bf16",
+        **({"epochs": 1, "text_epochs": 1, "batch_size": 8} if smoke else {}),
+    }
     quiet = {"verbose": False} if smoke else {}
     adapters = {
         "xbt": xbt.fit(old, new, texts, pairs=pairs, stage2=stage2, **stage1, **quiet),

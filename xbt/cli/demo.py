@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..core.errors import XBTError
 from ..toy.demo import run_demo
 from ..toy.splits import MAX_PAIRS
+from ..toy.worlds import WORLDS
 
 
 def register(sub) -> None:
@@ -18,7 +19,7 @@ def register(sub) -> None:
     p.add_argument(
         "--out", default="xbt-demo", help="folder for report.json, report.md, report.png (default: xbt-demo)"
     )
-    p.add_argument("--world", default="shapes", choices=["shapes", "patterns"], help="toy world (default: shapes)")
+    p.add_argument("--world", default="shapes", choices=sorted(WORLDS), help="toy world (default: shapes)")
     p.add_argument("--texts", type=int, default=50_000, help="stage-1 caption corpus size")
     p.add_argument("--pairs", type=int, default=2_000, help="image-caption pairs for stage 2 and SLERP's weights")
     p.add_argument("--seed", type=int, default=0)

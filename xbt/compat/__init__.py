@@ -45,7 +45,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "losses": ("method.losses",),
     "stage1": ("method.stage1", "models.head", "core.seeding"),
     "stage2": ("method.stage2", "method.image_path"),
-    "distillation": ("method.text_head",),
+    "distillation": ("method.heads",),
     "validation": ("method.guard",),
     "checkpoint": ("method.checkpoint",),
     "fit": ("method.fit", "baselines.fit"),

@@ -24,7 +24,7 @@ class TrainingOptions(Options):
             f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}",
         )
         need(
-            self.lr > 0 and self.temperature > 0,
+            self.lr > 0 and (self.temperature is None or self.temperature > 0),
             f"lr and temperature must be positive, got {self.lr} and {self.temperature}",
         )
         need(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
@@ -75,41 +75,98 @@ class Stage1Config(TrainingOptions):
         )
 
 
+#: the image path's training options where the user leaves them unset (None), per image tower
+TOWER_DEFAULTS = {
+    "frozen": {"epochs": 40, "batch_size": 256, "lr": 1e-3, "patience": 5, "temperature": None},
+    "lora": {"epochs": 5, "batch_size": 64, "lr": 5e-4, "patience": 3, "temperature": 0.05},
+}
+#: options of one image tower only, with their defaults: set away from them for the other tower, they are refused
+TOWER_ONLY = {
+    "lora": {
+        "rank": 8,
+        "alpha": 16.0,
+        "dropout": 0.0,
+        "target_modules": None,
+        "projection_lr": 1e-4,
+        "weight_decay": 0.0,
+        "caption_rank_weight": 1.0,
+        "caption_bank_size": 20_000,
+        "caption_bank": "stage1",
+        "confidence_weighting": True,
+        "confidence_temperature": None,
+        "image_keep_weight": 1.0,
+        "precision": "auto",
+    },
+    "frozen": {"image_losses": ("captions", "old_images"), "text_prior_weight": 1.0, "text_prior_noise": 0.1},
+}
+#: the frozen image head's temperature, as a multiple of the OLD model's own (``1 / logit_scale``)
+HEAD_TEMPERATURE_FACTOR = 0.4
+
+
+def head_temperature(old_logit_scale: float) -> float:
+    """The frozen image head's InfoNCE temperature for an OLD model of this logit scale (see BENCHMARKS.md)."""
+    return HEAD_TEMPERATURE_FACTOR / float(old_logit_scale)
+
+
 @dataclass
 class Stage2Config(TrainingOptions):
-    """Stage-2 hyperparameters: the image path (LoRA + head), the text head, and the guard."""
+    """Stage-2 hyperparameters: the image path (a head on the frozen image tower, or LoRA + head), the text head,
+    and the guard."""
 
     what: ClassVar[str] = "stage-2"
 
-    # the image path: LoRA on the NEW image tower + an image head, ranking captions
-    rank: int = option(8, "LoRA rank")
-    alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)")
-    dropout: float = option(0.0, "LoRA dropout")
+    image_tower: str = option(
+        "frozen",
+        "frozen: image queries get a head on the frozen NEW image tower (merges for free); lora: PEFT LoRA on the "
+        "tower plus the head, ranking a caption bank",
+        choices=("frozen", "lora"),
+    )
+    # the image path: shared by both towers, defaults per tower (TOWER_DEFAULTS)
+    epochs: int | None = option(None, "image-path epochs over the pair images (default: 40 frozen, 5 lora)")
+    batch_size: int | None = option(None, "pair images per image-path batch (default: 256 frozen, 64 lora)")
+    lr: float | None = option(None, "learning rate of the image head (frozen, 1e-3) or of LoRA (lora, 5e-4)")
+    temperature: float | None = option(
+        None,
+        "temperature of the image path's losses (default: frozen, 0.4 / the OLD model's logit scale; lora, 0.05)",
+    )
+    patience: int | None = option(
+        None, "image-path epochs without held-out improvement before stopping (default: 5 frozen, 3 lora)"
+    )
+    # the frozen image tower: a head trained on cached features
+    image_losses: tuple[str, ...] = option(
+        ("captions", "old_images"),
+        "the image head's runs, each a guard candidate: captions (each image against the OLD vectors of all its "
+        "captions), old_images (each image against its OLD image vector, with stage 1's text loss beside it)",
+    )
+    text_prior_weight: float = option(1.0, "weight of stage 1's text loss beside the old_images run")
+    text_prior_noise: float = option(0.1, "noise norm on the stage-1 texts of that text loss (as stage 1's noise_std)")
+    # the LoRA image tower: PEFT LoRA on the NEW image tower + an image head, ranking captions
+    rank: int = option(8, "LoRA rank (lora)")
+    alpha: float = option(16.0, "LoRA alpha, scale = alpha / rank (lora)")
+    dropout: float = option(0.0, "LoRA dropout (lora)")
     target_modules: tuple[str, ...] | None = option(
         None,
-        "layer-name suffixes LoRA wraps in the image tower (default: its attention/MLP or bottleneck-convolution "
-        "layers)",
+        "layer-name suffixes LoRA wraps in the image tower (lora; default: its attention/MLP or "
+        "bottleneck-convolution layers)",
     )
-    epochs: int = option(5, "image-path training epochs over the pairs")
-    batch_size: int = option(64, "pairs per image-path batch")
-    lr: float = option(5e-4, "learning rate of the LoRA weights")
-    projection_lr: float = option(1e-4, "learning rate of the image head (gentler: it holds stage 1's knowledge)")
-    weight_decay: float = option(0.0, "AdamW weight decay of the image path")
-    temperature: float = option(0.05, "temperature of the caption ranking")
-    caption_rank_weight: float = option(1.0, "each pair image ranks its caption among the caption bank")
+    projection_lr: float = option(1e-4, "learning rate of the image head beside LoRA (lora)")
+    weight_decay: float = option(0.0, "AdamW weight decay of the LoRA image path (lora)")
+    caption_rank_weight: float = option(1.0, "each pair image ranks its caption among the caption bank (lora)")
     caption_bank_size: int = option(
-        20_000, "stage-1 captions that join the training pair captions in that bank (0: pairs only)"
+        20_000, "stage-1 captions that join the training pair captions in that bank (lora; 0: pairs only)"
     )
     caption_bank: str = option(
         "stage1",
-        "where the bank's captions sit: stage1 (their stage-1 places) or old (the OLD model's caption vectors)",
+        "where the bank's captions sit (lora): stage1 (their stage-1 places) or old (the OLD caption vectors)",
         choices=("stage1", "old"),
     )
-    confidence_weighting: bool = option(True, "weight each pair's ranking by the NEW model's own confidence in it")
-    confidence_temperature: float | None = option(
-        None, "temperature of that confidence (default: the new model's 1 / logit_scale)"
+    confidence_weighting: bool = option(
+        True, "weight each pair's ranking by the NEW model's own confidence in it (lora)"
     )
-    image_keep_weight: float = option(1.0, "projected image stays near its stage-1 value")
+    confidence_temperature: float | None = option(
+        None, "temperature of that confidence (lora; default: the new model's 1 / logit_scale)"
+    )
+    image_keep_weight: float = option(1.0, "projected image stays near its stage-1 value (lora)")
     # the text path: a head on the frozen NEW text tower, distilled from the new model's own ranking
     text_head: bool = option(
         True, "train a text head by distillation (needs OLD vectors of the pair images); off: text queries use stage 1"
@@ -131,14 +188,30 @@ class Stage2Config(TrainingOptions):
     patience: int = option(3, "image-path epochs without held-out improvement before stopping")
     precision: str = option(
         "auto",
-        "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16",
+        "lora: auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
     seed: int = option(0, "seed of the split, batches, bank sample and LoRA initialisation")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        self.check_types()  # the type of each field, before defaults fill in and values convert
+        need(
+            self.image_tower in TOWER_DEFAULTS,
+            f"image_tower must be 'frozen' or 'lora', got {self.image_tower!r}",
+        )
+        for name, default in TOWER_DEFAULTS[self.image_tower].items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        self.image_losses = tuple(self.image_losses)
         self.target_modules = tuple(self.target_modules) if self.target_modules else None
+        other = "lora" if self.image_tower == "frozen" else "frozen"
+        stray = [k for k, default in TOWER_ONLY[other].items() if getattr(self, k) != default]
+        need(
+            not stray,
+            f"{stray} only apply to image_tower={other!r}, and this stage 2 runs image_tower={self.image_tower!r}: "
+            f"drop them, or pass image_tower={other!r}",
+        )
+        super().__post_init__()
         need(
             self.precision in ("auto", "fp32", "bf16", "fp16"),
             f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}",
@@ -165,6 +238,15 @@ class Stage2Config(TrainingOptions):
             f"{self.confidence_temperature}",
         )
         need(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
+        need(
+            bool(self.image_losses) and set(self.image_losses) <= {"captions", "old_images"},
+            f"image_losses must name one or more of 'captions', 'old_images', got {self.image_losses!r}",
+        )
+        need(
+            self.text_prior_weight >= 0 and self.text_prior_noise >= 0,
+            f"text_prior_weight and text_prior_noise must be >= 0, got {self.text_prior_weight} and "
+            f"{self.text_prior_noise}",
+        )
         need(
             self.text_epochs >= 1 and self.text_batch_size >= 2 and self.text_lr > 0,
             f"text_epochs >= 1, text_batch_size >= 2 and text_lr > 0 are needed, got {self.text_epochs}, "

@@ -25,7 +25,7 @@ from ..core.checks import check_texts, check_vectors
 from ..core.distributed import broadcast_module
 from ..core.errors import XBTError
 from ..core.seeding import seeded
-from ..data.pairs import as_pairs
+from ..data.pairs import as_images, as_pairs
 from ..data.texts import iter_texts
 from ..models.embedding import CacheSpec, embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, as_encoder
@@ -76,6 +76,8 @@ def fit(
     checkpoint_dir: str | None = None,
     use_stage1: bool = True,
     stage1: Adapter | None = None,
+    unlabeled: Any = None,
+    old_unlabeled_embeddings: torch.Tensor | None = None,
     **config: Any,
 ) -> Adapter:
     """Train (or fit) an adapter that maps the NEW model's embeddings into the OLD model's space.
@@ -112,6 +114,11 @@ def fit(
         stage1: (xbt) a stage-1 adapter from an earlier ``fit(old, new, texts)`` of these same
             models: its head is used as it is, so one stage 1 on a large corpus can serve several
             stage-2 runs (``texts`` still feed the caption bank and the text head).
+        unlabeled: (xbt) images without captions (a list of PIL images or a ``datasets.Dataset`` with an image
+            column), e.g. gallery images you still have: the image head's ``old_images`` run also aligns them
+            with their OLD vectors. They need no caption.
+        old_unlabeled_embeddings: (xbt) your stored OLD gallery vectors of those images, float32 [n, d_old]
+            (default: embedded with ``old``).
         **config: options of the method: stage-1 options for ``"xbt"`` (``xbt.config.Stage1Config``:
             noise_std, hidden, epochs...); ``xbt.config.BaselineConfig`` fields for the others.
 
@@ -131,6 +138,8 @@ def fit(
         "embed_pairs_with_old": not embed_pairs_with_old,
         "checkpoint_dir": checkpoint_dir is not None,
         "use_stage1": not use_stage1,
+        "unlabeled": unlabeled is not None,
+        "old_unlabeled_embeddings": old_unlabeled_embeddings is not None,
     }
     given = [name for name, on in xbt_only.items() if on]
     if method != "xbt":
@@ -151,10 +160,28 @@ def fit(
     stage2_cfg = Stage2Config.from_kwargs(**{"seed": seed, **(stage2 or {})})
     if pairs is None and given:
         raise XBTError(f"{given} only apply to stage 2, which trains on image-caption pairs: pass pairs=...")
-    old_image_embeddings, old_caption_embeddings = (  # refused before stage 1 runs, not after
+    old_image_embeddings, old_caption_embeddings, old_unlabeled_embeddings = (  # refused before stage 1 runs
         None if v is None else check_vectors(v, f"old_{kind}_embeddings", old_enc.embed_dim)
-        for kind, v in (("image", old_image_embeddings), ("caption", old_caption_embeddings))
+        for kind, v in (
+            ("image", old_image_embeddings),
+            ("caption", old_caption_embeddings),
+            ("unlabeled", old_unlabeled_embeddings),
+        )
     )
+    if old_unlabeled_embeddings is not None and unlabeled is None:
+        raise XBTError("old_unlabeled_embeddings are the OLD vectors of unlabeled images: pass unlabeled=... too")
+    extra_images = as_images(unlabeled) if unlabeled is not None else None
+    if extra_images is not None and old_unlabeled_embeddings is not None:
+        if tuple(old_unlabeled_embeddings.shape) != (len(extra_images), old_enc.embed_dim):
+            raise XBTError(
+                f"old_unlabeled_embeddings must be [{len(extra_images)}, {old_enc.embed_dim}] (one OLD vector per "
+                f"unlabeled image), got {tuple(old_unlabeled_embeddings.shape)}"
+            )
+    if extra_images is not None and old_unlabeled_embeddings is None and not embed_pairs_with_old:
+        raise XBTError(
+            "unlabeled images are aligned with their OLD vectors: pass old_unlabeled_embeddings=..., or let fit "
+            "embed them with the old model (embed_pairs_with_old=True)"
+        )
     if stage1 is not None:
         _check_stage1(stage1, old_enc, new_enc, use_stage1, config)
 
@@ -174,7 +201,14 @@ def fit(
         dict(texts=text_step.texts, texts_new=text_step.new, texts_old=text_step.old) if use_stage1 else {}
     )
     data = PairData(
-        images, captions, old_images=old_vectors["images"], old_captions=old_vectors["captions"], **texts_for_stage2
+        images,
+        captions,
+        old_images=old_vectors["images"],
+        old_captions=old_vectors["captions"],
+        old_logit_scale=old_enc.logit_scale,
+        stage1_temperature=training.get("stage1", {}).get("temperature", stage1_cfg.temperature),
+        **texts_for_stage2,
+        **_unlabeled_vectors(old_enc, new_enc, extra_images, old_unlabeled_embeddings, **opts),
     )
     result = train_stage2(
         new_enc, projection, data, stage2_cfg, checkpoint_dir=checkpoint_dir, device=device, verbose=verbose
@@ -270,6 +304,24 @@ def _old_pair_vectors(
             f"of their captions: {sources['captions']}"
         )
     return old_vectors, sources
+
+
+def _unlabeled_vectors(old_enc, new_enc, images, old_given, device, cache, verbose) -> dict:
+    """The NEW and OLD vectors of the unlabeled images (``PairData.unlabeled_new`` / ``unlabeled_old``), or none."""
+    if images is None:
+        return {}
+    new_vectors = embed_images(new_enc, images, device=device, cache=cache, verbose=verbose)
+    old_vectors = (
+        old_given
+        if old_given is not None
+        else embed_images(old_enc, images, device=device, cache=cache, verbose=verbose)
+    )
+    if verbose:
+        print(
+            f"xbt stage 2: {len(images)} unlabeled images; their OLD vectors "
+            f"{'given' if old_given is not None else 'embedded with the old model'}"
+        )
+    return {"unlabeled_new": new_vectors, "unlabeled_old": old_vectors}
 
 
 def _check_stage1(stage1: Any, old: CLIPEncoder, new: CLIPEncoder, use_stage1: bool, config: dict) -> None:

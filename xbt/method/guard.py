@@ -85,6 +85,31 @@ def i2t_ranks(image_queries: torch.Tensor, old_captions: torch.Tensor) -> torch.
     return target_ranks(image_queries, old_captions, torch.arange(len(image_queries)))
 
 
+def owned_ranks(queries: torch.Tensor, gallery: torch.Tensor, owner: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """The 1-based mid-rank of each query's best-placed own gallery row: float64 [n].
+
+    ``queries`` [n, d] and ``gallery`` [m, d] are unit rows of one space; ``owner`` (int64 [m]) names the
+    query each gallery row belongs to (-1: a distractor; every query owns at least one row). An image with
+    five captions is found when any of them is; the rank counts the other queries' rows and distractors
+    scoring strictly above its best own row, plus half of those scoring the same. A query with a non-finite
+    score ranks last (``m``).
+    """
+    owner = owner.to(gallery.device)
+    out = []
+    for s in range(0, len(queries), chunk):
+        scores = queries[s : s + chunk].float() @ gallery.float().T
+        own = owner[None, :] == torch.arange(s, s + len(scores), device=scores.device)[:, None]
+        if not own.any(1).all():
+            raise XBTError("owned_ranks: a query owns no gallery row; give each query at least one of its items")
+        best = scores.masked_fill(~own, float("-inf")).max(1, keepdim=True).values
+        above = ((scores > best) & ~own).sum(1).double()
+        ties = ((scores == best) & ~own).sum(1).double()
+        ranks = 1 + above + 0.5 * ties
+        broken = ~torch.isfinite(scores).all(1)
+        out.append(torch.where(broken, torch.full_like(ranks, float(len(gallery))), ranks))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
 def paired_gain(
     base_log_ranks: torch.Tensor, log_ranks: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[float, float]:

@@ -1,4 +1,6 @@
-"""The text-query head of stage 2: the new model's own text->image ranking, distilled onto OLD image vectors.
+"""Stage 2's heads on the frozen NEW towers: the text head (distilled) and the image head (trained on the pairs).
+
+**The text head.** The new model's own text->image ranking, distilled onto OLD image vectors.
 
 Text queries search the OLD image gallery (T2I). Stage 1 puts a new text embedding where the old
 model put the same text, so new text queries rank old images about as well as old ones did. The
@@ -17,6 +19,11 @@ the pair images say nothing about stay where stage 1 put them.
 The head runs on the frozen new text tower (no LoRA): a query costs what stage 1's does. It starts
 as a copy of the stage-1 head; after every epoch it is scored on held-out pairs
 (``xbt.validation.t2i_ranks``) and the best state is kept, stage 1 included.
+
+**The image head** (``train_image_head``): a copy of the stage-1 head trained on frozen NEW image
+features against the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, every
+epoch of every run a candidate of the guard. A frozen tower costs nothing at query time once merged
+and trains in seconds on cached features; see BENCHMARKS.md for how it compares with LoRA.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -32,8 +40,9 @@ from tqdm.auto import tqdm
 from ..core.errors import XBTError
 from ..models.head import Projection
 from .config import Stage2Config
-from .guard import PathChoice, paired_gain, t2i_ranks
-from .losses import cosine_gap, ranking_distillation
+from .guard import PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
+from .losses import cosine_gap, multi_positive_nce, ranking_distillation, stage1_loss
+from .stage1 import add_noise
 
 T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
 
@@ -210,3 +219,155 @@ def fold_scores(
         )
         out.append(logs)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The image head: image queries on the frozen NEW image tower.
+
+I2T_HEAD_MEASURE = (
+    "I2T: held-out pair images search the OLD vectors of their captions among distractor captions; each image "
+    "ranks by its best-placed own caption; geometric-mean rank"
+)
+#: the image head's losses by name (``Stage2Config.image_losses``)
+IMAGE_LOSSES = ("captions", "old_images")
+
+
+@dataclass
+class ImageHeadInputs:
+    """What the frozen-tower image head trains and is judged on, prepared by stage 2.
+
+    Attributes:
+        new_img: the bare NEW model's vectors of the distinct pair images, float32 [n_img, d_new] unit rows.
+        old_img: their OLD vectors [n_img, d_old], or ``None``.
+        old_captions: the OLD vectors of the pair captions, one per row [n_rows, d_old], or ``None``;
+            ``owner`` [n_rows] (int64) names each row's image.
+        train, val: the training and held-out images (int64 indices into ``new_img``); held out by image,
+            so no held-out caption's image was trained on.
+        val_gallery: the held-out search, OLD vectors of the held-out captions then distractor captions
+            [m, d_old]; ``val_owner`` [m] (int64) each row's position in ``val``, -1 for a distractor.
+        texts_new, texts_old: stage-1 texts under both models [k, d] (the text prior), or ``None``.
+        temperature: the InfoNCE temperature of every loss.
+        unlabeled_new, unlabeled_old: images without captions under both models [u, d_new] / [u, d_old], or
+            ``None``; each ``old_images`` batch draws as many of them beside its pair images.
+        text_temperature: stage 1's temperature, which its text loss keeps beside the ``old_images`` run.
+    """
+
+    new_img: torch.Tensor
+    old_img: torch.Tensor | None
+    old_captions: torch.Tensor | None
+    owner: torch.Tensor
+    train: torch.Tensor
+    val: torch.Tensor
+    val_gallery: torch.Tensor
+    val_owner: torch.Tensor
+    texts_new: torch.Tensor | None
+    texts_old: torch.Tensor | None
+    temperature: float
+    unlabeled_new: torch.Tensor | None = None
+    unlabeled_old: torch.Tensor | None = None
+    text_temperature: float = 0.05
+
+
+def train_image_head(
+    stage1_head: Projection, x: ImageHeadInputs, config: Stage2Config, verbose: bool = True
+) -> tuple[Projection, PathChoice | None, dict, torch.Tensor | None]:
+    """Train one image head per loss in ``config.image_losses`` from a copy of ``stage1_head``; keep the held-out
+    best state of them all, stage 1 included.
+
+    - ``"captions"``: each pair image against the OLD vectors of all its captions (multi-positive InfoNCE; the
+      other images' captions in the batch are the negatives). Strong where images have several captions.
+    - ``"old_images"``: each pair image against its own image's OLD vector (InfoNCE within the batch), beside
+      stage 1's text loss on noised stage-1 texts (``text_prior_weight``), which keeps the text knowledge that
+      carries the result where an image has a single caption.
+
+    Returns ``(head, choice, history, kept ranks)``: the kept head (eval, no grad), the ``PathChoice`` (None
+    without held-out images), per-loss histories, and the held-out ranks of the kept head (float64 [len(val)])
+    for the comparison with the old model's own image queries.
+    """
+    cfg = config
+    validate = len(x.val) > 0
+    choice = PathChoice("image", I2T_HEAD_MEASURE) if validate else None
+
+    def ranks(h: Projection) -> torch.Tensor:
+        return owned_ranks(h.in_chunks(x.new_img[x.val]), x.val_gallery, x.val_owner)
+
+    best_state, best_ranks = stage1_head, ranks(stage1_head.eval()) if validate else None
+    if choice is not None:
+        choice.add("stage 1", geometric_mean_rank(best_ranks))
+    history: dict = {}
+    usable = [name for name in cfg.image_losses if (x.old_captions if name == "captions" else x.old_img) is not None]
+    for name in usable:
+        head = copy.deepcopy(stage1_head).train().requires_grad_(True)
+        record = history[name] = {"train_loss": [], "val_geo_mean_rank": []}
+        kept = _fit_head(head, name, x, cfg, record, choice, ranks, verbose)
+        if kept is not None:
+            best_state, best_ranks = kept
+    if not usable:
+        history["skipped"] = "no OLD vectors of the pair captions or images to train on"
+    if choice is None and usable:  # nothing held out: the last loss's last epoch
+        best_state = head
+    return best_state.eval().requires_grad_(False), choice, history, best_ranks
+
+
+def _fit_head(head, name, x, cfg, record, choice, ranks, verbose):
+    """Train ``head`` with loss ``name``; ``(state, ranks)`` when one of its epochs became the chosen state."""
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * math.ceil(len(x.train) / cfg.batch_size))
+    rows_of = _rows_by_image(x.owner)
+    kept, bad = None, 0
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"stage 2 (image head, {name})", disable=not verbose, leave=False)
+    for epoch in bar:
+        order = x.train[torch.randperm(len(x.train), generator=gen)]
+        total, batches = 0.0, 0
+        for s in range(0, len(order), cfg.batch_size):
+            b = order[s : s + cfg.batch_size]
+            if len(b) < 2:
+                continue
+            z = head(x.new_img[b])
+            if name == "captions":
+                rows = torch.cat([rows_of[int(i)] for i in b])
+                positive = b[:, None] == x.owner[rows][None, :]
+                loss = multi_positive_nce(z, x.old_captions[rows], positive, x.temperature)
+            else:
+                targets = x.old_img[b]
+                if x.unlabeled_new is not None:  # as many unlabeled images beside the pair images
+                    u = torch.randint(len(x.unlabeled_new), (len(b),), generator=gen)
+                    z, targets = torch.cat([z, head(x.unlabeled_new[u])]), torch.cat([targets, x.unlabeled_old[u]])
+                loss = multi_positive_nce(z, targets, torch.eye(len(z), dtype=torch.bool), x.temperature)
+                if cfg.text_prior_weight and x.texts_new is not None:
+                    t = torch.randint(len(x.texts_new), (cfg.text_batch_size,), generator=gen)
+                    noised = add_noise(x.texts_new[t], cfg.text_prior_noise, gen)
+                    loss = loss + cfg.text_prior_weight * stage1_loss(
+                        head(noised), x.texts_old[t], x.text_temperature, 0.5
+                    )
+            if not torch.isfinite(loss):
+                record["diverged_at_epoch"] = epoch
+                return kept
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, batches = total + loss.item(), batches + 1
+        record["train_loss"].append(total / max(1, batches))
+        if choice is None:
+            continue
+        epoch_ranks = ranks(head.eval())
+        head.train()
+        score = geometric_mean_rank(epoch_ranks)
+        record["val_geo_mean_rank"].append(score)
+        bar.set_postfix(val=f"{score:.3f}")
+        if choice.add(f"stage 2 ({name}, epoch {epoch})", score):
+            kept, bad = (copy.deepcopy(head).eval(), epoch_ranks), 0
+        elif cfg.guard:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    return kept
+
+
+def _rows_by_image(owner: torch.Tensor) -> dict[int, torch.Tensor]:
+    out: dict[int, list[int]] = {}
+    for row, image in enumerate(owner.tolist()):
+        out.setdefault(image, []).append(row)
+    return {image: torch.tensor(rows) for image, rows in out.items()}

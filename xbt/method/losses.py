@@ -3,6 +3,8 @@
 - ``info_nce``: symmetric InfoNCE between matched rows of two batches (row ``i`` of ``a`` and of
   ``b`` are a pair; every other row is a negative) - stage 1's main term and stage 2's pair and
   old-image terms;
+- ``multi_positive_nce``: InfoNCE where a query has several right items (an image and all its
+  captions) - stage 2's image head;
 - ``cosine_gap``: ``1 - mean cosine`` of matched rows, pulling pairs together in absolute terms
   (InfoNCE alone is rank-only);
 - ``stage1_loss``: ``info_nce + cosine_weight * cosine_gap``;
@@ -27,6 +29,20 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     logits = a @ b.T / temperature
     labels = torch.arange(len(a), device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def multi_positive_nce(
+    queries: torch.Tensor, gallery: torch.Tensor, positive: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """InfoNCE with several right items per query: a scalar.
+
+    ``mean_i [logsumexp_j s_ij - logsumexp_{j positive} s_ij]`` with ``s = queries gallery^T / temperature``
+    ([n, d] and [m, d] unit rows; ``positive`` bool [n, m], at least one True per row): each query must
+    place its right items (an image's several captions) above the rest, without them competing.
+    """
+    logits = queries @ gallery.T / temperature
+    right = torch.logsumexp(logits.masked_fill(~positive.to(logits.device), float("-inf")), dim=1)
+    return (torch.logsumexp(logits, dim=1) - right).mean()
 
 
 def cosine_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

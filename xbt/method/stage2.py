@@ -1,38 +1,36 @@
 """XBT stage 2: two query paths trained on image-caption pairs, each kept only if held-out pairs say so.
 
 Stage 1 left one head that maps new text embeddings where the old model put the same texts. Stage 2
-gives each kind of query its own path into the old space:
+gives each kind of query its own path into the old space. Pairs are grouped by image (rows with the
+same image content are one image with several captions, COCO's layout) and held out by image.
 
-- **image queries** (they search the OLD caption gallery): PEFT LoRA on the NEW model's image
-  tower (``xbt.lora``) and an image head, both trained so that each pair image ranks its own
-  caption first among a frozen caption bank - the training pair captions plus up to
-  ``caption_bank_size`` stage-1 texts, at their stage-1 places (``caption_bank="stage1"``) or at
-  the OLD model's caption vectors (``"old"``). Each pair is weighted by the frozen new model's own
-  confidence in it (``xbt.losses.pair_confidence``): a vague caption matches many images, and
-  ranking it first for one of them would pull image queries towards vague captions. A keep term
-  holds projected images near their stage-1 place. The base model stays in eval mode throughout
-  (batch-norm statistics of ResNet towers are base weights, never trained);
+- **image queries** (they search the OLD caption gallery). By default (``image_tower="frozen"``) a
+  head on the frozen NEW image tower (``xbt.method.heads.train_image_head``): one run per loss of
+  ``image_losses`` - each image against the OLD vectors of all its captions, and each image against
+  its own OLD image vector beside stage 1's text loss - every epoch of every run a candidate of the
+  guard. Its temperature follows the OLD model's logit scale (``config.head_temperature``). With
+  ``image_tower="lora"``, PEFT LoRA on the image tower and a head rank each pair's caption among a
+  caption bank, each pair weighted by the new model's confidence (``xbt.method.image_path``);
 - **text queries** (they search the OLD image gallery): a head on the frozen new text tower,
   distilled from the new model's own text->image ranking onto the OLD vectors of the pair images
-  (``xbt.distillation``).
+  (``xbt.method.heads.distill_text_head``).
 
-The guard: a share of the pairs (``val_fraction``) is held out, and each path keeps the state that
-searches best on them (``xbt.validation``: text queries against the old vectors of held-out images,
-image queries against the old vectors of held-out captions among distractor captions), stage 1
-included. A path whose every stage-2 state is worse than stage 1 on its held-out pairs stays at
-stage 1, so stage 2 never returns a path that its own validation says is worse. A few hundred
-pairs hold out too few to tell a gain from noise: under ``SMALL_VAL`` held-out pairs the text
-path is scored on folds of all pairs and must beat stage 1 by more than one standard error
-(``text_folds``; the image path, LoRA on the image tower, is too costly to train per fold). What was kept, and
-why, goes into the training record (and so into the model card), and so does each kept path
-against the OLD model's own queries on the same held-out searches: whether the upgrade is
-backward compatible on the user's pairs, known before any gallery is touched.
+The guard: a share of the pair images (``val_fraction``) is held out, and each path keeps the state
+that searches best on them (``xbt.method.guard``: text queries against the old vectors of held-out
+images, image queries against the old vectors of held-out captions among distractor captions),
+stage 1 included. A path whose every stage-2 state is worse than stage 1 on its held-out pairs
+stays at stage 1. A few hundred pairs hold out too few to tell a gain from noise: under
+``SMALL_VAL`` held-out images the text path is scored on folds of all pairs and must beat stage 1
+by more than one standard error (``text_folds``). What was kept, and why, goes into the training
+record (and so into the model card), and so does each kept path against the OLD model's own queries
+on the same held-out searches: whether the upgrade is backward compatible on the user's pairs,
+known before any gallery is touched.
 
 The OLD-model vectors of the pairs come from ``xbt.fit``, which embeds the pairs with the old
 model it is given (or takes the user's stored gallery vectors). Without them the text head is not
 trained and image queries are validated against stage-1 places, the old captions' stand-in.
-With ``checkpoint_dir`` the image path (``xbt.method.image_path``) saves its state after every epoch and
-an interrupted run resumes where it stopped.
+With ``checkpoint_dir`` the LoRA image path saves its state after every epoch and an interrupted
+run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -48,14 +46,15 @@ from PIL import Image
 from ..core.distributed import broadcast_module
 from ..core.errors import XBTError
 from ..core.seeding import seeded
+from ..data.pairs import group_images
 from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, best_device
 from ..models.head import Projection
-from .config import Stage2Config
-from .guard import i2t_ranks, say_versus_old, t2i_ranks, versus_old_model
+from .config import Stage2Config, head_temperature
+from .guard import i2t_ranks, owned_ranks, say_versus_old, t2i_ranks, versus_old_model
+from .heads import I2T_HEAD_MEASURE, T2I_MEASURE, ImageHeadInputs, distill_text_head, fold_scores, train_image_head
 from .image_path import I2T_MEASURE, ImagePathInputs, train_image_path
 from .losses import pair_confidence
-from .text_head import T2I_MEASURE, distill_text_head, fold_scores
 
 #: distractor captions (stage-1 texts no path trains on) in the held-out image->caption search
 VAL_DISTRACTORS = 5_000
@@ -72,6 +71,12 @@ class PairData:
             [n, d_old] unit rows, or ``None``.
         texts: the stage-1 captions (caption bank, distillation queries, distractors), or ``None``.
         texts_new, texts_old: their NEW / OLD text embeddings [len(texts), d], or ``None``.
+        unlabeled_new, unlabeled_old: images without captions under both models [u, d_new] / [u, d_old]
+            (the image head's ``old_images`` run aligns them too), or ``None``.
+        stage1_temperature: the temperature stage 1 trained with (its text loss sits beside the image head's
+            ``old_images`` run).
+        old_logit_scale: the OLD model's logit scale, which sets the frozen image head's temperature
+            (``config.head_temperature``); ``None``: the new model's.
     """
 
     images: list[Image.Image]
@@ -81,6 +86,10 @@ class PairData:
     texts: list[str] | None = None
     texts_new: torch.Tensor | None = None
     texts_old: torch.Tensor | None = None
+    old_logit_scale: float | None = None
+    unlabeled_new: torch.Tensor | None = None
+    unlabeled_old: torch.Tensor | None = None
+    stage1_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -96,6 +105,13 @@ class PairData:
                         f"{name} must be [{n}, d_old] (one OLD-model vector per pair), got {tuple(v.shape)}"
                     )
                 setattr(self, name, F.normalize(v.float(), dim=-1))
+        if (self.unlabeled_new is None) != (self.unlabeled_old is None) or (
+            self.unlabeled_new is not None and len(self.unlabeled_new) != len(self.unlabeled_old)
+        ):
+            raise XBTError("unlabeled images need both their NEW and their OLD vectors, one row each")
+        if self.unlabeled_new is not None:
+            self.unlabeled_new = F.normalize(self.unlabeled_new.float(), dim=-1)
+            self.unlabeled_old = F.normalize(self.unlabeled_old.float(), dim=-1)
         for name in ("texts_new", "texts_old"):
             v = getattr(self, name)
             if v is not None and (self.texts is None or len(v) != len(self.texts)):
@@ -146,20 +162,44 @@ def train_stage2(
 
 
 def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbose) -> Stage2Result:
-    n = len(data.images)
+    if checkpoint_dir is not None and cfg.image_tower != "lora":
+        raise XBTError(
+            "checkpoint_dir resumes LoRA training (image_tower='lora'); the frozen image tower trains heads on cached "
+            "features in seconds and has nothing to resume: drop checkpoint_dir, or pass image_tower='lora'"
+        )
+    groups = group_images(data.images)
+    n_img, owner = groups.n_images, groups.owner
     gen = torch.Generator().manual_seed(cfg.seed)
-    perm = torch.randperm(n, generator=gen)
-    n_val = max(2, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 20 else 0
-    val, train = perm[:n_val], perm[n_val:]
+    perm = torch.randperm(n_img, generator=gen)
+    n_val = max(2, int(round(n_img * cfg.val_fraction))) if cfg.val_fraction > 0 and n_img >= 20 else 0
+    val_imgs, train_imgs = perm[:n_val], perm[n_val:]  # held out by image: no held-out caption's image trains
+    rows_of = [[] for _ in range(n_img)]
+    for row, image in enumerate(owner.tolist()):
+        rows_of[image].append(row)
+
+    def rows(images: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([r for i in images.tolist() for r in rows_of[i]], dtype=torch.long)
+
+    val, train = rows(val_imgs), rows(train_imgs)
     new.to(dev)
-    pixels = new.preprocess_images(data.images).cpu()
-    new_img = embed_images(new, pixels, device=dev, cache=False, verbose=False)
+    distinct = [data.images[i] for i in groups.first]
+    pixels = new.preprocess_images(distinct).cpu()
+    new_img = embed_images(new, pixels, device=dev, cache=False, verbose=False)  # [n_img, d_new]
     new_txt = embed_texts(new, data.captions, device=dev, cache=False, verbose=False)
-    record: dict = {"n_train": len(train), "n_val": n_val, "old_vectors": data.old_images is not None}
+    old_img = data.old_images[groups.first] if data.old_images is not None else None  # [n_img, d_old]
+    row_img = new_img[owner]  # the rows' images, for the per-row searches
+    record: dict = {
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_images": n_img,
+        "n_val_images": n_val,
+        "old_vectors": data.old_images is not None,
+        "image_tower": cfg.image_tower,
+    }
 
     # Stage-1 texts, pair captions left out (a pair caption among the negatives would be a false one):
-    # a training caption bank, and distractors for the held-out image->caption search.
-    texts_new, bank_ids, distractor_ids = _split_texts(new, data, cfg, gen, dev)
+    # texts to train on, and distractors for the held-out image->caption search.
+    texts_new, free_ids, distractor_ids = _split_texts(new, data, gen, dev)
     distractors_new = texts_new[distractor_ids] if texts_new is not None else new_txt[:0]
     if data.texts_old is not None:
         distractors_old = data.texts_old[distractor_ids]
@@ -171,13 +211,13 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
         corpus = (
             texts_new[_sample(len(texts_new), cfg.distill_texts, gen)] if texts_new is not None else new_txt[train]
         )
-        n_folds = min(cfg.text_folds or (5 if n_val < SMALL_VAL else 1), n // n_val) if n_val and cfg.guard else 1
-        folds = [perm[i * n_val : (i + 1) * n_val] for i in range(n_folds)]  # the first is the held-out split
+        n_folds = min(cfg.text_folds or (5 if n_val < SMALL_VAL else 1), n_img // n_val) if n_val and cfg.guard else 1
+        folds = [rows(perm[i * n_val : (i + 1) * n_val]) for i in range(n_folds)]  # the first is the held-out split
         others = (
             fold_scores(
                 stage1_head,
                 corpus,
-                new_img,
+                row_img,
                 data.old_images,
                 new_txt,
                 folds,
@@ -191,8 +231,8 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
         heads["text"], choice, history = distill_text_head(
             stage1_head,
             corpus,
-            new_img[train],
-            data.old_images[train],
+            new_img[train_imgs],  # each training image once, however many captions it has
+            old_img[train_imgs],
             1.0 / new.logit_scale,
             cfg,
             val_texts_new=new_txt[val] if n_val else None,
@@ -213,40 +253,123 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     # The image path's held-out search: old caption vectors (or their stage-1 stand-in) among distractors.
     old_val_caps = data.old_captions[val] if data.old_captions is not None else stage1_head.in_chunks(new_txt[val])
     val_gallery = torch.cat([old_val_caps, distractors_old])
-    temperature = cfg.confidence_temperature or 1.0 / new.logit_scale
-    val_weights = (
-        pair_confidence(new_img[val], torch.cat([new_txt[val], distractors_new]), temperature) if n_val else None
-    )
-    inputs = ImagePathInputs(
-        pixels, new_img, new_txt, train, val, texts_new, bank_ids, val_gallery, val_weights, temperature
-    )
-    lora, image_head, image_record, image_ranks = train_image_path(
-        new, stage1_head, data, cfg, dev, inputs, checkpoint_dir, on_epoch_end, verbose
-    )
-    heads["image"] = image_head
-    if (
-        heads["text"] is not stage1_head
-    ):  # distilled in every process alike; rank 0's is everyone's, whatever the device
+    if cfg.image_tower == "frozen":
+        lora = None
+        heads["image"], image_record, image_ranks, old_ranks = _frozen_image_path(
+            stage1_head,
+            data,
+            cfg,
+            new,
+            new_img,
+            old_img,
+            owner,
+            train_imgs,
+            val_imgs,
+            val,
+            val_gallery,
+            texts_new,
+            free_ids,
+            verbose,
+        )
+        val_weights = None
+    else:
+        temperature = cfg.confidence_temperature or 1.0 / new.logit_scale
+        val_weights = (
+            pair_confidence(row_img[val], torch.cat([new_txt[val], distractors_new]), temperature) if n_val else None
+        )
+        inputs = ImagePathInputs(
+            pixels[owner],
+            row_img,
+            new_txt,
+            train,
+            val,
+            texts_new,
+            free_ids[: cfg.caption_bank_size].sort().values,
+            val_gallery,
+            val_weights,
+            temperature,
+        )
+        lora, heads["image"], image_record, image_ranks = train_image_path(
+            new, stage1_head, data, cfg, dev, inputs, checkpoint_dir, on_epoch_end, verbose
+        )
+        old_ranks = i2t_ranks(data.old_images[val].float(), val_gallery.float().cpu()) if n_val else None
+    if heads["text"] is not stage1_head:  # distilled in every process alike; rank 0's is everyone's
         broadcast_module(heads["text"])
+    if heads["image"] is not stage1_head and lora is None:
+        broadcast_module(heads["image"])
     record["image"] = image_record
     record["versus_old_model"] = _versus_old(
         heads["text"],
         image_ranks,
+        old_ranks if data.old_images is not None else None,
         data,
         val,
         new_txt,
-        val_gallery,
         val_weights,
+        I2T_HEAD_MEASURE if cfg.image_tower == "frozen" else I2T_MEASURE,
         real_distractors=texts_new is None or data.texts_old is not None,
     )
     say_versus_old(record["versus_old_model"], verbose)
     return Stage2Result(heads=heads, lora=lora, record=record)
 
 
-def _versus_old(text_head, image_ranks, data, val, new_txt, val_gallery, val_weights, real_distractors: bool) -> dict:
+def _frozen_image_path(
+    stage1_head,
+    data,
+    cfg,
+    new,
+    new_img,
+    old_img,
+    owner,
+    train_imgs,
+    val_imgs,
+    val,
+    val_gallery,
+    texts_new,
+    free_ids,
+    verbose,
+):
+    """The image head on the frozen image tower (``heads.train_image_head``); ``(head, record, its held-out ranks,
+    the old model's image queries' ranks on the same search)``."""
+    position = torch.full((len(new_img),), -1, dtype=torch.long)
+    position[val_imgs] = torch.arange(len(val_imgs))
+    val_owner = torch.cat([position[owner[val]], torch.full((len(val_gallery) - len(val),), -1, dtype=torch.long)])
+    prior = texts_new is not None and data.texts_old is not None
+    scale = data.old_logit_scale or new.logit_scale
+    inputs = ImageHeadInputs(
+        new_img,
+        old_img,
+        data.old_captions,
+        owner,
+        train_imgs,
+        val_imgs,
+        val_gallery,
+        val_owner,
+        texts_new[free_ids] if prior else None,
+        data.texts_old[free_ids] if prior else None,
+        cfg.temperature or head_temperature(scale),
+        data.unlabeled_new,
+        data.unlabeled_old,
+        data.stage1_temperature,
+    )
+    head, choice, history, ranks = train_image_head(stage1_head, inputs, cfg, verbose=verbose)
+    old_ranks = owned_ranks(old_img[val_imgs], val_gallery, val_owner) if old_img is not None and len(val) else None
+    record = {
+        "choice": choice.to_dict() if choice else None,
+        "history": history,
+        "temperature": inputs.temperature,
+        "unlabeled_images": 0 if data.unlabeled_new is None else len(data.unlabeled_new),
+    }
+    return head, record, ranks, old_ranks
+
+
+def _versus_old(
+    text_head, image_ranks, old_image_ranks, data, val, new_txt, val_weights, i2t_measure, real_distractors: bool
+) -> dict:
     """Each kept path against the OLD model's own queries on the same held-out searches (``versus_old_model``).
 
-    ``image_ranks``: the kept image path's held-out ranks (``_image_path``; a diverged path ranks last).
+    ``image_ranks`` / ``old_image_ranks``: the kept image path's held-out ranks and the old model's image queries'
+    on the same search (a diverged path ranks last).
     """
     if not len(val) or data.old_images is None or data.old_captions is None:
         return {"skipped": "needs held-out pairs and the OLD vectors of their images and captions"}
@@ -256,12 +379,9 @@ def _versus_old(text_head, image_ranks, data, val, new_txt, val_gallery, val_wei
             "text", t2i_ranks(text_head.in_chunks(new_txt[val]), old_imgs), t2i_ranks(old_caps, old_imgs), T2I_MEASURE
         )
     }
-    if (
-        real_distractors and image_ranks is not None
-    ):  # (stage-1 stand-ins for the distractors would favour the adapter's own space)
-        out["image"] = versus_old_model(
-            "image", image_ranks, i2t_ranks(old_imgs, val_gallery.float().cpu()), I2T_MEASURE, val_weights
-        )
+    if real_distractors and image_ranks is not None and old_image_ranks is not None:
+        # (stage-1 stand-ins for the distractors would favour the adapter's own space)
+        out["image"] = versus_old_model("image", image_ranks, old_image_ranks, i2t_measure, val_weights)
     return out
 
 
@@ -270,8 +390,9 @@ def _sample(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
     return torch.arange(n) if n <= k else torch.randperm(n, generator=gen)[:k].sort().values
 
 
-def _split_texts(new, data, cfg, gen, dev):
-    """The stage-1 texts' NEW embeddings, and disjoint index sets: caption bank and held-out distractors."""
+def _split_texts(new, data, gen, dev):
+    """The stage-1 texts' NEW embeddings, and disjoint index sets: texts to train on (in a seeded order) and
+    held-out distractors."""
     if not data.texts:
         return None, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     texts_new = (
@@ -284,4 +405,4 @@ def _split_texts(new, data, cfg, gen, dev):
     free = free[torch.randperm(len(free), generator=gen)]
     n_distractors = min(VAL_DISTRACTORS, len(free) // 5)
     distractors, rest = free[:n_distractors].sort().values, free[n_distractors:]
-    return F.normalize(texts_new.float(), dim=-1), rest[: cfg.caption_bank_size].sort().values, distractors
+    return F.normalize(texts_new.float(), dim=-1), rest, distractors

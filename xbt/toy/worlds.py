@@ -1,13 +1,18 @@
 """The toy worlds by name: each a scene generator and its shipped OLD/NEW pair of tiny CLIPs.
 
 ``get_world("shapes")`` is the original toy world (``xbt.toy``'s module-level functions are its
-shortcuts); ``get_world("patterns")`` is a second world, different in kind (textured regions and
-counted items, another caption grammar, a transformers ``CLIPModel`` as OLD and an open_clip
-ModifiedResNet as NEW, 96-d -> 64-d). Benchmarks and defaults are measured on both.
+shortcuts). ``get_world("patterns")`` is different in kind (textured regions and counted items,
+another caption grammar, a transformers ``CLIPModel`` as OLD and an open_clip ModifiedResNet as
+NEW, 96-d -> 64-d), and it is the world where an upgrade *cannot* be backward compatible: its new
+model does not carry what its old gallery separates (its ceiling is below old->old).
+``get_world("patterns-wide")`` draws the same scenes with a realistic upgrade at a real CLIP's
+scales (logit scale 100, 512-d OLD -> 768-d NEW): the second world where compatibility is possible.
+Defaults are chosen on the compatible worlds, shapes and patterns-wide.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -59,6 +64,21 @@ class World:
         """``n`` images x 5 captions that no model or adapter trains on: the ceiling map's supervision."""
         return splits.train_split(n, seed, "ceiling", self.scenes)
 
+    def ceiling(self) -> dict[str, dict[int, float]] | None:
+        """The world's recorded ceiling: direction -> K -> Recall@K in [0, 1] (``Report.set_ceiling`` reads it).
+
+        The best Recall@K a query reaches through the frozen OLD gallery: a map on frozen NEW features trained
+        with 20,000 images x 5 captions (``python -m scripts.benchmarks.ceiling``, which records it beside the
+        weights). ``None`` where it was not measured.
+        """
+        from . import models
+
+        path = models.WEIGHTS_DIR / "ceilings.json"
+        recorded = json.loads(path.read_text()).get(self.name) if path.is_file() else None
+        if recorded is None:
+            return None
+        return {d: {int(k): float(v) for k, v in ks.items()} for d, ks in recorded["test"].items()}
+
     def recorded_metrics(self) -> dict:
         """Test Recall@1 of the world's two models as their training script recorded it."""
         from . import models
@@ -74,6 +94,7 @@ class World:
 WORLDS = {
     "shapes": World("shapes", shapes, "xbt-toy-old", "xbt-toy-new"),
     "patterns": World("patterns", patterns, "xbt-patterns-old", "xbt-patterns-new"),
+    "patterns-wide": World("patterns-wide", patterns, "xbt-patterns-wide-old", "xbt-patterns-wide-new"),
 }
 
 

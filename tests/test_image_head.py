@@ -1,0 +1,119 @@
+"""Stage 2's default image path: a head on the frozen image tower, pairs grouped and held out by image."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xbt
+from xbt import XBTError
+from xbt.method.config import Stage2Config, head_temperature
+from xbt.method.guard import owned_ranks, target_ranks
+from xbt.method.losses import multi_positive_nce
+from xbt.toy import load_clips, pair_list
+
+
+@pytest.fixture(scope="module")
+def toy_clips():
+    return load_clips(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rows_5x40():
+    return pair_list(40, captions_per_image=5)  # 40 images, each with its 5 captions: 200 rows
+
+
+def test_owned_ranks_take_each_querys_best_own_row():
+    torch.manual_seed(0)
+    queries, gallery = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(20, 8), dim=-1)
+    owner = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5] + [-1] * 10)
+    ranks = owned_ranks(queries, gallery, owner)
+    for q in range(6):  # brute force: the best own row, with the other own rows taken out of the gallery
+        own = torch.nonzero(owner == q).flatten()
+        best = own[(queries[q] @ gallery[own].T).argmax()]
+        keep = torch.cat([best[None], torch.nonzero(owner != q).flatten()])
+        assert ranks[q] == target_ranks(queries[q : q + 1], gallery[keep], torch.tensor([0]))[0]
+    # one owned row per query and no distractor: the plain target ranks
+    assert torch.equal(
+        owned_ranks(queries, gallery[:6], torch.arange(6)), target_ranks(queries, gallery[:6], torch.arange(6))
+    )
+    with pytest.raises(XBTError, match="owns no gallery row"):
+        owned_ranks(queries, gallery, torch.full((20,), -1))
+
+
+def test_multi_positive_nce_is_cross_entropy_with_one_positive_and_lets_positives_share():
+    torch.manual_seed(1)
+    q, g = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    eye = torch.eye(4, dtype=torch.bool)
+    assert torch.allclose(multi_positive_nce(q, g, eye, 0.1), F.cross_entropy(q @ g.T / 0.1, torch.arange(4)))
+    both = torch.cat([g, g])  # each query's right item twice: the two copies do not compete
+    assert torch.allclose(
+        multi_positive_nce(q, both, torch.cat([eye, eye], 1), 0.1), multi_positive_nce(q, g, eye, 0.1)
+    )
+
+
+def test_options_of_the_other_tower_are_refused_and_defaults_follow_the_tower():
+    frozen, lora = Stage2Config(), Stage2Config(image_tower="lora")
+    assert (frozen.epochs, frozen.batch_size, frozen.temperature) == (40, 256, None)
+    assert (lora.epochs, lora.batch_size, lora.temperature) == (5, 64, 0.05)
+    assert Stage2Config(epochs=3).epochs == 3
+    with pytest.raises(XBTError, match=r"\['rank'\] only apply to image_tower='lora'.*pass image_tower='lora'"):
+        Stage2Config(rank=4)
+    with pytest.raises(XBTError, match=r"\['image_losses'\] only apply to image_tower='frozen'"):
+        Stage2Config(image_tower="lora", image_losses=("captions",))
+    with pytest.raises(XBTError, match="image_losses must name"):
+        Stage2Config(image_losses=("pixels",))
+    assert head_temperature(100.0) == pytest.approx(0.004)
+
+
+def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_head(toy_clips, rows_5x40):
+    old, new = toy_clips
+    texts = xbt.toy.text_corpus(600)
+    adapter = xbt.fit(old, new, texts, pairs=rows_5x40, epochs=1, stage2={"epochs": 3}, verbose=False, cache=False)
+    record = adapter.training["metrics"]["stage2"]
+    assert record["n_images"] == 40 and record["n_val_images"] == 8
+    assert record["n_val"] == 40 and record["n_train"] == 160  # every caption of a held-out image is held out
+    assert record["image_tower"] == "frozen" and adapter.lora is None
+    assert record["image"]["temperature"] == pytest.approx(head_temperature(old.logit_scale))
+    runs = record["image"]["history"]
+    assert set(runs) == {"captions", "old_images"} and all(len(r["val_geo_mean_rank"]) >= 1 for r in runs.values())
+    scores = record["image"]["choice"]["scores"]
+    assert "stage 1" in scores and any(k.startswith("stage 2 (captions") for k in scores)
+    assert any(k.startswith("stage 2 (old_images") for k in scores)
+    kept = record["image"]["choice"]["chosen"]
+    assert scores[kept] == min(scores.values())  # the guard keeps the held-out best, stage 1 included
+    # the image query runs the bare new tower: the head alone moves it
+    images = [im for im, _ in rows_5x40[:10:5]]
+    bare = new.encode_image(images)
+    assert torch.allclose(adapter.encode_image(images), adapter.heads["image"](bare), atol=1e-5)
+    assert "image" in record["versus_old_model"]
+
+
+def test_the_frozen_tower_refuses_a_checkpoint_folder(old_new, captions_400, tmp_path):
+    with pytest.raises(XBTError, match="checkpoint_dir resumes LoRA training.*image_tower='lora'"):
+        xbt.fit(*old_new, captions_400[:60], pairs=pair_list(8), epochs=1, checkpoint_dir=str(tmp_path), verbose=False)
+
+
+def test_unlabeled_images_join_the_old_images_run_and_bad_ones_are_refused(old_new, captions_400):
+    old, new = old_new
+    extra = [im for im, _ in xbt.toy.pair_list(30)[20:]]  # 10 images without captions
+    pairs = pair_list(20)
+    stage2 = {"epochs": 2, "batch_size": 8, "text_epochs": 1, "val_fraction": 0.0}
+    adapter = xbt.fit(
+        old, new, captions_400[:60], pairs=pairs, unlabeled=extra, epochs=1, stage2=stage2, verbose=False
+    )
+    record = adapter.training["metrics"]["stage2"]["image"]
+    assert record["unlabeled_images"] == 10 and record["history"]["old_images"]["train_loss"]
+    plain = xbt.fit(old, new, captions_400[:60], pairs=pairs, epochs=1, stage2=stage2, verbose=False)
+    assert plain.training["metrics"]["stage2"]["image"]["unlabeled_images"] == 0
+    assert not torch.equal(adapter.heads["image"].linear.weight, plain.heads["image"].linear.weight)
+    given = torch.nn.functional.normalize(torch.randn(10, old.embed_dim), dim=-1)
+    with pytest.raises(XBTError, match=r"old_unlabeled_embeddings must be \[10, 32\]"):
+        xbt.fit(old, new, captions_400[:60], pairs=pairs, unlabeled=extra, old_unlabeled_embeddings=given[:4])
+    with pytest.raises(XBTError, match="pass unlabeled=... too"):
+        xbt.fit(old, new, captions_400[:60], pairs=pairs, old_unlabeled_embeddings=given)
+    with pytest.raises(XBTError, match=r"unlabeled\[1\] is a str"):
+        xbt.fit(old, new, captions_400[:60], pairs=pairs, unlabeled=[extra[0], "not an image"])
+    with pytest.raises(XBTError, match="only apply to method 'xbt'"):
+        xbt.fit(old, new, captions_400[:60], pairs=pairs, unlabeled=extra, method="procrustes")
+    with pytest.raises(XBTError, match="only apply to stage 2"):
+        xbt.fit(old, new, captions_400[:60], unlabeled=extra)
