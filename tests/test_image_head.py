@@ -103,6 +103,7 @@ def test_unlabeled_images_join_the_old_images_run_and_bad_ones_are_refused(old_n
     )
     record = adapter.training["metrics"]["stage2"]["image"]
     assert record["unlabeled_images"] == 10 and record["history"]["old_images"]["train_loss"]
+    assert "1.00 captions per image" in record["history"]["captions"]["skipped"]  # one caption each: no captions run
     plain = xbt.fit(old, new, captions_400[:60], pairs=pairs, epochs=1, stage2=stage2, verbose=False)
     assert plain.training["metrics"]["stage2"]["image"]["unlabeled_images"] == 0
     assert not torch.equal(adapter.heads["image"].linear.weight, plain.heads["image"].linear.weight)

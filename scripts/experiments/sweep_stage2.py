@@ -3,6 +3,7 @@
     python -m scripts.experiments.sweep_stage2                              # defaults: the acceptance table
     python -m scripts.experiments.sweep_stage2 --settings default lora "captions loss only" ...
     python -m scripts.experiments.sweep_stage2 --captions 1 --pairs 250 1000 2000    # pair efficiency
+    python -m scripts.experiments.sweep_stage2 --captions 1 --settings default "unlabeled 2000" "unlabeled 20000"
 
 For every world and seed: stage 1 on 50,000 captions of the world's text corpus (once, reused by
 every setting through ``xbt.fit(..., stage1=...)``), then, for each pair layout (``--captions``:
@@ -47,9 +48,14 @@ SETTINGS = {
     "no text head": {"text_head": False},
     "no guard": {"guard": False},
     "text epochs 6": {"text_epochs": 6},
+    "unlabeled 2000": {},
+    "unlabeled 20000": {},
     "temperature 0.02": {"temperature": 0.02},
     "temperature 0.01": {"temperature": 0.01},
 }
+#: settings that pass images without captions to fit (``unlabeled=``): scenes of the ceiling split's stream
+#: under another seed, so neither the test gallery, the pairs nor the ceiling instrument holds them
+UNLABELED = {"unlabeled 2000": 2000, "unlabeled 20000": 20000}
 #: the ceiling-closure lines at R@1 by captions per image: (image queries, text queries)
 CLOSURE_LINES = {1: (0.5, 0.3), 5: (0.8, 0.3)}
 KS = (1, 5, 10)
@@ -62,7 +68,11 @@ def checks(rec: dict, old_old: dict, stage1: dict, slerp: dict, closure: dict | 
     vs1 = min(rec[d][1] - stage1[d][1] for d in DIRS)
     vss = min(rec[d][1] - slerp[d][1] for d in DIRS)
     lines = CLOSURE_LINES.get(captions)
-    closes = None if closure is None or lines is None else all(closure[d] >= t for d, t in zip(DIRS, lines))
+    closes = (
+        None
+        if closure is None or lines is None
+        else all(closure[d] is not None and closure[d] >= t for d, t in zip(DIRS, lines))
+    )
     return {
         "closure_lines": lines,
         "closes": closes,
@@ -83,6 +93,8 @@ def run_world(name: str, seeds, settings, n_texts: int, pair_counts, captions_li
     texts = world.text_corpus(n_texts)
     layouts = [(c, n) for c in captions_list for n in pair_counts]
     pair_sets = {(c, n): world.pairs(n, captions_per_image=c) for c, n in layouts}
+    n_unlabeled = max((UNLABELED[st] for st in settings if st in UNLABELED), default=0)
+    unlabeled = world.ceiling_split(n_unlabeled, seed=1)[0] if n_unlabeled else []
     adapters, kept, seconds = {}, {}, {}
     for c, n in layouts:
         adapters[f"{c}x{n} | slerp"] = xbt.fit(old, new, texts, pairs=pair_sets[c, n], method="slerp", verbose=False)
@@ -97,6 +109,7 @@ def run_world(name: str, seeds, settings, n_texts: int, pair_counts, captions_li
                 new,
                 texts,
                 pairs=pair_sets[c, n],
+                unlabeled=unlabeled[: UNLABELED[setting]] if setting in UNLABELED else None,
                 seed=seed,
                 stage1=stage1,
                 stage2=SETTINGS[setting],
@@ -146,6 +159,13 @@ def run_world(name: str, seeds, settings, n_texts: int, pair_counts, captions_li
     }
 
 
+def _closure_cell(run: dict) -> str:
+    closure = run["ceiling_closure_r1"]
+    if not closure:
+        return ""
+    return " (" + " / ".join("–" if closure[d] is None else f"{closure[d]:.2f}" for d in DIRS) + ")"
+
+
 def print_world(res: dict, seeds, settings, layouts) -> None:
     fmt = lambda r: f"{r['i2t'][1]:.2f} / {r['t2i'][1]:.2f}"  # noqa: E731
     print(
@@ -157,16 +177,7 @@ def print_world(res: dict, seeds, settings, layouts) -> None:
     for c, n in layouts:
         for setting in settings:
             rows = [res["runs"][f"{c}x{n} | seed {s} | {setting}"] for s in seeds]
-            cells = " | ".join(
-                fmt(r["recall"])
-                + (
-                    f" ({r['ceiling_closure_r1']['i2t']:.2f} / {r['ceiling_closure_r1']['t2i']:.2f})"
-                    if r["ceiling_closure_r1"]
-                    else ""
-                )
-                + ("" if r["pass"] else " ✗")
-                for r in rows
-            )
+            cells = " | ".join(fmt(r["recall"]) + _closure_cell(r) + ("" if r["pass"] else " ✗") for r in rows)
             print(
                 f"| {n} × {c} | {setting} | {cells} | {sum(r['pass'] for r in rows)}/{len(rows)} | "
                 f"{sum(bool(r['closes']) for r in rows)}/{len(rows)} | {min(r['margin'] for r in rows):+.2f} |"
@@ -186,7 +197,10 @@ def main() -> None:
     torch.set_num_threads(2)
     start = time.perf_counter()
     layouts = [(c, n) for c in args.captions for n in args.pairs]
-    results = {w: run_world(w, args.seeds, args.settings, args.texts, args.pairs, args.captions) for w in args.worlds}
+    results = {}
+    for w in args.worlds:  # each world's runs saved as soon as they are measured
+        results[w] = run_world(w, args.seeds, args.settings, args.texts, args.pairs, args.captions)
+        write_json(args.out.with_suffix(".partial.json"), {"results": results})
     for res in results.values():
         print_world(res, args.seeds, args.settings, layouts)
     print("\n## worst case over worlds × seeds")
@@ -209,13 +223,15 @@ def main() -> None:
             "closing": sum(bool(r["closes"]) for r in rows),
             "runs": len(rows),
             **{m: min(r[m] for r in rows) for m in ("margin", "margin_bc", "margin_stage1", "margin_slerp")},
-            "worst_closure": {d: min(cl[d] for cl in closures) for d in DIRS} if closures else None,
+            "worst_closure": {d: min((cl[d] for cl in closures if cl[d] is not None), default=None) for d in DIRS}
+            if closures
+            else None,
         }
         wc = s["worst_closure"]
         print(
             f"| {n} × {c} | {setting} | {s['passing']}/{s['runs']} | {s['closing']}/{s['runs']} | {s['margin']:+.2f} "
             f"| {s['margin_bc']:+.2f} | {s['margin_stage1']:+.2f} | {s['margin_slerp']:+.2f} | "
-            f"{'–' if wc is None else f'{wc[DIRS[0]]:.2f} / {wc[DIRS[1]]:.2f}'} |"
+            f"{'–' if wc is None else ' / '.join('–' if wc[d] is None else f'{wc[d]:.2f}' for d in DIRS)} |"
         )
     write_json(
         args.out,

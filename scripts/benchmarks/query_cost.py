@@ -1,0 +1,79 @@
+"""What a merged stage-2 query costs against the bare NEW model, side by side in one run, on each compatible world.
+
+    python -m scripts.benchmarks.query_cost                 # writes benchmarks/out/query_cost.json
+    python -m scripts.benchmarks.query_cost --worlds shapes --repeats 50
+
+For each world: ``xbt.fit(old, new, texts, pairs=pairs)`` with the defaults (2,000 texts and 200 pairs are
+enough: the cost does not depend on what the heads learned), ``adapter.merge()``, then ``--repeats`` rounds
+of one bare ``new.encode_text`` / ``encode_image`` call and one adapter call on the same inputs (raw strings
+/ PIL images in, so tokenisation and preprocessing count), at batch 1 and 32, after a warm-up. Alternating
+keeps a shared machine's load changes out of the ratio; the figure is the median of the per-round ratios.
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import xbt
+from xbt.core.files import write_json
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(world_name: str, repeats: int, batches=(1, 32)) -> dict:
+    world = xbt.toy.get_world(world_name)
+    old, new = world.load_clips()
+    adapter = xbt.fit(old, new, world.text_corpus(2000), pairs=world.pairs(200), verbose=False).merge()
+    images, captions = world.test_split(max(batches))
+    texts = [c[0] for c in captions]
+    out = {"world": world_name, "query_cost": adapter.query_cost, "ratios": {}}
+    with torch.no_grad():
+        for modality in ("text", "image"):
+            for batch in batches:
+                items = (texts if modality == "text" else images)[:batch]
+                bare = getattr(new, f"encode_{modality}")
+                ours = getattr(adapter, f"encode_{modality}")
+                for _ in range(3):  # warm-up
+                    bare(items), ours(items)
+                rounds = [(_seconds(lambda: bare(items)), _seconds(lambda: ours(items))) for _ in range(repeats)]
+                ratio = statistics.median(o / b for b, o in rounds)
+                out["ratios"][f"{modality} batch {batch}"] = {
+                    "ratio": round(ratio, 3),
+                    "bare_ms": round(1000 * statistics.median(b for b, _ in rounds), 3),
+                    "adapter_ms": round(1000 * statistics.median(o for _, o in rounds), 3),
+                }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worlds", nargs="+", default=["shapes", "patterns-wide"])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "query_cost.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [measure(w, args.repeats) for w in args.worlds]
+    print("| world | query | merged adapter ÷ bare new model (median of rounds) | bare ms | adapter ms |")
+    print("|---|---|---|---|---|")
+    for res in results:
+        for query, r in res["ratios"].items():
+            print(f"| {res['world']} | {query} | {r['ratio']:.3f}× | {r['bare_ms']:.2f} | {r['adapter_ms']:.2f} |")
+    write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
