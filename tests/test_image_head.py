@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 import xbt
 from xbt import XBTError
-from xbt.method.config import Stage2Config, head_temperature
+from xbt.method.config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from xbt.method.guard import owned_ranks, target_ranks
+from xbt.method.heads import head_temperature
 from xbt.method.losses import multi_positive_nce
 from xbt.toy import load_clips, pair_list
 
@@ -62,7 +63,11 @@ def test_options_of_the_other_tower_are_refused_and_defaults_follow_the_tower():
         Stage2Config(image_tower="lora", image_losses=("captions",))
     with pytest.raises(XBTError, match="image_losses must name"):
         Stage2Config(image_losses=("pixels",))
-    assert head_temperature(100.0) == pytest.approx(0.004)
+    x = F.normalize(torch.randn(300, 16), dim=-1)
+    sims = (x @ x.T)[torch.triu_indices(300, 300, 1).unbind()]
+    assert head_temperature(x) == pytest.approx(HEAD_TEMPERATURE_FACTOR * float(sims.std()), rel=1e-5)
+    # closer captions (a smaller spread) need a sharper softmax
+    assert head_temperature(F.normalize(x + 3 * torch.ones(16), dim=-1)) < head_temperature(x)
 
 
 def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_head(toy_clips, rows_5x40):
@@ -73,7 +78,8 @@ def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_h
     assert record["n_images"] == 40 and record["n_val_images"] == 8
     assert record["n_val"] == 40 and record["n_train"] == 160  # every caption of a held-out image is held out
     assert record["image_tower"] == "frozen" and adapter.lora is None
-    assert record["image"]["temperature"] == pytest.approx(head_temperature(old.logit_scale))
+    stage1_texts = list(dict.fromkeys(texts))
+    assert record["image"]["temperature"] == pytest.approx(head_temperature(old.encode_text(stage1_texts)), rel=1e-3)
     runs = record["image"]["history"]
     assert set(runs) == {"captions", "old_images"} and all(len(r["val_geo_mean_rank"]) >= 1 for r in runs.values())
     scores = record["image"]["choice"]["scores"]

@@ -136,10 +136,11 @@ def test_the_wide_world_has_a_real_clips_scales_and_its_weights_reproduce_their_
     assert report.dataset == "toy-patterns-wide"
 
 
-def test_compatible_worlds_have_a_ceiling_above_old_old_and_patterns_does_not(wide_report):
+def test_recorded_ceilings_say_where_the_old_gallery_leaves_room(wide_report):
     _, _, report = wide_report
-    for direction in ("i2t", "t2i"):  # room to reach through the frozen old gallery, in both directions
-        assert report.ceiling[direction][1] > report.old_old[direction][1] + 0.01
+    # patterns-wide: room for image queries; for text queries its recorded ceiling sits below old->old
+    assert report.ceiling["i2t"][1] > report.old_old["i2t"][1] + 0.05
+    assert report.ceiling["t2i"][1] < report.old_old["t2i"][1]
     shapes, patterns = get_world("shapes").ceiling(), get_world("patterns").ceiling()
-    assert shapes["i2t"][1] > 0.375 and shapes["t2i"][1] > 0.191  # shapes' old->old: 37.5 / 19.1
+    assert shapes["i2t"][1] > 0.375 and shapes["t2i"][1] > 0.191  # above shapes' old->old (37.5 / 19.1) in both
     assert patterns["i2t"][1] < 0.692 and patterns["t2i"][1] < 0.281  # below patterns' old->old in both

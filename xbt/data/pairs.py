@@ -82,6 +82,19 @@ class ImageGroups:
         """The number of distinct images."""
         return len(self.first)
 
+    def rows(self, images: torch.Tensor) -> torch.Tensor:
+        """The rows of ``images`` (int64 image numbers), image by image in the order given: int64 [n_rows]."""
+        return rows_of(self.owner, images)
+
+
+def rows_of(owner: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The rows whose ``owner`` (int64 [n_rows]) is one of ``images``, image by image in the order given: int64."""
+    order = torch.argsort(owner, stable=True)
+    counts = torch.bincount(owner, minlength=int(images.max()) + 1 if len(images) else 0)
+    starts = torch.cumsum(counts, 0) - counts
+    parts = [order[starts[i] : starts[i] + counts[i]] for i in images.tolist()]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
 
 def _digest(image: Image.Image) -> bytes:
     """A content digest of ``image``: its mode, size and pixel bytes."""

@@ -99,13 +99,9 @@ TOWER_ONLY = {
     },
     "frozen": {"image_losses": ("captions", "old_images"), "text_prior_weight": 1.0, "text_prior_noise": 0.1},
 }
-#: the frozen image head's temperature, as a multiple of the OLD model's own (``1 / logit_scale``)
-HEAD_TEMPERATURE_FACTOR = 0.4
-
-
-def head_temperature(old_logit_scale: float) -> float:
-    """The frozen image head's InfoNCE temperature for an OLD model of this logit scale (see BENCHMARKS.md)."""
-    return HEAD_TEMPERATURE_FACTOR / float(old_logit_scale)
+#: the frozen image head's temperature, as a multiple of the spread (standard deviation) of the cosine similarities
+#: between OLD caption vectors: the captions its softmax must tell apart (see ``xbt.method.heads.head_temperature``)
+HEAD_TEMPERATURE_FACTOR = 0.06
 
 
 @dataclass
@@ -127,7 +123,8 @@ class Stage2Config(TrainingOptions):
     lr: float | None = option(None, "learning rate of the image head (frozen, 1e-3) or of LoRA (lora, 5e-4)")
     temperature: float | None = option(
         None,
-        "temperature of the image path's losses (default: frozen, 0.4 / the OLD model's logit scale; lora, 0.05)",
+        "temperature of the image path's losses (default: frozen, 0.06 x the spread of OLD caption similarities; "
+        "lora, 0.05)",
     )
     patience: int | None = option(
         None, "image-path epochs without held-out improvement before stopping (default: 5 frozen, 3 lora)"

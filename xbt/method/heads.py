@@ -38,8 +38,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import XBTError
+from ..data.pairs import rows_of
 from ..models.head import Projection
-from .config import Stage2Config
+from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from .guard import PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
 from .losses import cosine_gap, multi_positive_nce, ranking_distillation, stage1_loss
 from .stage1 import add_noise
@@ -271,6 +272,20 @@ class ImageHeadInputs:
     text_temperature: float = 0.05
 
 
+def head_temperature(old_texts: torch.Tensor, sample: int = 2000) -> float:
+    """The frozen image head's InfoNCE temperature: ``HEAD_TEMPERATURE_FACTOR`` x the standard deviation of the
+    cosine similarities between OLD caption vectors (float32 [n, d_old] unit rows; the first ``sample`` of them).
+
+    The head's softmax ranks OLD captions, so how sharp it must be follows how far apart the old model puts
+    them, not a value that fits one model pair (measured against the logit scale: BENCHMARKS.md).
+    """
+    x = old_texts[:sample].float()
+    if len(x) < 2:
+        return 0.02
+    upper = torch.triu_indices(len(x), len(x), offset=1)
+    return HEAD_TEMPERATURE_FACTOR * float((x @ x.T)[upper[0], upper[1]].std())
+
+
 def train_image_head(
     stage1_head: Projection, x: ImageHeadInputs, config: Stage2Config, verbose: bool = True
 ) -> tuple[Projection, PathChoice | None, dict, torch.Tensor | None]:
@@ -328,7 +343,6 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose):
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * math.ceil(len(x.train) / cfg.batch_size))
-    rows_of = _rows_by_image(x.owner)
     kept, bad = None, 0
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"stage 2 (image head, {name})", disable=not verbose, leave=False)
     for epoch in bar:
@@ -340,7 +354,7 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose):
                 continue
             z = head(x.new_img[b])
             if name == "captions":
-                rows = torch.cat([rows_of[int(i)] for i in b])
+                rows = rows_of(x.owner, b)
                 positive = b[:, None] == x.owner[rows][None, :]
                 loss = multi_positive_nce(z, x.old_captions[rows], positive, x.temperature)
             else:
@@ -378,10 +392,3 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose):
             if bad >= cfg.patience:
                 break
     return kept
-
-
-def _rows_by_image(owner: torch.Tensor) -> dict[int, torch.Tensor]:
-    out: dict[int, list[int]] = {}
-    for row, image in enumerate(owner.tolist()):
-        out.setdefault(image, []).append(row)
-    return {image: torch.tensor(rows) for image, rows in out.items()}

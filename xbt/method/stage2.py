@@ -1,36 +1,22 @@
 """XBT stage 2: two query paths trained on image-caption pairs, each kept only if held-out pairs say so.
 
 Stage 1 left one head that maps new text embeddings where the old model put the same texts. Stage 2
-gives each kind of query its own path into the old space. Pairs are grouped by image (rows with the
-same image content are one image with several captions, COCO's layout) and held out by image.
+gives each kind of query its own path into the old space; pairs are grouped by image (rows with the
+same image content are one image with several captions) and held out by image.
 
-- **image queries** (they search the OLD caption gallery). By default (``image_tower="frozen"``) a
-  head on the frozen NEW image tower (``xbt.method.heads.train_image_head``): one run per loss of
-  ``image_losses`` - each image against the OLD vectors of all its captions, and each image against
-  its own OLD image vector beside stage 1's text loss - every epoch of every run a candidate of the
-  guard. Its temperature follows the OLD model's logit scale (``config.head_temperature``). With
-  ``image_tower="lora"``, PEFT LoRA on the image tower and a head rank each pair's caption among a
-  caption bank, each pair weighted by the new model's confidence (``xbt.method.image_path``);
+- **image queries** (they search the OLD caption gallery): by default a head on the frozen NEW image
+  tower (``xbt.method.heads.train_image_head``); with ``image_tower="lora"``, PEFT LoRA on the tower
+  and a head ranking a caption bank (``xbt.method.image_path``);
 - **text queries** (they search the OLD image gallery): a head on the frozen new text tower,
-  distilled from the new model's own text->image ranking onto the OLD vectors of the pair images
-  (``xbt.method.heads.distill_text_head``).
+  distilled from the new model's own text->image ranking (``xbt.method.heads.distill_text_head``).
 
 The guard: a share of the pair images (``val_fraction``) is held out, and each path keeps the state
-that searches best on them (``xbt.method.guard``: text queries against the old vectors of held-out
-images, image queries against the old vectors of held-out captions among distractor captions),
-stage 1 included. A path whose every stage-2 state is worse than stage 1 on its held-out pairs
-stays at stage 1. A few hundred pairs hold out too few to tell a gain from noise: under
-``SMALL_VAL`` held-out images the text path is scored on folds of all pairs and must beat stage 1
-by more than one standard error (``text_folds``). What was kept, and why, goes into the training
-record (and so into the model card), and so does each kept path against the OLD model's own queries
-on the same held-out searches: whether the upgrade is backward compatible on the user's pairs,
-known before any gallery is touched.
-
-The OLD-model vectors of the pairs come from ``xbt.fit``, which embeds the pairs with the old
-model it is given (or takes the user's stored gallery vectors). Without them the text head is not
-trained and image queries are validated against stage-1 places, the old captions' stand-in.
-With ``checkpoint_dir`` the LoRA image path saves its state after every epoch and an interrupted
-run resumes where it stopped.
+that searches best on them (``xbt.method.guard``), stage 1 included, so stage 2 never returns a path
+its own validation says is worse; under ``SMALL_VAL`` held-out images the text path is scored on
+folds of all pairs (``text_folds``). What was kept, and why, and each kept path against the OLD
+model's own queries on the same searches go into the training record and the model card. The OLD
+vectors of the pairs come from ``xbt.fit`` (embedded with the old model, or the user's stored
+ones). The recipe, its options and what each earns: docs/method.md and BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -50,9 +36,17 @@ from ..data.pairs import group_images
 from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, best_device
 from ..models.head import Projection
-from .config import Stage2Config, head_temperature
+from .config import Stage2Config
 from .guard import i2t_ranks, owned_ranks, say_versus_old, t2i_ranks, versus_old_model
-from .heads import I2T_HEAD_MEASURE, T2I_MEASURE, ImageHeadInputs, distill_text_head, fold_scores, train_image_head
+from .heads import (
+    I2T_HEAD_MEASURE,
+    T2I_MEASURE,
+    ImageHeadInputs,
+    distill_text_head,
+    fold_scores,
+    head_temperature,
+    train_image_head,
+)
 from .image_path import I2T_MEASURE, ImagePathInputs, train_image_path
 from .losses import pair_confidence
 
@@ -75,8 +69,8 @@ class PairData:
             (the image head's ``old_images`` run aligns them too), or ``None``.
         stage1_temperature: the temperature stage 1 trained with (its text loss sits beside the image head's
             ``old_images`` run).
-        old_logit_scale: the OLD model's logit scale, which sets the frozen image head's temperature
-            (``config.head_temperature``); ``None``: the new model's.
+        old_logit_scale: the OLD model's logit scale (recorded; the frozen image head's temperature follows the
+            spread of the OLD caption vectors, ``heads.head_temperature``).
     """
 
     images: list[Image.Image]
@@ -173,13 +167,7 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     perm = torch.randperm(n_img, generator=gen)
     n_val = max(2, int(round(n_img * cfg.val_fraction))) if cfg.val_fraction > 0 and n_img >= 20 else 0
     val_imgs, train_imgs = perm[:n_val], perm[n_val:]  # held out by image: no held-out caption's image trains
-    rows_of = [[] for _ in range(n_img)]
-    for row, image in enumerate(owner.tolist()):
-        rows_of[image].append(row)
-
-    def rows(images: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([r for i in images.tolist() for r in rows_of[i]], dtype=torch.long)
-
+    rows = groups.rows
     val, train = rows(val_imgs), rows(train_imgs)
     new.to(dev)
     distinct = [data.images[i] for i in groups.first]
@@ -335,7 +323,7 @@ def _frozen_image_path(
     position[val_imgs] = torch.arange(len(val_imgs))
     val_owner = torch.cat([position[owner[val]], torch.full((len(val_gallery) - len(val),), -1, dtype=torch.long)])
     prior = texts_new is not None and data.texts_old is not None
-    scale = data.old_logit_scale or new.logit_scale
+    spread_of = data.texts_old if data.texts_old is not None else data.old_captions
     inputs = ImageHeadInputs(
         new_img,
         old_img,
@@ -347,7 +335,7 @@ def _frozen_image_path(
         val_owner,
         texts_new[free_ids] if prior else None,
         data.texts_old[free_ids] if prior else None,
-        cfg.temperature or head_temperature(scale),
+        cfg.temperature or (head_temperature(spread_of) if spread_of is not None else 0.02),
         data.unlabeled_new,
         data.unlabeled_old,
         data.stage1_temperature,
