@@ -94,6 +94,15 @@ def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_h
     assert "image" in record["versus_old_model"]
 
 
+def test_without_the_guard_the_last_epoch_of_the_last_run_is_kept(toy_clips, rows_5x40):
+    old, new = toy_clips
+    stage2 = {"epochs": 3, "guard": False, "text_head": False}
+    adapter = xbt.fit(old, new, xbt.toy.text_corpus(600), pairs=rows_5x40, epochs=1, stage2=stage2, verbose=False)
+    choice = adapter.training["metrics"]["stage2"]["image"]["choice"]
+    assert choice["chosen"] == "stage 2 (old_images, epoch 3)"  # every epoch scored, none chosen by its score
+    assert len(choice["scores"]) == 1 + 2 * 3 and adapter.heads["image"] is not adapter.heads["text"]
+
+
 def test_the_frozen_tower_refuses_a_checkpoint_folder(old_new, captions_400, tmp_path):
     with pytest.raises(XBTError, match="checkpoint_dir resumes LoRA training.*image_tower='lora'"):
         xbt.fit(*old_new, captions_400[:60], pairs=pair_list(8), epochs=1, checkpoint_dir=str(tmp_path), verbose=False)
@@ -124,3 +133,19 @@ def test_unlabeled_images_join_the_old_images_run_and_bad_ones_are_refused(old_n
         xbt.fit(old, new, captions_400[:60], pairs=pairs, unlabeled=extra, method="procrustes")
     with pytest.raises(XBTError, match="only apply to stage 2"):
         xbt.fit(old, new, captions_400[:60], unlabeled=extra)
+
+
+@pytest.mark.parametrize("tower", ["frozen", "lora"])
+def test_without_old_vectors_both_towers_train_and_skip_the_comparison(old_new, captions_400, tower):
+    stage2 = {"image_tower": tower, "epochs": 1, "batch_size": 8, "text_epochs": 1}
+    adapter = xbt.fit(
+        *old_new,
+        captions_400[:60],
+        pairs=pair_list(40),
+        epochs=1,
+        embed_pairs_with_old=False,
+        stage2=stage2,
+        verbose=False,
+    )
+    record = adapter.training["metrics"]["stage2"]
+    assert record["n_val"] == 8 and "skipped" in record["versus_old_model"]

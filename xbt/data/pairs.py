@@ -45,9 +45,7 @@ def as_pairs(
             image, caption = row
         except (TypeError, ValueError):
             raise XBTError(f"pairs[{i}] is not an (image, caption) pair: {type(row).__name__}") from None
-        if not isinstance(image, Image.Image):
-            raise XBTError(f"pairs[{i}] image is a {type(image).__name__}, expected a PIL.Image")
-        check_image(image, f"pairs[{i}] image")
+        _check_pil(image, f"pairs[{i}] image")
         if isinstance(caption, (list, tuple)):
             if not caption:
                 raise XBTError(
@@ -64,6 +62,13 @@ def as_pairs(
     if not images:
         raise XBTError("pairs is empty: pass at least a few image-caption pairs (stage 2 uses hundreds)")
     return images, captions
+
+
+def _check_pil(image: Any, what: str) -> None:
+    """Refuse anything but a decodable PIL image, naming it (``what``)."""
+    if not isinstance(image, Image.Image):
+        raise XBTError(f"{what} is a {type(image).__name__}, expected a PIL.Image")
+    check_image(image, what)
 
 
 @dataclass(frozen=True)
@@ -138,9 +143,7 @@ def as_images(images: Any, what: str = "unlabeled", image_column: str | None = N
         images = images[pick_column(list(column_names), IMAGE_COLUMNS, "image", what, image_column)]
     out = []
     for i, image in enumerate(images):
-        if not isinstance(image, Image.Image):
-            raise XBTError(f"{what}[{i}] is a {type(image).__name__}, expected a PIL.Image")
-        check_image(image, f"{what}[{i}]")
+        _check_pil(image, f"{what}[{i}]")
         out.append(image)
     if not out:
         raise XBTError(f"{what} is empty: pass some images, or leave it out")

@@ -205,7 +205,6 @@ def fit(
         captions,
         old_images=old_vectors["images"],
         old_captions=old_vectors["captions"],
-        old_logit_scale=old_enc.logit_scale,
         stage1_temperature=training.get("stage1", {}).get("temperature", stage1_cfg.temperature),
         **texts_for_stage2,
         **_unlabeled_vectors(old_enc, new_enc, extra_images, old_unlabeled_embeddings, **opts),

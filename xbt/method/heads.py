@@ -272,16 +272,17 @@ class ImageHeadInputs:
     text_temperature: float = 0.05
 
 
-def head_temperature(old_texts: torch.Tensor, sample: int = 2000) -> float:
+def head_temperature(old_texts: torch.Tensor | None, sample: int = 2000) -> float:
     """The frozen image head's InfoNCE temperature: ``HEAD_TEMPERATURE_FACTOR`` x the standard deviation of the
-    cosine similarities between OLD caption vectors (float32 [n, d_old] unit rows; the first ``sample`` of them).
+    cosine similarities between OLD caption vectors (float32 [n, d_old] unit rows; the first ``sample`` of them;
+    ``None`` or fewer than two: 0.02).
 
     The head's softmax ranks OLD captions, so how sharp it must be follows how far apart the old model puts
     them, not a value that fits one model pair (measured against the logit scale: BENCHMARKS.md).
     """
-    x = old_texts[:sample].float()
-    if len(x) < 2:
+    if old_texts is None or len(old_texts) < 2:  # no OLD captions to measure: the value both toy worlds get
         return 0.02
+    x = old_texts[:sample].float()
     upper = torch.triu_indices(len(x), len(x), offset=1)
     return HEAD_TEMPERATURE_FACTOR * float((x @ x.T)[upper[0], upper[1]].std())
 
@@ -333,8 +334,10 @@ def train_image_head(
             best_state, best_ranks = kept
     if not usable:
         history["skipped"] = "no OLD vectors of the pair captions or images to train on"
-    if choice is None and usable:  # nothing held out: the last loss's last epoch
-        best_state = head
+    if usable and (choice is None or not cfg.guard):  # nothing held out, or the guard off: the last run's last epoch
+        best_state, best_ranks = head, ranks(head.eval()) if validate else None
+        if choice is not None:
+            choice.chosen = f"stage 2 ({usable[-1]}, epoch {len(history[usable[-1]]['train_loss'])})"
     return best_state.eval().requires_grad_(False), choice, history, best_ranks
 
 
@@ -385,7 +388,7 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose):
         score = geometric_mean_rank(epoch_ranks)
         record["val_geo_mean_rank"].append(score)
         bar.set_postfix(val=f"{score:.3f}")
-        if choice.add(f"stage 2 ({name}, epoch {epoch})", score):
+        if choice.add(f"stage 2 ({name}, epoch {epoch})", score, eligible=cfg.guard):  # guard off: scored only
             kept, bad = (copy.deepcopy(head).eval(), epoch_ranks), 0
         elif cfg.guard:
             bad += 1

@@ -69,8 +69,6 @@ class PairData:
             (the image head's ``old_images`` run aligns them too), or ``None``.
         stage1_temperature: the temperature stage 1 trained with (its text loss sits beside the image head's
             ``old_images`` run).
-        old_logit_scale: the OLD model's logit scale (recorded; the frozen image head's temperature follows the
-            spread of the OLD caption vectors, ``heads.head_temperature``).
     """
 
     images: list[Image.Image]
@@ -80,7 +78,6 @@ class PairData:
     texts: list[str] | None = None
     texts_new: torch.Tensor | None = None
     texts_old: torch.Tensor | None = None
-    old_logit_scale: float | None = None
     unlabeled_new: torch.Tensor | None = None
     unlabeled_old: torch.Tensor | None = None
     stage1_temperature: float = 0.05
@@ -280,7 +277,11 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
         lora, heads["image"], image_record, image_ranks = train_image_path(
             new, stage1_head, data, cfg, dev, inputs, checkpoint_dir, on_epoch_end, verbose
         )
-        old_ranks = i2t_ranks(data.old_images[val].float(), val_gallery.float().cpu()) if n_val else None
+        old_ranks = (
+            i2t_ranks(data.old_images[val].float(), val_gallery.float().cpu())
+            if n_val and data.old_images is not None
+            else None
+        )
     if heads["text"] is not stage1_head:  # distilled in every process alike; rank 0's is everyone's
         broadcast_module(heads["text"])
     if heads["image"] is not stage1_head and lora is None:
@@ -289,7 +290,7 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
     record["versus_old_model"] = _versus_old(
         heads["text"],
         image_ranks,
-        old_ranks if data.old_images is not None else None,
+        old_ranks,
         data,
         val,
         new_txt,
@@ -335,7 +336,7 @@ def _frozen_image_path(
         val_owner,
         texts_new[free_ids] if prior else None,
         data.texts_old[free_ids] if prior else None,
-        cfg.temperature or (head_temperature(spread_of) if spread_of is not None else 0.02),
+        cfg.temperature or head_temperature(spread_of),
         data.unlabeled_new,
         data.unlabeled_old,
         data.stage1_temperature,
