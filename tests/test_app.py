@@ -82,6 +82,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _image_labels(engine, caption):
+    """The labels the text tab shows for ``caption``, per column."""
+    expected = engine.text_query(caption, K)
+    return [[f"{HIT} " * r["hit"] + f"#{r['index']} · {r['score']:.3f}" for r in expected[c]] for c in engine.columns]
+
+
+def _wait_for_images(tab, engine, caption):
+    """Wait until every column shows ``caption``'s results (labels in order, their images drawn)."""
+    expected = _image_labels(engine, caption)
+    tab.wait_for_function(
+        "expected => expected.every((labels, i) => JSON.stringify([...document.querySelectorAll(`#images-${i} "
+        ".caption-label`)].map(e => e.innerText)) === JSON.stringify(labels))",
+        arg=expected,
+        timeout=120_000,
+    )
+    for i in range(len(engine.columns)):
+        assert tab.locator(f"#images-{i} img").count() >= K
+
+
+def _assert_captions(tab, engine, image):
+    """Every column lists ``image``'s caption results in order, its own captions marked."""
+    expected = engine.image_query(image, K)
+    for i, column in enumerate(engine.columns):
+        want = [
+            f"{HIT} " * r["hit"] + f"{r['caption']} · image {r['owner']} · {r['score']:.3f}" for r in expected[column]
+        ]
+        # the page's list items, in order (innerText drops the list numbers and the bold marks)
+        tab.wait_for_function(
+            "([i, want]) => JSON.stringify((document.querySelector(`#captions-${i}`)?.innerText || '').split('\\n')"
+            ".map(l => l.trim()).filter(l => l)) === JSON.stringify(want)",
+            arg=[i, want],
+            timeout=60_000,
+        )
+        assert (HIT in tab.inner_text(f"#captions-{i}")) == any(r["hit"] for r in expected[column])
+
+
 def test_the_page_in_a_headless_browser(engine, tmp_path):
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (.ci/run installs it)")
@@ -102,43 +138,43 @@ def test_the_page_in_a_headless_browser(engine, tmp_path):
             )
             tab = browser.new_page()
             tab.goto(f"http://127.0.0.1:{port}/")
+            # on load: the first caption prefilled and already searched, every column filled
+            assert tab.input_value("#text-query textarea") == ds.captions[0][0]
+            tab.wait_for_function(
+                "(document.querySelector('#text-status')?.innerText || '').includes('[0]')", timeout=120_000
+            )
+            _wait_for_images(tab, engine, ds.captions[0][0])
+            tab.screenshot(path=str(ARTIFACTS / "app_on_load.png"), full_page=True)
             # a known caption: image results in every column, the described image marked
             tab.fill("#text-query textarea", caption)
             tab.click("#text-search")
-            n = len(engine.columns)
             tab.wait_for_function(
-                f"[...Array({n}).keys()].every(i => document.querySelectorAll(`#images-${{i}} img`).length >= {K})",
-                timeout=120_000,
+                "(document.querySelector('#text-status')?.innerText || '').includes('[11]')", timeout=120_000
             )
-            expected = engine.text_query(caption, K)
-            for i, column in enumerate(engine.columns):
-                labels = tab.locator(f"#images-{i} .caption-label").all_inner_texts()
-                assert labels == [
-                    f"{HIT} " * r["hit"] + f"#{r['index']} · {r['score']:.3f}" for r in expected[column]
-                ], column
-                assert tab.locator(f"#images-{i} img").count() >= K
-            assert "[11]" in tab.inner_text("#text-status")
+            _wait_for_images(tab, engine, caption)
             shot = ARTIFACTS / "app_text_query.png"
             tab.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
-            # an uploaded gallery image: captions back in every column, its own captions marked
+            # the image tab opens on gallery image 0, searched; a gallery-image example searches when clicked
             tab.get_by_role("tab", name="Image → captions").click()
-            tab.set_input_files("#image-query input[type=file]", str(query_image))
             tab.wait_for_function(
-                f"[...Array({n}).keys()].every(i => (document.querySelector(`#captions-${{i}}`)?.innerText || '')"
-                ".includes('image '))",
+                "(document.querySelector('#image-status')?.innerText || '').includes('gallery image 0')",
                 timeout=120_000,
             )
-            expected = engine.image_query(ds.images[11], K)
-            for i, column in enumerate(engine.columns):
-                text = tab.inner_text(f"#captions-{i}")
-                # the page's list items, in order (innerText drops the list numbers and the bold marks)
-                assert [line.strip() for line in text.splitlines() if line.strip()] == [
-                    f"{HIT} " * r["hit"] + f"{r['caption']} · image {r['owner']} · {r['score']:.3f}"
-                    for r in expected[column]
-                ], column
-                assert (HIT in text) == any(r["hit"] for r in expected[column])
-            assert "gallery image 11" in tab.inner_text("#image-status")
+            _assert_captions(tab, engine, ds.images[0])
+            tab.locator("#image-examples img").nth(1).click()
+            tab.wait_for_function(
+                "(document.querySelector('#image-status')?.innerText || '').includes('gallery image 1')",
+                timeout=120_000,
+            )
+            _assert_captions(tab, engine, ds.images[1])
+            # an uploaded gallery image: captions back in every column, its own captions marked
+            tab.set_input_files("#image-query input[type=file]", str(query_image))
+            tab.wait_for_function(
+                "(document.querySelector('#image-status')?.innerText || '').includes('gallery image 11')",
+                timeout=120_000,
+            )
+            _assert_captions(tab, engine, ds.images[11])
             shot = ARTIFACTS / "app_image_query.png"
             tab.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
@@ -197,3 +233,51 @@ def test_xbt_app_command_loads_adapters_and_galleries(engine, tmp_path, monkeypa
     assert [r["index"] for r in eng2.text_query(caption, 3)["new→old (xbt)"]] == [
         r["index"] for r in eng.text_query(caption, 3)["new→old (mine)"]
     ]
+
+
+def test_xbt_app_defaults_to_stage_1_and_1_plus_2_and_passes_share(monkeypatch):
+    """Without --adapter the toy page shows XBT stage 1 and stage 1+2; stage 2 reuses the stage-1 head."""
+    import xbt.app.page as page_module
+    import xbt.cli.app as app
+    from xbt.cli import main as cli_main
+
+    served, fits = [], []
+
+    def recording_fit(*args, **kwargs):
+        fits.append(kwargs)
+        adapter = xbt.fit(*args, **kwargs)
+        fits[-1]["result"] = adapter
+        return adapter
+
+    monkeypatch.setattr(page_module, "fit", recording_fit)
+    monkeypatch.setattr(app, "launch", lambda eng, report, k, **kw: served.append((eng, kw)))
+    assert cli_main(["app", "--limit", "12", "--no-new-new", "--share"]) == 0
+    eng, kw = served[-1]
+    assert eng.columns == [OLD_OLD, "new→old (xbt stage 1)", "new→old (xbt stage 1+2)"]
+    assert kw["share"] is True
+    assert [("pairs" in f, f.get("stage1") is fits[0]["result"]) for f in fits] == [(False, False), (True, True)]
+    assert eng.adapters["xbt stage 1"] is fits[0]["result"]
+
+
+@pytest.mark.parametrize("flag", [["--report", "/nope.json"], ["--gallery", "/nope"]])
+def test_xbt_app_refuses_a_missing_file_in_one_line(flag, capsys):
+    from xbt.cli import main as cli_main
+
+    assert cli_main(["app", *flag]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"xbt app: error: {flag[0]} /nope") and "Traceback" not in err
+
+
+def test_xbt_app_help_describes_every_flag():
+    import argparse
+
+    from xbt.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["app"]
+    assert sub.description and "search page" in sub.description
+    for action in sub._actions:
+        assert action.help, action.option_strings
+        if action.nargs != 0:  # a flag that takes a value names the value (TAG), not argparse's dest (OLD_PRETRAINED)
+            assert action.metavar, action.option_strings
+    assert "--share" in sub.format_help()

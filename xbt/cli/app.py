@@ -17,7 +17,11 @@ from .common import load_adapters, load_model, new_from_adapter_config
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "app", help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report"
+        "app",
+        help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report",
+        description="Serve a search page over an old gallery: a caption finds images, an image finds captions, "
+        "old→old beside new→old per adapter and new→new, hits marked; an Evaluation tab shows a report. With the toy "
+        "models and no --adapter it fits XBT stage 1 and stage 1+2 at start (seconds). Needs pip install 'xbt[app]'.",
     )
     arguments(p)
     p.set_defaults(func=run)
@@ -26,39 +30,84 @@ def register(sub) -> None:
 def arguments(p) -> None:
     """The ``xbt app`` flags."""
     p.add_argument(
-        "--old", default="xbt-toy-old", help="old model: toy name, open_clip name, hf:<id>, or a local-dir folder"
+        "--old",
+        default="xbt-toy-old",
+        metavar="MODEL",
+        help="old model: toy name, open_clip name, hf:<id>, or a local-dir folder (default: %(default)s)",
     )
-    p.add_argument("--old-pretrained", default=None)
+    p.add_argument(
+        "--old-pretrained", default=None, metavar="TAG", help="open_clip pretrained tag of --old (e.g. openai)"
+    )
     p.add_argument(
         "--adapter",
         action="append",
         default=[],
         metavar="[NAME=]FOLDER_OR_REPO",
-        help="adapter folder or Hub repo, repeatable (default with the toy models: a stage-1 adapter fitted at start)",
+        help="adapter folder or Hub repo, repeatable (default with the toy models: XBT stage 1 and stage 1+2, "
+        "fitted at start)",
     )
-    p.add_argument("--new", default=None, help="new model (default: the one named in the first adapter's config)")
-    p.add_argument("--new-pretrained", default=None)
     p.add_argument(
-        "--dataset", default="toy", help="gallery: toy | flickr30k | coco | nocaps (as xbt eval reads them)"
+        "--new",
+        default=None,
+        metavar="MODEL",
+        help="new model (default: the one named in the first adapter's config)",
     )
-    p.add_argument("--split", default=None)
-    p.add_argument("--root", default=None)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N gallery images")
+    p.add_argument(
+        "--new-pretrained", default=None, metavar="TAG", help="open_clip pretrained tag of --new (e.g. openai)"
+    )
+    p.add_argument(
+        "--dataset",
+        default="toy",
+        metavar="NAME",
+        help="gallery: toy | flickr30k | coco | nocaps (as xbt eval reads them; default: %(default)s)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="SPLIT",
+        help="test (1K Flickr / 5K COCO), full, val, ... (as xbt eval; default test; nocaps: val)",
+    )
+    p.add_argument(
+        "--root",
+        default=None,
+        metavar="DIR",
+        help="folder with the dataset files (local) or a downloaded webdataset copy (hf)",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N gallery images")
     p.add_argument(
         "--gallery",
         default=None,
+        metavar="DIR",
         help="a folder written by StaticGallery.save (xbt app --save-gallery) (instead of --dataset)",
     )
     p.add_argument(
-        "--save-gallery", default=None, help="save the gallery (images, captions, old vectors) to this folder"
+        "--save-gallery",
+        default=None,
+        metavar="DIR",
+        help="save the gallery (images, captions, old vectors) to this folder",
     )
-    p.add_argument("--report", default=None, help="a report.json (xbt eval) for the Evaluation tab")
-    p.add_argument("--k", type=int, default=5, help="results per column")
+    p.add_argument(
+        "--report", default=None, metavar="REPORT_JSON", help="a report.json (xbt eval) for the Evaluation tab"
+    )
+    p.add_argument("--k", type=int, default=5, metavar="K", help="results per column (default: %(default)s)")
     p.add_argument(
         "--no-new-new", action="store_true", help="no new→new column (skips embedding the gallery with the new model)"
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address to serve on (default: %(default)s, this machine only; 0.0.0.0 for the network)",
+    )
+    p.add_argument(
+        "--port", type=int, default=None, metavar="PORT", help="port to serve on (default: the first free from 7860)"
+    )
+    p.add_argument(
+        "--share",
+        action="store_true",
+        help="also serve a temporary public gradio.live link (Gradio's share=True: anyone with the link can search "
+        "the gallery; needs internet)",
+    )
 
 
 def check_gallery_folder(path: str) -> None:
@@ -96,7 +145,7 @@ def run(args) -> int:
     """``xbt app``: load the models, adapters and gallery named by ``args`` and serve the page.
 
     The cheap checks (gallery folder, report file, counts) come first: loading the models and fitting the
-    toy adapter take about a minute that a typo should not cost.
+    toy adapters take seconds to a minute that a typo should not cost.
     """
     for flag, value in (("--k", args.k), ("--limit", args.limit)):
         if value is not None and value < 1:
@@ -124,5 +173,5 @@ def run(args) -> int:
     if args.save_gallery:
         print(f"saved the gallery to {gallery.save(args.save_gallery)}")
     engine = SearchEngine(old, adapters, gallery, new_new=not args.no_new_new, verbose=True)
-    launch(engine, args.report, args.k, inline=False, server_name=args.host, server_port=args.port)
+    launch(engine, args.report, args.k, inline=False, server_name=args.host, server_port=args.port, share=args.share)
     return 0
