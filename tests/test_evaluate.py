@@ -338,6 +338,21 @@ def test_report_markdown_table(report):
     assert f"- **rand**: backward compatible: **{verdict}**" in md
 
 
+def test_report_summary_fits_a_terminal(report):
+    """The demo prints ``to_summary``: every line within the width, names whole, R@K and the verdict per row."""
+    wide = report.to_summary(width=100)
+    assert max(len(line) for line in wide.splitlines()) <= 100
+    row = next(line for line in wide.splitlines() if line.startswith("rand "))
+    cells = row.split()
+    assert cells[1] == f"{100 * report.methods['rand'].recall['i2t'][1]:.2f}"
+    assert cells[-1] == ("yes" if report.methods["rand"].backward_compatible else "no")
+    assert len(cells) == 1 + 6 + 3  # name, R@1/5/10 both ways, two closures and the verdict
+    narrow = report.to_summary(width=70)
+    assert max(len(line) for line in narrow.splitlines()) <= 70
+    assert "R@5" not in narrow and "I2T R@1" in narrow and "R@10" in narrow  # only the smallest and largest K
+    assert any(line.startswith("old→old") for line in narrow.splitlines())
+
+
 def test_report_plot_and_save(report, tmp_path):
     png = report.plot(tmp_path / "sub" / "r.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -476,3 +491,33 @@ def test_evaluate_refuses_split_and_root_for_a_dataset_object(stage1_adapter, ol
         old_new[0], stage1_adapter, dataset=ds, limit=2, cache=False, verbose=False, query_cost=False
     )
     assert report.n_images == 2
+
+
+def test_query_cost_is_the_median_of_paired_rounds(monkeypatch):
+    """The query-cost column pairs a bare and an adapter call per round and takes the median ratio, so a
+    machine whose load changes between rounds, or spikes in one call, does not move the figure."""
+    from types import SimpleNamespace
+
+    from xbt.evaluation import evaluate as ev
+
+    clock = SimpleNamespace(now=0.0, calls=[])
+    # load per call: steady, but round 4's bare call ran alone on the machine (a best-of-N would take it)
+    load = iter([2, 2, 2, 2, 2, 2, 2, 2, 0.5, 2, 2, 2, 2, 2] * 2)
+
+    def timed(kind, cost):
+        def call(items):
+            if len(items) > 2:  # not the warm-up
+                clock.calls.append(kind)
+                clock.now += cost * next(load)
+            return None
+
+        return call
+
+    new = SimpleNamespace(encode_text=timed("bare", 1.0), encode_image=timed("bare", 1.0))
+    adapter = SimpleNamespace(new=new, encode_text=timed("adapter", 1.25), encode_image=timed("adapter", 1.25))
+    ds = SimpleNamespace(images=list(range(10)), n_images=10)
+    monkeypatch.setattr(ev, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    cost = ev._query_cost(adapter, ds, [f"t{i}" for i in range(10)])
+    assert cost == {"text": 1.25, "image": 1.25}
+    first = clock.calls[: 2 * ev.COST_ROUNDS : 2]  # which path ran first in each round: alternating
+    assert first[:4] == ["bare", "adapter", "bare", "adapter"]

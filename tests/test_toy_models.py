@@ -45,6 +45,11 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     methods = {"procrustes", "linear", "slerp", "nlerp", "xbt-stage1", "xbt-stage1+2", "xbt-stage1+2+slerp"}
     for row in {"old→old", "new→new"} | methods:
         assert row in printed
+    table = printed[printed.index("Recall@K in %") : printed.index("\nembedding ")]
+    assert max(len(line) for line in table.splitlines()) <= 100  # the summary, not the 200-column markdown
+    assert "embedding " in printed and "full table (flips, gap closure, query cost)" in printed
+    timing = json.loads((tmp_path / "demo" / "demo_timing.json").read_text())
+    assert timing["embed_seconds"] > 0 and set(timing["fit_seconds"]) == methods
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert set(saved["methods"]) == methods
     assert saved["methods"]["xbt-stage1+2+slerp"]["requires_old_encoder"]

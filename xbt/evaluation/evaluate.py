@@ -20,8 +20,8 @@ Each adapter is asked for its queries through the adapter contract only: ``from_
 
 from __future__ import annotations
 
-import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,7 +34,7 @@ from ..core.errors import XBTError
 from ..data.retrieval import RetrievalDataset, load_dataset
 from ..models.embedding import CacheSpec, embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, as_encoder
-from .report import COST_IMAGES, COST_TEXTS, DIRECTIONS, MethodResult, Report, closure
+from .report import COST_IMAGES, COST_ROUNDS, COST_TEXTS, DIRECTIONS, MethodResult, Report, closure
 from .search import Retrieval, check_ks, recall_at_k
 
 #: images materialised at a time when embedding a lazy gallery
@@ -99,12 +99,16 @@ class _Embedder:
         return self._images(lambda chunk: adapter.embed_images(chunk, **opts))
 
 
-def _query_cost(adapter: Adapter, ds: RetrievalDataset, texts: list[str], repeats: int = 3) -> dict[str, float]:
+def _query_cost(
+    adapter: Adapter, ds: RetrievalDataset, texts: list[str], repeats: int = COST_ROUNDS
+) -> dict[str, float]:
     """Adapter query time / bare new model time on the same sample of captions and images.
 
-    The sample is the first ``COST_TEXTS`` captions and ``COST_IMAGES`` images; both paths run
-    uncached, once to warm up and then ``repeats`` times interleaved; the ratio of the fastest
-    times is returned. A ratio from one run on one machine: an indication, not a benchmark.
+    The sample is the first ``COST_TEXTS`` captions and ``COST_IMAGES`` images, uncached. After a
+    warm-up, ``repeats`` rounds each time one bare call and one adapter call back to back, the first
+    of the two alternating between rounds; the figure is the median of the per-round ratios, so a
+    load spike on a shared machine moves one round, not the result. Still one run on one machine:
+    ``scripts/benchmarks/query_cost.py`` measures it with more rounds and batch sizes.
     """
     sample_t = texts[:COST_TEXTS]
     sample_i = list(ds.images[: min(COST_IMAGES, ds.n_images)])
@@ -116,13 +120,15 @@ def _query_cost(adapter: Adapter, ds: RetrievalDataset, texts: list[str], repeat
     ):
         bare(items[:2])  # warm up both paths (lazy init, allocator) before timing
         adapted(items[:2])
-        best = [math.inf, math.inf]
-        for _ in range(repeats):
-            for j, fn in enumerate((bare, adapted)):
+        ratios = []
+        for r in range(repeats):
+            seconds = {}
+            for j in (0, 1) if r % 2 == 0 else (1, 0):
                 t0 = time.perf_counter()
-                fn(items)
-                best[j] = min(best[j], time.perf_counter() - t0)
-        out[kind] = round(best[1] / max(best[0], 1e-9), 3)
+                (bare, adapted)[j](items)
+                seconds[j] = time.perf_counter() - t0
+            ratios.append(seconds[1] / max(seconds[0], 1e-9))
+        out[kind] = round(statistics.median(ratios), 3)
     return out
 
 

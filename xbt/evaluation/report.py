@@ -28,6 +28,8 @@ DIRECTION_LABELS = {"i2t": "image→text", "t2i": "text→image"}
 OLD_OLD, NEW_NEW = "old→old", "new→new"
 #: queries timed for the "query cost vs bare new" column
 COST_TEXTS, COST_IMAGES = 256, 64
+#: interleaved rounds whose median ratio is the column
+COST_ROUNDS = 7
 
 
 def closure(old_old: float, new_old: float, target: float) -> float | None:
@@ -242,85 +244,16 @@ class Report:
 
     def to_markdown(self) -> str:
         """The results as markdown: the Recall@K table, the flip/gap table, and a verdict per method."""
-        ks = self.ks
-        lines = [
-            f"### Retrieval on {self.dataset} ({self.split}): {self.n_images:,} images, {self.n_captions:,} captions",
-            "",
-            f"old model `{self.old_model}` · new model `{self.new_model or '–'}` · search: {self.index} · Recall@K "
-            "in %",
-            "",
-        ]
-        head = ["row", "needs old encoder at query", "query cost vs bare new"]
-        head += [f"I2T R@{k}" for k in ks] + [f"T2I R@{k}" for k in ks]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for label, rec in self.rows():
-            m = next((m for n, m in self.methods.items() if label == f"new→old ({n})"), None)
-            needs = (
-                ("yes" if m.requires_old_encoder else "no")
-                if m is not None
-                else ("no" if label in (NEW_NEW,) else "–")
-            )
-            if m is not None and m.query_cost:
-                cost = " · ".join(f"{kind} {r:.2f}×" for kind, r in m.query_cost.items())
-            else:
-                cost = "1.00× (is the new model)" if label == NEW_NEW else "–"
-            cells = [label, needs, cost] + [_pct(rec[d].get(k)) for d in DIRECTIONS for k in ks]
-            lines.append("| " + " | ".join(cells) + " |")
-        if self.methods:
-            ceiling = self.ceiling is not None
-            lines += [
-                "",
-                "Against old→old (Δ = new→old − old→old; PFR/NFR = positive/negative flip rate; "
-                "gap closure = Δ / (new→new − old→old)"
-                + ("; ceiling closure = Δ / (ceiling − old→old)" if ceiling else "")
-                + "):",
-                "",
-            ]
-            head = ["method", "direction", "K", "Δ R@K", "PFR", "NFR", "PFR − NFR", "gap closure"]
-            head += ["ceiling closure"] if ceiling else []
-            head += ["new→old > old→old"]
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for name, m in self.methods.items():
-                for d in DIRECTIONS:
-                    for k in ks:
-                        gc = m.gap_closure[d][k]
-                        cells = [
-                            name,
-                            d.upper(),
-                            str(k),
-                            _pct(m.recall[d][k] - self.old_old[d][k]),
-                            _pct(m.pfr[d][k]),
-                            _pct(m.nfr[d][k]),
-                            _pct(m.delta[d][k]),
-                            "–" if gc is None else _num(gc),
-                        ]
-                        if ceiling:
-                            cc = (m.ceiling_closure or {}).get(d, {}).get(k)
-                            cells.append("–" if cc is None else _num(cc))
-                        cells.append("yes" if m.compatible[d][k] else "no")
-                        lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
-            for name, m in self.methods.items():
-                wins = sum(v for per_k in m.compatible.values() for v in per_k.values())
-                total = sum(len(per_k) for per_k in m.compatible.values())
-                if m.backward_compatible:
-                    why = "new→old is strictly above old→old at every K in both directions"
-                else:
-                    why = (
-                        f"new→old is strictly above old→old at {wins} of {total} (direction, K) pairs; all are needed"
-                    )
-                lines.append(
-                    f"- **{name}**: backward compatible: **{'yes' if m.backward_compatible else 'no'}** ({why})"
-                )
-            if any(m.query_cost for m in self.methods.values()):
-                lines += [
-                    "",
-                    f"Query cost: time to encode the same sample (up to {COST_TEXTS} captions, {COST_IMAGES} images) "
-                    "with the "
-                    "method divided by the bare new model's time (best of 3, uncached), from one run on this "
-                    "machine: an indication, not a benchmark.",
-                ]
-        return "\n".join(lines) + "\n"
+        from .tables import markdown
+
+        return markdown(self)
+
+    def to_summary(self, width: int | None = None) -> str:
+        """A plain-text table for a terminal (``width`` columns, default the terminal's): R@K per row, each
+        method's ceiling (or gap) closure at R@1 and its verdict. The full story is ``to_markdown()``."""
+        from .tables import summary
+
+        return summary(self, width)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Draw Recall@K per row as grouped bars, one panel per direction; write a PNG to ``path``."""

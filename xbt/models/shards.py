@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +181,14 @@ def embed_text_shards(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     folders = tuple(shard_folder(Path(root), e, dtype) for e in encoders)
     stats, keys, rows, kept, moved = TextStats(), [], [], [], False
+    # counts texts read from the stream (repeats included), so a sized corpus shows n / total from the start
+    total = len(texts) if isinstance(texts, Sized) and not isinstance(texts, (str, bytes, os.PathLike)) else None
     bar = tqdm(
-        desc=f"embed texts ({encoders[0].name}, {encoders[1].name})", unit="text", disable=not verbose, leave=False
+        total=total,
+        desc=f"embed texts ({encoders[0].name}, {encoders[1].name})",
+        unit=" texts",
+        disable=not verbose,
+        leave=False,
     )
     for k, chunk in enumerate(unique_chunks(texts, shard_rows, stats)):
         key = hash_texts(chunk)[:32]
@@ -203,7 +209,8 @@ def embed_text_shards(
                 save_tensors(
                     path, {"embeddings": emb.to(DTYPES[dtype])}, {"model": enc.name, "fingerprint": enc.fingerprint}
                 )
-        bar.update(len(chunk))
+        bar.update(stats.read - bar.n)
+    bar.update(stats.read - bar.n)
     bar.close()
     if not keys:
         raise XBTError("texts is empty: pass at least one caption (stage 1 needs a few hundred or more)")
