@@ -34,9 +34,10 @@ from ..models.encoders import CLIPEncoder, as_encoder
 from ..models.head import Projection
 from ..models.lora import load_lora, lora_state, merged_copy, save_lora
 from ..serving.export import export_adapter
+from .card import LICENSE, model_card
 from .config import LORA_DIR, MODALITIES, AdapterConfig, ModelRef
 from .folder import content_id, read_heads, write_folder
-from .hub import model_card, push_folder
+from .hub import push_folder
 from .registry import load_adapter, register_adapter
 
 
@@ -274,9 +275,10 @@ class Adapter:
         self.evaluation = report.summary(name)
         return self
 
-    def model_card(self, repo_id: str | None = None):
-        """The ``huggingface_hub.ModelCard`` describing this adapter (what ``save_pretrained`` writes)."""
-        return model_card(self.config(), repo_id)
+    def model_card(self, repo_id: str | None = None, license: str = LICENSE):
+        """The ``huggingface_hub.ModelCard`` describing this adapter (what ``save_pretrained`` writes, with the
+        default ``license``); ``license`` is a Hub license id for a card published by other means."""
+        return model_card(self.config(), repo_id, license=license)
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, repo_id: str | None = None) -> Path:
         """Write the adapter to folder ``path`` atomically: config, head weights, ``lora/``, model card.

@@ -58,6 +58,21 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else _num(100 * x)
 
 
+def paired_margin(pfr: float, nfr: float, n: int) -> tuple[float, float]:
+    """(d, se): the Recall@K difference of two searches over the same ``n`` queries and its standard error.
+
+    A verdict such as "new->old beats old->old" rests on d = pfr - nfr; whether d is more than noise depends on
+    n. Each query flips to a hit (+1, share ``pfr``), flips to a miss (-1, share ``nfr``) or keeps its outcome
+    (0); d is the mean of these paired differences, whose variance is pfr + nfr - d², so
+    se = sqrt((pfr + nfr - d²) / n). Pairing (both searches answer the same queries) is why this is far
+    smaller than the two recalls' own sampling errors.
+    """
+    if n < 1:
+        raise XBTError(f"a margin needs at least one query, got n={n}")
+    d = pfr - nfr
+    return d, float(np.sqrt(max(pfr + nfr - d * d, 0.0) / n))
+
+
 @dataclass
 class MethodResult:
     """One upgrade method's new->old results and how they compare with old->old and new->new.
@@ -164,6 +179,18 @@ class Report:
         """Method name -> verdict (new->old strictly above old->old at every K, both directions)."""
         return {name: m.backward_compatible for name, m in self.methods.items()}
 
+    def n_queries(self, direction: str) -> int:
+        """The queries of a direction: each image searches the captions (i2t), each caption the images (t2i)."""
+        if direction not in DIRECTIONS:
+            raise XBTError(f"unknown direction {direction!r}; use one of {list(DIRECTIONS)}")
+        return self.n_images if direction == "i2t" else self.n_captions
+
+    def margin(self, name: str, direction: str, k: int) -> tuple[float, float]:
+        """(d, se): method ``name``'s new->old minus old->old Recall@``k`` in ``direction`` and its standard
+        error over that direction's queries (``paired_margin``), so a verdict can say how far it is from noise."""
+        m = self.methods[name]
+        return paired_margin(m.pfr[direction][k], m.nfr[direction][k], self.n_queries(direction))
+
     def rows(self) -> list[tuple[str, dict[str, dict[int, float]]]]:
         """(label, recall) per table row: old->old, new->old per method, new->new."""
         out = [(OLD_OLD, self.old_old)]
@@ -240,6 +267,11 @@ class Report:
             "old_old": {d: _kd(v) for d, v in self.old_old.items()},
             "new_new": None if self.new_new is None else {d: _kd(v) for d, v in self.new_new.items()},
             "backward_compatible": m.backward_compatible,
+            # the verdict's margin per direction and K with its noise (``margin``): what the card says beside it
+            "margin": {
+                d: {str(k): dict(zip(("delta", "se"), self.margin(name, d, k)), n=self.n_queries(d)) for k in self.ks}
+                for d in DIRECTIONS
+            },
         }
 
     def to_markdown(self) -> str:
