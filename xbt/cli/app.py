@@ -1,27 +1,39 @@
-"""``xbt app``: the search page over an old gallery, old→old beside new→old and new→new."""
+"""``xbt app``: the search page over an old gallery, old→old beside new→old and new→new.
+
+Every input that can be checked without a model is checked first (counts, the gallery folder, the report file,
+the dataset name, the folder to save the gallery in, the address and port, Gradio itself): loading the models and
+fitting the toy adapters take seconds to a minute that a typo should not cost.
+"""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import json
+import socket
 from pathlib import Path
 
 from ..app.engine import SearchEngine
 from ..app.page import launch, toy_adapters
 from ..core.errors import XBTError
 from ..core.names import GALLERY_FILE, MIXED_GALLERY, gallery_kind
-from ..data.retrieval import load_dataset
+from ..data.retrieval import ALIASES, load_dataset
 from ..evaluation.report import Report
 from ..gallery.static import StaticGallery
 from .common import load_adapters, load_model, new_from_adapter_config
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "app",
-        help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report",
-        description="Serve a search page over an old gallery: a caption finds images, an image finds captions, "
-        "old→old beside new→old per adapter and new→new, hits marked; an Evaluation tab shows a report. With the toy "
-        "models and no --adapter it fits XBT stage 1 and stage 1+2 at start (seconds). Needs pip install 'xbt[app]'.",
+def register(p) -> None:
+    """Fill in the ``xbt app`` parser ``p`` (given the ``xbt`` subparsers instead: add it there first)."""
+    if not isinstance(p, argparse.ArgumentParser):
+        p = p.add_parser(
+            "app", help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report"
+        )
+    p.description = (
+        "Serve a search page over an old gallery: a caption finds images, an image finds captions, old→old beside "
+        "new→old per adapter and new→new, hits marked; an Evaluation tab shows a report. With the toy models and no "
+        "--adapter it fits XBT stage 1 and stage 1+2 at start (seconds). Writes nothing unless --save-gallery is "
+        "given. Needs pip install 'xbt[app]'."
     )
     arguments(p)
     p.set_defaults(func=run)
@@ -33,7 +45,7 @@ def arguments(p) -> None:
         "--old",
         default="xbt-toy-old",
         metavar="MODEL",
-        help="old model: toy name, open_clip name, hf:<id>, or a local-dir folder (default: %(default)s)",
+        help="old model: toy name, open_clip name, hf:<id>, or a local-dir folder (default: xbt-toy-old)",
     )
     p.add_argument(
         "--old-pretrained", default=None, metavar="TAG", help="open_clip pretrained tag of --old (e.g. openai)"
@@ -59,7 +71,7 @@ def arguments(p) -> None:
         "--dataset",
         default="toy",
         metavar="NAME",
-        help="gallery: toy | flickr30k | coco | nocaps (as xbt eval reads them; default: %(default)s)",
+        help="gallery: toy | flickr30k | coco | nocaps (as xbt eval reads them; default: toy)",
     )
     p.add_argument(
         "--split",
@@ -89,7 +101,7 @@ def arguments(p) -> None:
     p.add_argument(
         "--report", default=None, metavar="REPORT_JSON", help="a report.json (xbt eval) for the Evaluation tab"
     )
-    p.add_argument("--k", type=int, default=5, metavar="K", help="results per column (default: %(default)s)")
+    p.add_argument("--k", type=int, default=5, metavar="K", help="results per column (default: 5)")
     p.add_argument(
         "--no-new-new", action="store_true", help="no new→new column (skips embedding the gallery with the new model)"
     )
@@ -97,7 +109,7 @@ def arguments(p) -> None:
         "--host",
         default="127.0.0.1",
         metavar="ADDRESS",
-        help="address to serve on (default: %(default)s, this machine only; 0.0.0.0 for the network)",
+        help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0 for the network)",
     )
     p.add_argument(
         "--port", type=int, default=None, metavar="PORT", help="port to serve on (default: the first free from 7860)"
@@ -131,6 +143,9 @@ def read_report(path: str | None) -> Report | None:
     if path is None:
         return None
     file = Path(path).expanduser()
+    if file.is_dir():
+        inside = " (there is one in it: give that file)" if (file / "report.json").is_file() else ""
+        raise XBTError(f"--report {path} is a folder{inside}; give the report.json that xbt eval wrote")
     if not file.is_file():
         raise XBTError(f"--report {path} does not exist; give the report.json that xbt eval wrote, or drop --report")
     try:
@@ -141,18 +156,50 @@ def read_report(path: str | None) -> Report | None:
         ) from None
 
 
-def run(args) -> int:
-    """``xbt app``: load the models, adapters and gallery named by ``args`` and serve the page.
+def check_serving(host: str, port: int | None) -> None:
+    """Refuse a ``--port`` out of range or taken, or a ``--host`` that is not an address of this machine."""
+    if port is not None and not 1 <= port <= 65535:
+        raise XBTError(f"--port must be in 1..65535, got {port}; or leave it out for the first free port from 7860")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind((host, port or 0))
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if port and exc.errno == errno.EADDRINUSE:
+            raise XBTError(f"--port {port} on {host} is taken ({why}); give another --port, or leave it out") from None
+        raise XBTError(
+            f"cannot serve on --host {host} ({why}); give 127.0.0.1, 0.0.0.0 or an address of this machine"
+        ) from None
 
-    The cheap checks (gallery folder, report file, counts) come first: loading the models and fitting the
-    toy adapters take seconds to a minute that a typo should not cost.
-    """
+
+def check_inputs(args) -> None:
+    """Every check that needs no model: counts, files and folders, the dataset's name, the address, Gradio."""
     for flag, value in (("--k", args.k), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise XBTError(f"{flag} must be >= 1, got {value}")
     if args.gallery:
         check_gallery_folder(args.gallery)
+    elif str(args.dataset).lower() not in ALIASES:
+        raise XBTError(f"--dataset {args.dataset!r} is unknown; give one of {sorted(set(ALIASES.values()))}")
+    if args.save_gallery and Path(args.save_gallery).expanduser().is_file():
+        raise XBTError(f"--save-gallery {args.save_gallery} is a file; give a folder (new, or a saved gallery's)")
     read_report(args.report)  # refused now, not after the models; launch reads it again
+    check_serving(args.host, args.port)
+    try:
+        import gradio  # noqa: F401  (the page needs it; found out now, not after the models)
+    except ImportError:
+        raise XBTError("the search page needs Gradio: pip install 'xbt[app]'") from None
+
+
+def run(args) -> int:
+    """``xbt app``: check the inputs, load the dataset, models, adapters and gallery named by ``args``, serve."""
+    check_inputs(args)
+    dataset = (
+        None
+        if args.gallery
+        else load_dataset(args.dataset, split=args.split, root=args.root, limit=args.limit)  # its own refusals
+    )
     old = load_model(args.old, args.old_pretrained)
     if args.adapter:
         new = (
@@ -165,11 +212,7 @@ def run(args) -> int:
         adapters = toy_adapters(old, load_model("xbt-toy-new"), verbose=True)
     else:
         raise XBTError("give --adapter FOLDER (repeatable); only the toy models get a default adapter")
-    gallery = (
-        StaticGallery.load(args.gallery, old)
-        if args.gallery
-        else StaticGallery.build(old, load_dataset(args.dataset, split=args.split, root=args.root, limit=args.limit))
-    )
+    gallery = StaticGallery.load(args.gallery, old) if args.gallery else StaticGallery.build(old, dataset)
     if args.save_gallery:
         print(f"saved the gallery to {gallery.save(args.save_gallery)}")
     engine = SearchEngine(old, adapters, gallery, new_new=not args.no_new_new, verbose=True)

@@ -1,27 +1,15 @@
 """``xbt gallery build | backfill | search | rollback | cutover``: a gallery in migration from the command line.
 
-- ``build``: embed the items (a caption file, an image folder, or the toy test split) with the
-  OLD model into a gallery folder; with ``--pairs`` (a ``save_to_disk`` dataset of image–caption
-  pairs) the score calibration is fitted for the adapter and recorded. Built again into the same
-  folder: a gallery whose backfill has started (``backfill/manifest.json``) is rebuilt only from the
-  same items with the same old and new models, and keeps its backfill; any other rebuild there is
-  refused (roll the backfill back first, or build into a new folder), since the new vectors would
-  stay on the wrong items. A rebuild of the same items with the same old model keeps the recorded
-  calibration unless ``--pairs`` fits a new one.
-- ``backfill``: re-embed with the adapter's NEW model up to ``--budget`` (fraction or count), in
-  ``--plan`` order (``uncertainty``/``spread`` fit their disagreement model on ``--pairs``);
-  resumable, one job at a time (``xbt.backfill``).
-- ``search``: text (``--query``) or image (``--query-image``) queries through the adapter against
-  the mixed gallery, merged on the calibrated score.
-- ``rollback`` / ``cutover``: back to all-old, or drop the old part once everything is backfilled
-  (each says when there was nothing to do; a folder that is not a gallery is refused).
-
-``register(sub)`` adds the group to the ``xbt`` parser.
+Each action's ``description`` (``xbt gallery ACTION --help``) says what it does and writes; every input is checked
+before a model is loaded. ``search`` shows what each hit is and marks ``✓`` the right answers the gallery knows:
+the toy test split's own (``--toy``), or those of the ``--pairs`` of its own items given at build
+(``known_hits.json``). ``register`` fills in the ``xbt gallery`` parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +22,9 @@ from ..core.errors import XBTError
 from ..data.sources import LazyImages
 from ..gallery.backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
 from ..gallery.calibration import MERGES, ScoreCalibration, calibration_set, fit_calibration
+from ..gallery.folder import KNOWN_HITS_FILE, glyphs, header_lines, read_known_hits, result_lines, write_known_hits
 from ..gallery.mixed import STORES, MixedGallery, read_meta, read_old_vectors
-from ..gallery.pair_vectors import pair_vectors
+from ..gallery.pair_vectors import known_hits, load_pairs, pair_vectors, query_key
 from ..gallery.planner import PLANS, DisagreementModel, plan_order
 from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
@@ -50,12 +39,17 @@ def items_spec(args: argparse.Namespace) -> dict[str, Any]:
     if len(given) != 1:
         raise XBTError("give exactly one of --texts FILE, --images DIR or --toy images|captions")
     if args.texts:
-        return {"kind": "texts", "file": str(Path(args.texts).resolve())}
+        if not Path(args.texts).is_file():
+            raise XBTError(f"--texts {args.texts} is not a file; give a UTF-8 caption file, one caption a line")
+        spec = {"kind": "texts", "file": str(Path(args.texts).resolve())}
+        if not load_items(spec)[1]:
+            raise XBTError(f"--texts {args.texts} holds no captions; give a UTF-8 caption file, one caption a line")
+        return spec
     if args.images:
         folder = Path(args.images).resolve()
-        files = (
-            sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        )
+        if not folder.is_dir():
+            raise XBTError(f"--images {args.images} is not a folder; give the folder that holds the gallery's images")
+        files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise XBTError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
         return {"kind": "images", "files": files}
@@ -70,7 +64,11 @@ def load_items(spec: dict[str, Any]) -> tuple[str, Any]:
             raise XBTError(
                 f"the gallery's caption file {path} is gone; the backfill needs the items it was built from"
             )
-        return "text", [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise XBTError(f"{path} is not UTF-8 text ({exc}); save the captions as UTF-8, one a line") from None
+        return "text", [line.strip() for line in lines if line.strip()]
     if spec.get("kind") == "images":
         return "image", LazyImages(spec["files"])
     if spec.get("kind") == "toy":
@@ -79,83 +77,96 @@ def load_items(spec: dict[str, Any]) -> tuple[str, Any]:
     raise XBTError(f"unknown item source {spec!r} in gallery.json")
 
 
-def _pairs(path: str | None) -> tuple[list, list[str]] | None:
-    if not path:
-        return None
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(path)
-    except FileNotFoundError as exc:
-        raise XBTError(f"--pairs {path} is not a folder written by datasets.Dataset.save_to_disk ({exc})") from exc
-    if not {"image", "caption"} <= set(ds.column_names):
-        raise XBTError(f"--pairs {path} needs 'image' and 'caption' columns, has {ds.column_names}")
-    return [im.convert("RGB") for im in ds["image"]], list(ds["caption"])
-
-
-def register(sub) -> None:
-    """Add ``xbt gallery`` and its subcommands to the ``xbt`` subparsers ``sub``."""
-    p = sub.add_parser(
-        "gallery",
-        help="a gallery in migration: build, backfill (resumable), search with an adapter",
-        description="Build a gallery with the OLD model, backfill it with the NEW one in planned order, "
-        "and search the mixed gallery through an adapter (calibrated merge of both parts).",
+def register(p) -> None:
+    """Fill in the ``xbt gallery`` parser ``p`` (given the ``xbt`` subparsers instead: add it there first)."""
+    if not isinstance(p, argparse.ArgumentParser):
+        p = p.add_parser("gallery", help="a gallery in migration: build, backfill (resumable), search with an adapter")
+    p.description = (
+        "Build a gallery with the OLD model, backfill it with the NEW one in planned order, and search the mixed "
+        "gallery through an adapter (calibrated merge of both parts); roll the backfill back, or cut over to the "
+        "new vectors once it is complete. Each ACTION writes into the --gallery folder (xbt gallery ACTION --help)."
     )
     gsub = p.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
 
-    def common(q, adapter_required: bool = True) -> None:
-        q.add_argument("--gallery", required=True, help="the gallery folder")
-        q.add_argument("--adapter", required=adapter_required, help="adapter folder or Hub repo (xbt.load_adapter)")
-        q.add_argument("--new", default=None, help="new model (default: the one the adapter's config names)")
-        q.add_argument("--new-pretrained", default=None)
-        q.add_argument("--device", default=None)
+    def common(q) -> None:
+        q.add_argument("--gallery", required=True, metavar="DIR", help=GALLERY_HELP)
+        q.add_argument("--adapter", required=True, metavar="FOLDER_OR_REPO", help="adapter folder or Hub repo")
+        q.add_argument("--new", default=None, metavar="MODEL", help="new model (default: the adapter's config's)")
+        q.add_argument("--new-pretrained", default=None, metavar="TAG", help="open_clip pretrained tag of --new")
+        q.add_argument("--device", default=None, metavar="DEVICE", help="torch device: cpu, cuda, cuda:1, mps")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    b = gsub.add_parser("build", help="embed the items with the OLD model into a gallery folder")
+    b = gsub.add_parser(
+        "build",
+        help="embed the items with the OLD model into a gallery folder",
+        description="Embed the items (--texts, --images or --toy) with the OLD model into --gallery: writes "
+        "gallery.json (models, item source, score calibration) and old.safetensors (old vectors, item content "
+        "hashes); with --pairs that hold some of the gallery's own items, also known_hits.json (the right answers "
+        "search marks ✓). A folder whose backfill has started is rebuilt only from the same items and models.",
+    )
     common(b)
-    b.add_argument(
-        "--old", required=True, help="the OLD model the gallery is embedded with (toy name, open_clip name, folder)"
-    )
-    b.add_argument("--old-pretrained", default=None)
-    b.add_argument("--texts", default=None, help="caption gallery: UTF-8 file, one caption per line")
-    b.add_argument("--images", default=None, help="image gallery: a folder of image files (sorted by name)")
-    b.add_argument(
-        "--toy", choices=("images", "captions"), default=None, help="the toy test split's images or captions"
-    )
+    b.add_argument("--old", required=True, metavar="MODEL", help="the OLD model (toy name, open_clip name, folder)")
+    b.add_argument("--old-pretrained", default=None, metavar="TAG", help="open_clip pretrained tag of --old")
+    b.add_argument("--texts", default=None, metavar="FILE", help="caption gallery: UTF-8 file, one caption a line")
+    b.add_argument("--images", default=None, metavar="DIR", help="image gallery: a folder of image files")
+    b.add_argument("--toy", choices=("images", "captions"), default=None, help="the toy test split's images/captions")
     b.add_argument(
         "--pairs",
         default=None,
-        help="save_to_disk image-caption pairs to fit the score calibration on: "
-        "one row per caption, all of an image's captions (COCO's five), as the gallery holds them",
+        metavar="DIR",
+        help="save_to_disk image-caption pairs to fit the score calibration on: one row per caption, all of an "
+        "image's captions (COCO's five); pairs of the gallery's own items also record known right answers",
     )
     b.add_argument("--store", choices=STORES, default="faiss", help="vector store searched (default faiss)")
     b.set_defaults(func=_build)
 
-    f = gsub.add_parser("backfill", help="re-embed with the NEW model up to a budget, in planned order (resumable)")
+    f = gsub.add_parser(
+        "backfill",
+        help="re-embed with the NEW model up to a budget, in planned order (resumable)",
+        description="Re-embed the gallery's items with the adapter's NEW model up to --budget, in --plan order, "
+        "into DIR/backfill/ (verified batch files and manifest.json); an interrupted run resumes where it stopped.",
+    )
     common(f)
     f.add_argument("--budget", default="1.0", help="fraction in [0, 1] (with a dot) or item count (default 1.0)")
     f.add_argument("--plan", choices=PLANS, default="random", help="order of a new backfill (default random)")
-    f.add_argument("--pairs", default=None, help="save_to_disk pairs (needed by --plan uncertainty/spread)")
-    f.add_argument("--batch-size", type=int, default=256)
+    f.add_argument("--pairs", default=None, metavar="DIR", help="save_to_disk pairs (--plan uncertainty/spread)")
+    f.add_argument("--batch-size", type=int, default=256, metavar="N", help="items per batch file (default 256)")
     f.add_argument("--repair", action="store_true", help="re-embed committed batch files that fail their checksum")
     f.set_defaults(func=_backfill)
 
-    s = gsub.add_parser("search", help="search the mixed gallery through an adapter")
+    s = gsub.add_parser(
+        "search",
+        help="search the mixed gallery through an adapter",
+        description="Search the gallery with text (--query, image galleries) or image queries (--query-image, "
+        "caption galleries) through the adapter, old and new parts merged; prints each hit's rank, id, space, "
+        "score and what it is, ✓ on the right answers the gallery knows. Writes nothing.",
+    )
     common(s)
-    s.add_argument("--query", action="append", default=[], help="a text query (image galleries); repeat for several")
-    s.add_argument("--query-image", action="append", default=[], help="an image file query (caption galleries)")
-    s.add_argument("-k", type=int, default=10)
-    s.add_argument("--merge", choices=MERGES, default="calibrated")
+    s.add_argument("--query", action="append", default=[], help="a text query (image galleries); repeatable")
+    s.add_argument("--query-image", action="append", default=[], metavar="FILE", help="an image query; repeatable")
+    s.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    s.add_argument("--merge", choices=MERGES, default="calibrated", help="how the parts merge (default calibrated)")
     s.add_argument("--store", choices=STORES, default=None, help="override the gallery's store")
     s.set_defaults(func=_search)
 
-    for name, fn, text in (
-        ("rollback", _rollback, "set the backfill aside: all items searched with old vectors again"),
-        ("cutover", _cutover, "after a full backfill: search the new vectors only (no rollback after)"),
+    for name, fn, text, what in (
+        ("rollback", _rollback, "set the backfill aside: all items searched with old vectors again", ROLLBACK),
+        ("cutover", _cutover, "after a full backfill: search the new vectors only (no rollback after)", CUTOVER),
     ):
-        r = gsub.add_parser(name, help=text)
-        r.add_argument("--gallery", required=True)
+        r = gsub.add_parser(name, help=text, description=what)
+        r.add_argument("--gallery", required=True, metavar="DIR", help=GALLERY_HELP)
         r.set_defaults(func=fn)
+
+
+GALLERY_HELP = "the gallery folder (xbt gallery build writes it)"
+ROLLBACK = (
+    "Set the gallery's backfill aside (DIR/backfill is renamed backfill.rolled-back-<time>): every item is searched "
+    "with its old vector again. Refused after cutover; says so when there is nothing to roll back."
+)
+CUTOVER = (
+    "After a full backfill, mark it cut over (in DIR/backfill/manifest.json): searches use the new vectors only, "
+    "and rollback is refused from then on. Refused before every item is backfilled."
+)
 
 
 def _rollback(args) -> int:
@@ -175,6 +186,16 @@ def _cutover(args) -> int:
     return 0
 
 
+def _check_device(device: str | None) -> None:
+    """Refuse a ``--device`` torch does not know, or one this machine lacks, before any model is loaded."""
+    try:
+        torch.device(device or "cpu")
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        why = "not a torch device" if "device string" in str(exc) else "this machine has no such device (or no driver)"
+        raise XBTError(f"--device {device}: {why}; use cpu, cuda, cuda:1 or mps (or leave it out)") from None
+
+
 def _adapter(args, old=None):
     new = (
         load_model(args.new, args.new_pretrained, args.device)
@@ -189,6 +210,8 @@ def _earlier_build(folder: str, spec: dict[str, Any]) -> tuple[dict | None, dict
 
     Refused when the folder's backfill has started for other items, or cannot be compared.
     """
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise XBTError(f"--gallery {folder} is a file; give a folder (new, or one xbt gallery build wrote)")
     manifest = read_manifest(folder)  # an unreadable one names rollback as the fix
     if manifest is None:
         try:
@@ -213,7 +236,9 @@ def _rebuild_refused(folder: str, manifest: dict, why: str) -> XBTError:
 
 def _build(args) -> int:
     spec = items_spec(args)
+    _check_device(args.device)
     meta, manifest = _earlier_build(args.gallery, spec)
+    pairs = load_pairs(args.pairs) if args.pairs else None
     old = load_model(args.old, args.old_pretrained, args.device)
     adapter = _adapter(args, old)
     modality, items = load_items(spec)
@@ -238,47 +263,61 @@ def _build(args) -> int:
         if stored.shape != vectors.shape or not torch.allclose(stored, vectors, atol=1e-4):
             raise _rebuild_refused(args.gallery, manifest, "items whose old vectors differ from these (changed files)")
     gallery.add_old(vectors, items=items)
-    pairs = _pairs(args.pairs)
+    hits = None
     if pairs is not None:
         v, ids = pair_vectors(adapter, old, pairs)
         cal_set = calibration_set(v, ids, modality)
         gallery.calibration = fit_calibration(*cal_set, verbose=not args.quiet)
+        hits = known_hits(gallery.item_keys, modality, *pairs)
     elif meta is not None and meta.get("old_model", {}).get("fingerprint") == gallery.old_ref.fingerprint:
         gallery.calibration = ScoreCalibration.from_dict(meta["calibration"])
         print("no --pairs: kept the calibration recorded for these items (give --pairs to fit it anew)")
     else:
         print("no --pairs: the merge uses raw cosines until a calibration is fitted (give --pairs)")
     out = gallery.save(args.gallery)
+    if hits:
+        write_known_hits(out, gallery.item_keys, hits, f"--pairs {args.pairs}")
+        print(f"recorded the right answers of {len(hits)} --pairs queries whose items are here (search marks them ✓)")
+    elif meta is None:  # other items than an earlier build's: its right answers are not these items'
+        (out / KNOWN_HITS_FILE).unlink(missing_ok=True)
     print(f"built {gallery!r} in {out} (calibration: {gallery.calibration.summary()})")
     return 0
 
 
 def _budget(text: str) -> float | int:
     try:
-        return float(text) if "." in text else int(text)
+        budget = float(text) if "." in text else int(text)
     except ValueError:
         raise XBTError(f"--budget must be a fraction like 0.25 or a count like 1000, got {text!r}") from None
+    if budget < 0 or (isinstance(budget, float) and budget > 1):
+        raise XBTError(f"--budget {text}: give a fraction in [0, 1] (with a dot) or a count >= 0 of items")
+    return budget
 
 
 def _backfill(args) -> int:
-    adapter = _adapter(args)
+    budget = _budget(args.budget)
+    if args.batch_size < 1:
+        raise XBTError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_device(args.device)
     gallery = MixedGallery.load(args.gallery)
-    gallery.check_adapter(adapter)
     modality, items = load_items(gallery.items)
+    fresh = read_manifest(args.gallery) is None
+    pairs = load_pairs(args.pairs) if args.pairs and fresh and args.plan in ("uncertainty", "spread") else None
+    if fresh and pairs is None and args.plan in ("uncertainty", "spread"):
+        raise XBTError(f"--plan {args.plan} learns the adapter's disagreement from pairs: give --pairs DIR")
+    adapter = _adapter(args)
+    gallery.check_adapter(adapter)
     order = None
-    if read_manifest(args.gallery) is None:
+    if fresh:
         model = None
-        if args.plan in ("uncertainty", "spread"):
-            pairs = _pairs(args.pairs)
-            if pairs is None:
-                raise XBTError(f"--plan {args.plan} learns the adapter's disagreement from pairs: give --pairs DIR")
+        if pairs is not None:
             old = load_model(gallery.old_ref.name, gallery.old_ref.pretrained, args.device, gallery.old_ref.revision)
             v, _ = pair_vectors(adapter, old, pairs)
             key = "img" if modality == "image" else "txt"
             model = DisagreementModel.fit(v[f"old_{key}"], v[f"ad_{key}"])
         order = plan_order(gallery.store.vectors("old", np.arange(gallery.size)), args.plan, model=model)
     job = BackfillJob(args.gallery, adapter.new, items, order=order, batch_size=args.batch_size, plan=args.plan)
-    stats = job.run(_budget(args.budget), repair=args.repair, verbose=not args.quiet)
+    stats = job.run(budget, repair=args.repair, verbose=not args.quiet)
     print(
         f"backfill: {stats['done']} of {gallery.size} items in the new space (this run: {stats['embedded']} embedded, "
         f"{stats['adopted']} adopted from an interrupted run, {stats['repaired']} repaired)"
@@ -286,8 +325,65 @@ def _backfill(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- search: what each hit is, and ✓
+
+
+WIDTH = 80  # the terminal the search output fits
+
+
+def _what(gallery: MixedGallery) -> tuple[Any, str]:
+    """``(i -> (what item i is, its style for result_lines), a header line saying how items are shown)``."""
+    spec = gallery.items
+    if spec.get("kind") == "images" and spec.get("files"):
+        files = [Path(f) for f in spec["files"]]
+        return (lambda i: (files[i].name, "path")), f"items: image files in {files[0].parent}"
+    if spec.get("kind") == "toy" and spec.get("what") == "images":
+        caps = test_split()[1]
+        return (lambda i: (caps[i][0], "quote")), "items: the toy test split's images, each shown by its first caption"
+    if gallery.modality == "text":
+        try:
+            texts = load_items(spec)[1]
+        except XBTError as exc:
+            return (lambda i: (f"caption {i}", "plain")), f"items: captions, shown by id ({exc})"
+        return (lambda i: (texts[i], "quote")), "items: captions"
+    return (lambda i: (f"image {i}", "plain")), "items: images, shown by id (the gallery records no files for them)"
+
+
+def _truth(gallery: MixedGallery, folder: str) -> tuple[dict[str, list[int]], str]:
+    """``(query_key -> the items that answer it, where that comes from or why there is none)``."""
+    hits, source = read_known_hits(folder, gallery.item_keys)
+    if gallery.items.get("kind") == "toy" and gallery.item_keys is not None:  # the test split's own pairs
+        images, caps = test_split()
+        pairs = [(image, caption) for image, cs in zip(images, caps) for caption in cs]
+        hits = {**hits, **known_hits(gallery.item_keys, gallery.modality, *zip(*pairs))}
+        source = "the toy test split"
+    return hits, source
+
+
+def _print_results(gallery: MixedGallery, labels, queries, scores, ids, folder: str) -> None:
+    """A header (the gallery, how items are shown, where right answers come from), then each query's hits."""
+    what, items_line = _what(gallery)
+    truth, source = _truth(gallery, folder)
+    mark, dots = glyphs(sys.stdout.encoding)
+    print("\n".join(header_lines(repr(gallery), items_line, bool(truth), source, mark, dots, WIDTH)))
+    in_new = gallery.in_new
+    for label, query, row_s, row_i in zip(labels, queries, scores, ids):
+        known = set(truth.get(query_key(query, gallery.query_modality), ())) if truth else None
+        print("\n" + "\n".join(result_lines(label, row_s, row_i, in_new, what, known, mark, dots, WIDTH)))
+
+
+def _query_images(paths: list[str]) -> list:
+    """The ``--query-image`` files as RGB images, each read now (a bad one refused before any model is loaded)."""
+    try:
+        return list(LazyImages(paths))
+    except XBTError as exc:
+        raise XBTError(f"--query-image: {str(exc).split('; ')[0]}; give an image file (PNG, JPEG, ...)") from None
+
+
 def _search(args) -> int:
-    adapter = _adapter(args)
+    if args.k < 1:
+        raise XBTError(f"-k must be >= 1, got {args.k}")
+    _check_device(args.device)
     gallery = open_gallery(args.gallery, store=args.store)
     if gallery.query_modality == "text":
         if not args.query or args.query_image:
@@ -296,18 +392,8 @@ def _search(args) -> int:
     else:
         if not args.query_image or args.query:
             raise XBTError("this is a caption gallery: give image files with --query-image")
-        queries, labels = LazyImages(args.query_image), args.query_image
-        queries = [queries[i] for i in range(len(queries))]
+        queries, labels = _query_images(args.query_image), args.query_image
+    adapter = _adapter(args)
     scores, ids = gallery.search_with(adapter, queries, k=args.k, merge=args.merge)
-    _, items = load_items(gallery.items)
-    in_new = gallery.in_new
-    for label, row_s, row_i in zip(labels, scores, ids):
-        print(f"\nquery: {label}  ({gallery!r})")
-        for rank, (sc, i) in enumerate(zip(row_s, row_i), 1):
-            if i < 0:
-                continue
-            shown = (
-                items[i] if gallery.modality == "text" else (gallery.items.get("files") or [f"image {i}"] * (i + 1))[i]
-            )
-            print(f"{rank:3d}. item {i:6d}  {'new' if in_new[i] else 'old'}  {sc:+.4f}  {shown}")
+    _print_results(gallery, labels, queries, scores, ids, args.gallery)
     return 0

@@ -47,13 +47,14 @@ from ..adapters.config import ModelRef
 from ..core.errors import XBTError
 from ..core.files import save_tensors, write_json
 from ..core.hashing import file_digest
-from ..core.names import BACKFILL_DIR, GALLERY_FILE
+from ..core.names import BACKFILL_DIR
 from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import as_encoder
 from .folder import (
     BATCH_KEYS,
     batch_name,
     check_batch_items,
+    check_migration_folder,
     first_difference,
     item_keys,
     keys_from_hex,
@@ -335,8 +336,7 @@ def rollback(gallery_dir: str | Path) -> Path | None:
     manifest is set aside too (the old vectors are intact). Returns where the backfill went (``None``: there
     was none, nothing was done).
     """
-    if not (Path(gallery_dir) / GALLERY_FILE).is_file():  # a typo, not a gallery folder (a damaged file is fine)
-        read_meta(gallery_dir)
+    check_migration_folder(gallery_dir, "roll back")  # a typo or another kind of folder (a damaged file is fine)
     folder = Path(gallery_dir) / BACKFILL_DIR
     try:
         manifest = read_manifest(gallery_dir)
@@ -360,6 +360,7 @@ def cutover(gallery_dir: str | Path) -> bool:
 
     Returns ``False`` when it already was (nothing done); refused for a folder that is not a gallery.
     """
+    check_migration_folder(gallery_dir, "cut over")
     size = read_meta(gallery_dir)["size"]
     manifest = read_manifest(gallery_dir)
     folder = Path(gallery_dir) / BACKFILL_DIR

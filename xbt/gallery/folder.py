@@ -7,6 +7,14 @@ caption). The backfill checks each item it re-embeds against it and records the 
 batch, so new-space vectors are never served for other items than those they were made from.
 Folders written before keys were recorded hold no ``item_keys``: they still load, unchecked.
 
+``known_hits.json`` (optional, written by ``xbt gallery build --pairs`` when the pairs hold some of the
+gallery's own items) says which items are a right answer to which query: a caption (by its casefolded words)
+for an image gallery, an image (by ``image_key``) for a caption gallery (``pair_vectors.known_hits`` finds them).
+It records a digest of the item keys it was made for, so it is ignored once the folder holds other items; folders
+without it know no right answers. ``header_lines`` and ``result_lines`` lay a search's hits out for a person (what
+each item is, ✓ on the known right answers, 80 columns); ``check_migration_folder`` refuses to roll back or cut
+over a folder that is not a gallery in migration.
+
 The backfill's batch files are read and checked here too (``read_batch``: checksums;
 ``check_batch_items``: the items they were embedded from). ``check_save_over_backfill`` refuses to write a gallery
 over a folder whose backfill has started
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +36,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..core.errors import XBTError
+from ..core.files import write_json
 from ..core.hashing import file_digest, hash_texts, image_key
-from ..core.names import BACKFILL_DIR, GALLERY_FILE, OLD_VECTORS_FILE
+from ..core.names import BACKFILL_DIR, GALLERY_FILE, OLD_VECTORS_FILE, STATIC_GALLERY, gallery_kind
 
 #: bytes of one item's content hash (24 hex digits)
 KEY_BYTES = 12
 #: the batch-file metadata field holding the hex keys of its items, in the order of its ids
 BATCH_KEYS = "item_keys"
+#: the optional file of known right answers (``known_hits``), beside ``gallery.json``
+KNOWN_HITS_FILE = "known_hits.json"
 
 
 def item_keys(items: Sequence[Any], modality: str) -> np.ndarray:
@@ -50,6 +62,38 @@ def keys_to_hex(keys: np.ndarray) -> str:
 def keys_from_hex(text: str) -> np.ndarray:
     """The keys [m, 12] of ``keys_to_hex``."""
     return np.frombuffer(bytes.fromhex(text), np.uint8).reshape(-1, KEY_BYTES).copy()
+
+
+def _keys_digest(keys: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(keys, np.uint8).tobytes()).hexdigest()
+
+
+def write_known_hits(folder: str | Path, keys: np.ndarray, hits: dict[str, list[int]], source: str) -> Path:
+    """Write ``known_hits.json`` (atomically) for the items whose keys are ``keys``; returns its path."""
+    record = {"format": 1, "source": source, "items_sha256": _keys_digest(keys), "hits": hits}
+    return write_json(Path(folder) / KNOWN_HITS_FILE, record)
+
+
+def read_known_hits(folder: str | Path, keys: np.ndarray | None) -> tuple[dict[str, list[int]], str]:
+    """``(hits, where they come from)`` of a folder's ``known_hits.json``; ``({}, why not)`` when it has none.
+
+    Ignored (with the reason) when unreadable, or made for other items than ``keys`` (the gallery's item keys).
+    """
+    file = Path(folder) / KNOWN_HITS_FILE
+    if not file.is_file():
+        return {}, ""
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        hits, source, digest = record["hits"], str(record["source"]), record["items_sha256"]
+        if not isinstance(hits, dict):
+            raise TypeError("'hits' is not a mapping")
+    except (ValueError, KeyError, TypeError) as exc:
+        return {}, f"{file} is unreadable ({type(exc).__name__}: {exc}); build the gallery again with --pairs"
+    if keys is None or digest != _keys_digest(keys):
+        return {}, f"{file} was written for other items than the gallery's; build it again with --pairs"
+    n = len(keys)
+    clean = {str(q): [int(i) for i in ids if isinstance(i, int) and 0 <= i < n] for q, ids in hits.items()}
+    return {q: ids for q, ids in clean.items() if ids}, source
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -74,6 +118,28 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
             f"(xbt gallery rollback --gallery {folder}) and build the gallery again, or build it in a new folder"
         )
     return meta
+
+
+def check_migration_folder(folder: str | Path, action: str) -> None:
+    """Refuse to ``action`` (``"roll back"``, ``"cut over"``) a folder that is not a gallery in migration.
+
+    A missing folder or ``gallery.json`` is refused by ``read_meta``, a search page's gallery here, and a cutover of a
+    ``gallery.json`` without its item count. A damaged ``gallery.json`` may still roll back (part of its fix).
+    """
+    meta_file = Path(folder) / GALLERY_FILE
+    try:
+        meta = read_meta(folder)
+    except XBTError:
+        if action == "roll back" and meta_file.is_file():
+            return
+        raise
+    if gallery_kind(meta) == STATIC_GALLERY:
+        raise XBTError(
+            f"{folder} is a search page's gallery (xbt app --save-gallery), which has no backfill to {action}; give "
+            "a folder written by xbt gallery build"
+        )
+    if action == "cut over" and not isinstance(meta.get("size"), int):
+        raise XBTError(f"{meta_file} records no item count (size): give a folder written by xbt gallery build")
 
 
 def read_old_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -226,3 +292,80 @@ def check_batch_items(
             f"differs): its new vectors would be served for the wrong items; roll the backfill back (xbt gallery "
             f"rollback --gallery {path.parent.parent}) and backfill again, or build the gallery into a new folder"
         )
+
+
+# ---------------------------------------------------------------------- search results, for people
+
+
+def clip(text: str, width: int, from_left: bool = False, dots: str = "…") -> str:
+    """``text`` on one line, cut to ``width`` characters with ``dots`` (at its start with ``from_left``: paths)."""
+    text = " ".join(str(text).split())
+    if len(text) <= width:
+        return text
+    keep = max(width - len(dots), 1)
+    return dots + text[-keep:] if from_left else text[:keep].rstrip() + dots
+
+
+def glyphs(encoding: str | None) -> tuple[str, str]:
+    """``(the mark of a right answer, an ellipsis)`` a stream of ``encoding`` can print: ``✓ …``, else ``* ...``."""
+    try:
+        "✓…".encode(encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "*", "..."
+    return "✓", "…"
+
+
+def header_lines(title: str, items: str, known: bool, source: str, mark: str, dots: str, width: int = 80) -> list[str]:
+    """The lines above the results: the gallery, how its items are shown, what ``mark`` means (or why none shows).
+
+    ``known``: the gallery knows some right answers, from ``source``; else ``source`` says why it knows none (or
+    is empty).
+    """
+    if known:
+        note = f"{mark} marks a right answer the gallery knows, from {source}"
+    else:
+        why = source or "it learns them from --toy, or from build --pairs holding some of its own items"
+        note = f"no {mark} marks: the gallery knows no right answers ({why})"
+    lines = [clip(title, width, dots=dots), clip(items, width, from_left=items.startswith("items: image"), dots=dots)]
+    return lines + textwrap.wrap(note, width)
+
+
+def result_lines(
+    label: str,
+    scores: Sequence[float],
+    ids: Sequence[int],
+    in_new: np.ndarray,
+    what: Any,
+    known: set[int] | None,
+    mark: str = "✓",
+    dots: str = "…",
+    width: int = 80,
+) -> list[str]:
+    """One query's results as lines of at most ``width`` characters, for a person to judge.
+
+    ``label``: the query; ``what(i)``: ``(text, style)`` of item ``i``, style ``"quote"`` (a caption, shown in
+    quotes), ``"path"`` (cut from the left) or ``"plain"``; ``known``: the items known to answer this query
+    (``None``: the gallery knows no right answers at all, so nothing is said about this query). Each hit shows its
+    rank, ``mark`` when it is a known answer, its id, its space (old/new), its merged score and what it is.
+    """
+    lines = [clip(f"query: {label}", width, from_left="/" in label and " " not in label, dots=dots)]
+    found = [rank for rank, i in enumerate(ids, 1) if known and i in known]
+    if known is not None and not known:
+        lines.append(f"  no right answer is known for this query: no {mark} marks")
+    elif known is not None and len(known) == 1:
+        lines.append(
+            f"  right answer: item {min(known)}, " + (f"rank {found[0]}" if found else f"not in the top {len(ids)}")
+        )
+    elif known:
+        lines.append(f"  right answers: {len(known)} items, {len(found)} of them in the top {len(ids)}")
+    digits = len(str(max([*ids, 0])))
+    for rank, (score, i) in enumerate(zip(scores, ids), 1):
+        if i < 0:
+            continue
+        hit = mark if known and i in known else " " * len(mark)
+        head = f"{rank:3d}. {hit} item {i:>{digits}d}  {'new' if in_new[i] else 'old'}  {score:+.4f}  "
+        text, style = what(i)
+        room = width - len(head) - (2 if style == "quote" else 0)
+        body = clip(text, room, from_left=style == "path", dots=dots)
+        lines.append(head + (f'"{body}"' if style == "quote" else body))
+    return lines

@@ -1,15 +1,34 @@
-"""Image-caption pairs embedded in every space a gallery in migration needs: old, new and the adapter's.
+"""Image-caption pairs for a gallery in migration: read, embedded in every space it needs, matched to its items.
 
 The score calibration (``xbt.gallery.calibration``) and the backfill planner's disagreement model
-(``xbt.gallery.planner``) are fitted on these vectors.
+(``xbt.gallery.planner``) are fitted on these vectors; ``known_hits`` finds which gallery items the pairs
+name as the right answer to a query (``known_hits.json``, the ✓ of ``xbt gallery search``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from ..core.hashing import image_ids
+from ..core.errors import XBTError
+from ..core.hashing import image_ids, image_key
 from ..models.embedding import embed_images, embed_texts
+from .folder import item_keys
+
+
+def load_pairs(path: str, flag: str = "--pairs") -> tuple[list, list[str]]:
+    """``(RGB images, captions)`` of a ``datasets.Dataset.save_to_disk`` folder with ``image`` and ``caption``."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise XBTError(f"{flag} {path} is not a folder written by datasets.Dataset.save_to_disk ({exc})") from exc
+    if not {"image", "caption"} <= set(ds.column_names):
+        raise XBTError(f"{flag} {path} needs 'image' and 'caption' columns, has {ds.column_names}")
+    return [im.convert("RGB") for im in ds["image"]], list(ds["caption"])
 
 
 def pair_vectors(adapter, old, pairs) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -35,3 +54,30 @@ def pair_vectors(adapter, old, pairs) -> tuple[dict[str, np.ndarray], np.ndarray
     if old is not None:
         out.update(old_img=embed_images(old, images, verbose=False), old_txt=embed_texts(old, caps, verbose=False))
     return {k: (v.numpy()[rows] if k.endswith("_img") else v.numpy()) for k, v in out.items()}, ids
+
+
+def query_key(query: Any, modality: str) -> str:
+    """The key a query is known by in ``known_hits``: a caption's casefolded words (no final full stop), an image's
+    ``image_key``."""
+    return image_key(query) if modality == "image" else " ".join(str(query).casefold().split()).rstrip(" .")
+
+
+def known_hits(
+    keys: np.ndarray, modality: str, images: Sequence[Any], captions: Sequence[str]
+) -> dict[str, list[int]]:
+    """Which gallery items answer which query, from image–caption pairs whose items the gallery holds.
+
+    ``keys`` are the gallery's item keys [n, 12] (its items are ``modality``); a pair counts when its
+    gallery-side half (its image for an image gallery, its caption for a caption gallery) has the content hash
+    of a gallery item. Returns {query_key of the pair's other half: sorted item ids}; ``{}`` when no pair matches.
+    """
+    ids_of: dict[bytes, list[int]] = {}
+    for i, key in enumerate(np.asarray(keys, np.uint8)):
+        ids_of.setdefault(key.tobytes(), []).append(i)
+    sides = (images, captions) if modality == "image" else (captions, images)
+    hits: dict[str, set[int]] = {}
+    for item, query in zip(*sides):
+        ids = ids_of.get(item_keys([item if modality == "image" else str(item).strip()], modality)[0].tobytes())
+        if ids:
+            hits.setdefault(query_key(query, "text" if modality == "image" else "image"), set()).update(ids)
+    return {q: sorted(ids) for q, ids in hits.items()}
