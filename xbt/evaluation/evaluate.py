@@ -34,8 +34,9 @@ from ..core.errors import XBTError
 from ..data.retrieval import RetrievalDataset, load_dataset
 from ..models.embedding import CacheSpec, embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, as_encoder
-from .report import COST_IMAGES, COST_ROUNDS, COST_TEXTS, DIRECTIONS, MethodResult, Report, closure
+from .report import MethodResult, Report, closure
 from .search import Retrieval, check_ks, recall_at_k
+from .tables import COST_IMAGES, COST_ROUNDS, COST_TEXTS, DIRECTIONS
 
 #: images materialised at a time when embedding a lazy gallery
 IMAGE_CHUNK = 512

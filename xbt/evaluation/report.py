@@ -22,14 +22,9 @@ import numpy as np
 
 from ..core.errors import XBTError
 from ..core.files import atomic_path, dumps_json, write_text
+from .tables import DIRECTIONS, NEW_NEW, OLD_OLD, markdown, summary
 
-DIRECTIONS = ("i2t", "t2i")
 DIRECTION_LABELS = {"i2t": "image→text", "t2i": "text→image"}
-OLD_OLD, NEW_NEW = "old→old", "new→new"
-#: queries timed for the "query cost vs bare new" column
-COST_TEXTS, COST_IMAGES = 256, 64
-#: interleaved rounds whose median ratio is the column
-COST_ROUNDS = 7
 
 
 def closure(old_old: float, new_old: float, target: float) -> float | None:
@@ -47,15 +42,6 @@ def _kd(d: dict[int, Any]) -> dict[str, Any]:
 
 def _ki(d: dict[str, Any]) -> dict[int, Any]:
     return {int(k): v for k, v in d.items()}
-
-
-def _num(x: float) -> str:
-    s = f"{x:.2f}"
-    return "0.00" if s == "-0.00" else s
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else _num(100 * x)
 
 
 def paired_margin(pfr: float, nfr: float, n: int) -> tuple[float, float]:
@@ -276,15 +262,11 @@ class Report:
 
     def to_markdown(self) -> str:
         """The results as markdown: the Recall@K table, the flip/gap table, and a verdict per method."""
-        from .tables import markdown
-
         return markdown(self)
 
     def to_summary(self, width: int | None = None) -> str:
         """A plain-text table for a terminal (``width`` columns, default the terminal's): R@K per row, each
         method's ceiling (or gap) closure at R@1 and its verdict. The full story is ``to_markdown()``."""
-        from .tables import summary
-
         return summary(self, width)
 
     def plot(self, path: str | os.PathLike) -> Path:

@@ -1,4 +1,7 @@
-"""How a ``Report`` reads: the full markdown (report.md) and the terminal summary.
+"""How a ``Report`` reads: the full markdown (report.md) and the terminal summary, and the labels both use.
+
+Each function takes the ``Report`` (``evaluation.report``, which imports this module: the table knows
+the report only by its attributes).
 
 ``markdown`` is the whole story: every row at every K, flips, gap and ceiling closure per (method,
 direction, K), a verdict per method and the query-cost note. ``summary`` is what fits a terminal:
@@ -9,19 +12,30 @@ from __future__ import annotations
 
 import shutil
 import textwrap
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .report import COST_IMAGES, COST_ROUNDS, COST_TEXTS, DIRECTIONS, NEW_NEW, OLD_OLD, _num, _pct
-
-if TYPE_CHECKING:
-    from .report import Report
+DIRECTIONS = ("i2t", "t2i")
+OLD_OLD, NEW_NEW = "old→old", "new→new"
+#: queries timed for the "query cost vs bare new" column (``evaluate`` times them)
+COST_TEXTS, COST_IMAGES = 256, 64
+#: interleaved rounds whose median ratio is the column
+COST_ROUNDS = 7
 
 #: the summary never grows wider than this, whatever the terminal
 MAX_WIDTH = 100
 _COL = 7  # one recall or closure cell: '100.00' and a space
 
 
-def markdown(report: Report) -> str:
+def _num(x: float) -> str:
+    s = f"{x:.2f}"
+    return "0.00" if s == "-0.00" else s
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else _num(100 * x)
+
+
+def markdown(report: Any) -> str:
     """The results as markdown: the Recall@K table, the flip/gap table, and a verdict per method."""
     ks = report.ks
     lines = [
@@ -99,7 +113,7 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(report: Report, width: int | None = None) -> str:
+def summary(report: Any, width: int | None = None) -> str:
     """The report as a plain-text table no wider than ``width`` (default: the terminal, at most ``MAX_WIDTH``)
     where the table with two K per direction fits it (with the toy world's names, 80 columns do).
 
