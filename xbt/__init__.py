@@ -8,24 +8,13 @@ Public API::
     adapter.save_pretrained(dir); xbt.load_adapter(dir, new=new)
     report = xbt.evaluate(old, adapter, dataset="flickr30k")   # Recall@K, flips, verdict
 
-This module only re-exports; each name lives in the module ARCHITECTURE.md describes.
+This module only re-exports, lazily; each name lives in the module ARCHITECTURE.md describes.
 """
 
 from . import compat as compat  # every module path before the sub-packages (xbt.old_gallery, ...) keeps importing
-from . import toy  # the offline toy world: xbt.toy.load_clips(), text_corpus(), pairs()
-from .adapters.adapter import Adapter
-from .adapters.config import AdapterConfig, ModelRef
-from .adapters.fusion import FusionAdapter
-from .adapters.registry import load_adapter
-from .baselines.config import BaselineConfig
-from .baselines.fit import fuse
+from .compat import root_dir as __dir__  # noqa: F401 (PEP 562: dir(xbt) lists the names not loaded yet)
+from .compat import root_getattr as __getattr__  # noqa: F401 (PEP 562: each public name imports on first use)
 from .core.errors import XBTError
-from .data.retrieval import RetrievalDataset, load_dataset
-from .evaluation.evaluate import evaluate
-from .evaluation.report import Report
-from .method.config import Stage1Config, Stage2Config
-from .method.fit import fit
-from .models.encoders import CLIPEncoder, load_clip
 from .version import __version__
 
 __all__ = [

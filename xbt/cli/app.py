@@ -23,12 +23,8 @@ from ..gallery.static import StaticGallery
 from .common import load_adapters, load_model, new_from_adapter_config
 
 
-def register(p) -> None:
-    """Fill in the ``xbt app`` parser ``p`` (given the ``xbt`` subparsers instead: add it there first)."""
-    if not isinstance(p, argparse.ArgumentParser):
-        p = p.add_parser(
-            "app", help="the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report"
-        )
+def register(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt app`` parser that ``xbt.cli`` made with its one-line help."""
     p.description = (
         "Serve a search page over an old gallery: a caption finds images, an image finds captions, old→old beside "
         "new→old per adapter and new→new, hits marked; an Evaluation tab shows a report. With the toy models and no "

@@ -36,7 +36,14 @@ def load_model(
     except XBTError:
         raise
     except Exception as exc:  # unknown name, missing weights, no network
-        raise XBTError(f"cannot load model {spec!r} (pretrained={pretrained!r}): {type(exc).__name__}: {exc}") from exc
+        why = str(exc)
+        if "not found in built-ins" in why:  # open_clip lists its ~150 configs here: name the kinds of spec instead
+            why = "no open_clip model config of that name (open_clip.list_models() lists them, e.g. ViT-B-32)"
+        raise XBTError(
+            f"cannot load model {spec!r} (pretrained={pretrained!r}): {type(exc).__name__}: {why}. A model is a toy "
+            f"name ({', '.join(toy.MODEL_NAMES)}; xbt toy models), an open_clip name with --*-pretrained, "
+            "hf:<Hub id> or a local folder"
+        ) from exc
 
 
 def new_from_adapter_config(path: str, device: str | None) -> CLIPEncoder:
@@ -68,11 +75,18 @@ def check_repo_id(repo_id: str, flag: str = "--repo") -> str:
     return repo_id
 
 
+def adapter_spec(spec: str) -> tuple[str, str]:
+    """``(name, folder or repo)`` of an ``--adapter`` value: ``NAME=FOLDER`` or ``FOLDER`` (name ``""``); a
+    folder whose own name holds ``=`` is a folder."""
+    name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+    return name, path
+
+
 def load_adapters(specs: list[str], new, old, check_fingerprint: bool) -> dict[str, Any]:
     """``NAME=FOLDER`` or ``FOLDER`` (named by its method) -> loaded adapters, in order."""
     out: dict[str, Any] = {}
     for spec in specs:
-        name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        name, path = adapter_spec(spec)
         adapter = load_adapter(path, new, old=old, check_fingerprint=check_fingerprint)
         label = name or adapter.method
         if label in out:
@@ -99,11 +113,12 @@ def add_option_flags(
         if isinstance(typ, types.UnionType):  # X | None
             typ = next(a for a in typing.get_args(typ) if a is not type(None))
         dest = f"{prefix or 'opt'}__{f.name}"
-        kw: dict[str, Any] = {
-            "dest": dest,
-            "default": argparse.SUPPRESS,
-            "help": f"{f.metadata.get('help', '')} (default: {f.default})",
-        }
+        text = f.metadata.get("help", "")
+        if "default" not in text and "None:" not in text:  # where the help names its default, once is enough
+            text += f" (default: {'unset' if f.default is None else _shown(f.default)})"
+        kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": text}
+        if typ is not bool and "choices" not in f.metadata:
+            kw["metavar"] = f.name.upper()  # --stage1-noise-std NOISE_STD, not STAGE1__NOISE_STD
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(typ) is tuple:
@@ -115,6 +130,11 @@ def add_option_flags(
         group.add_argument("--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-"), **kw)
         dests[dest] = f.name
     return dests
+
+
+def _shown(value: Any) -> str:
+    """A default as a user types it: tuples as space-separated values."""
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def given_options(args: argparse.Namespace, dests: dict[str, str]) -> dict[str, Any]:

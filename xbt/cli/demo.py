@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..core.errors import XBTError
 from ..toy.demo import run_demo
 from ..toy.splits import MAX_PAIRS
 from ..toy.worlds import WORLDS
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the whole pipeline offline on the toy world and print the comparison table",
-        description="Fit Procrustes, ridge linear, SLERP, NLERP, XBT stage 1, XBT stage 1+2 and SLERP on top of XBT "
+def register(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt demo`` parser that ``xbt.cli`` made with its one-line help."""
+    p.description = (
+        "Fit Procrustes, ridge linear, SLERP, NLERP, XBT stage 1, XBT stage 1+2 and SLERP on top of XBT "
         "on the shipped toy CLIPs and evaluate them all on the toy test gallery (a few minutes on 2 CPU cores, "
-        "no download).",
+        "no download)."
     )
     p.add_argument(
         "--out", default="xbt-demo", help="folder for report.json, report.md, report.png (default: xbt-demo)"
@@ -22,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--world", default="shapes", choices=sorted(WORLDS), help="toy world (default: shapes)")
     p.add_argument("--texts", type=int, default=50_000, help="stage-1 caption corpus size")
     p.add_argument("--pairs", type=int, default=2_000, help="image-caption pairs for stage 2 and SLERP's weights")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every fit (default 0): the same seed, the same table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -6,16 +6,12 @@ import argparse
 
 from ..core.errors import XBTError
 from ..evaluation.evaluate import evaluate
-from .common import load_adapters, load_model, new_from_adapter_config
+from .common import adapter_spec, load_adapters, load_model, new_from_adapter_config
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="evaluate an adapter: old→old, new→old, new→new Recall@K, flips, verdict",
-        description="Evaluate upgrade adapters on a retrieval dataset and write report.json, report.md and "
-        "report.png.",
-    )
+def register(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt eval`` parser that ``xbt.cli`` made with its one-line help."""
+    p.description = "Evaluate upgrade adapters on a retrieval dataset and write report.json, report.md and report.png."
     p.add_argument("--old", required=True, help="old model: open_clip name, hf:<id>, toy name, or a local-dir folder")
     p.add_argument("--old-pretrained", default=None, help="open_clip pretrained tag of the old model (e.g. openai)")
     p.add_argument(
@@ -28,6 +24,11 @@ def register(sub) -> None:
     p.add_argument("--new", default=None, help="new model (default: the one named in the adapter's config)")
     p.add_argument("--new-pretrained", default=None, help="open_clip pretrained tag of the new model")
     p.add_argument("--dataset", default="toy", help="toy | flickr30k | coco | nocaps (default toy)")
+    p.add_argument(
+        "--world",
+        default=None,
+        help="with --dataset toy: the toy world (shapes, patterns-wide, patterns; default shapes; xbt toy models)",
+    )
     p.add_argument(
         "--split", default=None, help="test (1K Flickr / 5K COCO), full, val, ... (default test; nocaps: val)"
     )
@@ -63,11 +64,13 @@ def run(args: argparse.Namespace) -> int:
     """``xbt eval``: load the models and adapters, evaluate, print the markdown, save the report."""
     if not args.adapter and not args.new:
         raise XBTError("give --adapter FOLDER (new→old) and/or --new MODEL (new→new only)")
+    if args.world is not None and args.dataset != "toy":
+        raise XBTError(f"--world {args.world!r} applies to --dataset toy only, not to {args.dataset!r}; drop it")
     old = load_model(args.old, args.old_pretrained, args.device)
     new = (
         load_model(args.new, args.new_pretrained, args.device)
         if args.new
-        else new_from_adapter_config(args.adapter[0], args.device)
+        else new_from_adapter_config(adapter_spec(args.adapter[0])[1], args.device)
     )
     check = not args.no_fingerprint_check
     upgraded = load_adapters(args.adapter, new, old, check) if args.adapter else new
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         root=args.root,
         source=args.source,
         limit=args.limit,
+        **({"world": args.world} if args.world is not None else {}),
         ks=args.ks,
         index=args.index,
         nprobe=args.nprobe,

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..adapters.registry import load_adapter
 from ..serving.export import EXPORT_FORMATS
 from .common import load_model, new_from_adapter_config
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "export",
-        help="write an adapter's query encoders (LoRA merged) as ONNX, served by onnxruntime alone",
-        description="Write text.onnx, image.onnx, tokenizer.json, xbt_export.json and xbt_runtime.py to --out.",
-    )
+def register(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt export`` parser that ``xbt.cli`` made with its one-line help."""
+    p.description = "Write text.onnx, image.onnx, tokenizer.json, xbt_export.json and xbt_runtime.py to --out."
     p.add_argument("--adapter", required=True, help="adapter folder or Hub repo")
     p.add_argument("--new", default=None, help="new model (default: the one named in the adapter's config)")
-    p.add_argument("--new-pretrained", default=None)
-    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    p.add_argument(
+        "--new-pretrained", metavar="TAG", default=None, help="open_clip pretrained tag of --new (e.g. openai)"
+    )
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="export format (default onnx)")
     p.add_argument("--out", required=True, help="folder to write the exported encoders to")
     p.add_argument(
         "--overwrite", action="store_true", help="replace another adapter's export in --out (your other files stay)"

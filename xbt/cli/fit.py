@@ -20,24 +20,37 @@ from ..method.fit import METHODS, fit
 from .common import add_option_flags, check_repo_id, given_options, load_model, load_vectors
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "fit",
-        help="fit an adapter (XBT or a baseline) from a caption file and save it",
-        description="Fit an adapter mapping the NEW model's embeddings into the OLD model's space from a text file "
-        "of captions (one per line), optionally with image-caption pairs, and save it with save_pretrained.",
+def register(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt fit`` parser that ``xbt.cli`` made with its one-line help."""
+    p.description = (
+        "Fit an adapter mapping the NEW model's embeddings into the OLD model's space from a text file "
+        "of captions (one per line), optionally with image-caption pairs, and save it with save_pretrained."
     )
     p.add_argument("--old", required=True, help="old model: open_clip name, hf:<id>, toy name, or a local-dir folder")
-    p.add_argument("--old-pretrained", default=None)
-    p.add_argument("--new", required=True, help="new model: open_clip name, hf:<id>, toy name, or a local-dir folder")
-    p.add_argument("--new-pretrained", default=None)
-    p.add_argument("--texts", required=True, help="UTF-8 text file, one caption per line (blank lines skipped)")
     p.add_argument(
-        "--pairs", default=None, help="a folder saved by datasets.Dataset.save_to_disk with image and caption columns"
+        "--old-pretrained", metavar="TAG", default=None, help="open_clip pretrained tag of --old (e.g. openai)"
     )
-    p.add_argument("--method", default="xbt", choices=METHODS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--new", required=True, help="new model: open_clip name, hf:<id>, toy name, or a local-dir folder")
+    p.add_argument(
+        "--new-pretrained", metavar="TAG", default=None, help="open_clip pretrained tag of --new (e.g. openai)"
+    )
+    p.add_argument(
+        "--texts", required=True, metavar="FILE", help="UTF-8 text file, one caption per line (blank lines skipped)"
+    )
+    p.add_argument(
+        "--pairs",
+        metavar="FOLDER",
+        default=None,
+        help="a folder saved by datasets.Dataset.save_to_disk with image and caption columns",
+    )
+    p.add_argument(
+        "--method",
+        default="xbt",
+        choices=METHODS,
+        help="xbt (trained: stage 1, and stage 2 with --pairs) or a training-free map / query fusion (default xbt)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice: the same seed, the same adapter")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument(
         "--old-image-embeddings",
@@ -46,13 +59,16 @@ def register(sub) -> None:
         help="(xbt) OLD-model vectors of the pair images, in pair order: .safetensors or .npy [n_pairs, d_old]",
     )
     p.add_argument(
-        "--checkpoint-dir", default=None, help="(xbt) checkpoint stage 2 here after every epoch; resume a matching run"
+        "--checkpoint-dir",
+        metavar="FOLDER",
+        default=None,
+        help="(xbt) checkpoint stage 2 here after every epoch; resume a matching run",
     )
     p.add_argument(
         "--no-stage1", action="store_true", help="(xbt) skip the text-only stage 1 (needs --old-image-embeddings)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace a different adapter already in --out")
-    p.add_argument("--out", required=True, help="folder to save the adapter in")
+    p.add_argument("--out", required=True, metavar="FOLDER", help="folder to save the adapter in")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload the saved folder to this Hub repo")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.add_argument("--token", default=None, help="with --push-to-hub: Hub token (default: the logged-in one)")

@@ -77,10 +77,8 @@ def load_items(spec: dict[str, Any]) -> tuple[str, Any]:
     raise XBTError(f"unknown item source {spec!r} in gallery.json")
 
 
-def register(p) -> None:
-    """Fill in the ``xbt gallery`` parser ``p`` (given the ``xbt`` subparsers instead: add it there first)."""
-    if not isinstance(p, argparse.ArgumentParser):
-        p = p.add_parser("gallery", help="a gallery in migration: build, backfill (resumable), search with an adapter")
+def register(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt gallery`` parser that ``xbt.cli`` made with its one-line help."""
     p.description = (
         "Build a gallery with the OLD model, backfill it with the NEW one in planned order, and search the mixed "
         "gallery through an adapter (calibrated merge of both parts); roll the backfill back, or cut over to the "

@@ -17,10 +17,8 @@ from ..core.errors import XBTError
 from .common import check_repo_id
 
 
-def register(p) -> None:
-    """Fill in the ``xbt push`` parser ``p`` (given the ``xbt`` subparsers instead: add it there first)."""
-    if not isinstance(p, argparse.ArgumentParser):
-        p = p.add_parser("push", help="upload a saved adapter folder (with its model card) to the Hugging Face Hub")
+def register(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt push`` parser that ``xbt.cli`` made with its one-line help."""
     p.description = (
         "Upload an adapter folder written by xbt fit or save_pretrained (xbt_config.json, the weights, the model "
         "card README.md) to a Hugging Face Hub model repo, creating the repo if needed; nothing else in the folder "

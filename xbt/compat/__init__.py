@@ -7,7 +7,8 @@ names that were renamed are answered under their old name too (``RENAMED``). Imp
 registers them all (nothing is imported until an attribute is read). The old paths that name a
 function of the package root (``xbt.fit``, ``xbt.evaluate``) work in ``from xbt.fit import ...``
 form only, as they always did. This is the top room: it may name every module, and nothing
-imports it but the package root.
+imports it but the package root. It also resolves the root's own public names on first use
+(``ROOT_NAMES``), the other place a module is named by a string.
 """
 
 from __future__ import annotations
@@ -110,6 +111,46 @@ class MovedModule(types.ModuleType):
         return sorted(names)
 
 
+#: the package root's public names -> the module each lives in, imported on first use (``root_getattr``) so that
+#: ``import xbt`` and ``xbt --help`` load no torch; ``xbt/__init__.pyi`` spells the same for type checkers
+ROOT_NAMES: dict[str, str] = {
+    "Adapter": "adapters.adapter",
+    "AdapterConfig": "adapters.config",
+    "ModelRef": "adapters.config",
+    "FusionAdapter": "adapters.fusion",
+    "load_adapter": "adapters.registry",
+    "BaselineConfig": "baselines.config",
+    "fuse": "baselines.fit",
+    "RetrievalDataset": "data.retrieval",
+    "load_dataset": "data.retrieval",
+    "evaluate": "evaluation.evaluate",
+    "Report": "evaluation.report",
+    "Stage1Config": "method.config",
+    "Stage2Config": "method.config",
+    "fit": "method.fit",
+    "CLIPEncoder": "models.encoders",
+    "load_clip": "models.encoders",
+}
+
+
+def root_getattr(name: str):
+    """The package root's ``__getattr__`` (PEP 562): a public name or the ``toy`` package, imported now and kept
+    as an attribute of ``xbt`` so the next read is a plain lookup."""
+    if name == "toy":
+        value = importlib.import_module("xbt.toy")
+    elif name in ROOT_NAMES:
+        value = getattr(importlib.import_module(f"xbt.{ROOT_NAMES[name]}"), name)
+    else:
+        raise AttributeError(f"module 'xbt' has no attribute {name!r}")
+    setattr(sys.modules["xbt"], name, value)
+    return value
+
+
+def root_dir() -> list[str]:
+    """``dir(xbt)``: what is loaded and every public name, loaded or not."""
+    return sorted(set(vars(sys.modules["xbt"])) | set(ROOT_NAMES) | {"toy"})
+
+
 def install() -> None:
     """Register every old path in ``sys.modules`` (and as an attribute of its parent package)."""
     for old, targets in MOVED.items():
@@ -119,8 +160,10 @@ def install() -> None:
         module = MovedModule(old, targets, RENAMED.get(old, {}))
         sys.modules[name] = module
         parent_name, _, leaf = name.rpartition(".")
-        if old not in _ROOT_FUNCTIONS:
-            setattr(importlib.import_module(parent_name), leaf, module)
+        # an attribute of its parent where that is loaded (the root; xbt.toy.world waits for an import
+        # statement, which finds it in sys.modules): importing the toy world here would load torch with xbt
+        if old not in _ROOT_FUNCTIONS and parent_name in sys.modules:
+            setattr(sys.modules[parent_name], leaf, module)
 
 
 install()

@@ -212,6 +212,8 @@ def embed_text_shards(
         bar.update(stats.read - bar.n)
     bar.update(stats.read - bar.n)
     bar.close()
+    if verbose and stats.read > stats.distinct:  # a corpus with repeats trains on fewer texts than it holds
+        print(f"read {stats.read:,} texts, {stats.distinct:,} distinct: each is embedded and trained on once")
     if not keys:
         raise XBTError("texts is empty: pass at least one caption (stage 1 needs a few hundred or more)")
     barrier()  # every process's chunks are on disk past this point

@@ -298,10 +298,32 @@ def _refuse_to_replace(folder: Path, adapter_id: str | None) -> None:
         )
 
 
+#: what the export imports beyond xbt's own needs: torch.onnx writes with onnx, the runtime check runs onnxruntime,
+#: tokenizer.json is built with tokenizers (the ``export`` extra installs them)
+EXPORT_NEEDS = ("onnx", "onnxruntime", "tokenizers")
+
+
+def _missing_needs() -> list[str]:
+    """The packages of ``EXPORT_NEEDS`` that do not import here."""
+    missing = []
+    for name in EXPORT_NEEDS:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def export_adapter(adapter: Any, format: str, folder: str | Path, **kwargs: Any) -> Path:
     """``Adapter.export``: the adapter's query path (LoRA merged; the adapter itself is unchanged) as ``format``."""
     if format not in EXPORT_FORMATS:
         raise XBTError(f"unknown export format {format!r}; choose one of {list(EXPORT_FORMATS)}")
+    missing = _missing_needs()
+    if missing:  # before any work: torch.onnx would fail deep inside with "Module onnx is not installed!"
+        raise XBTError(
+            f"ONNX export needs {', '.join(missing)}, not installed here; install the export extra: "
+            "pip install 'xbt[export]' (in a checkout: pip install -e '.[export]')"
+        )
     if adapter.requires_old_encoder:
         raise XBTError(
             f"the {adapter.method!r} adapter runs the OLD model on every query (fusion), so its query path is not "

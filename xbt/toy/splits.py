@@ -24,7 +24,10 @@ CAPTIONS_PER_IMAGE = 5
 def text_corpus(n: int = 50_000, seed: int = 0, scenes: ModuleType = shapes) -> list[str]:
     """``n`` captions of scenes that are never drawn: the text-only corpus of XBT stage 1.
 
-    Caption ``i`` uses template ``i % 5`` of its own scene, so every template is represented.
+    Caption ``i`` uses template ``i % 5`` of its own scene, so every template is represented. The scene
+    grammar is small, so captions repeat: on the shapes world ``text_corpus(20000)`` holds 16,725 distinct
+    captions and ``text_corpus(50000)`` 38,857 (patterns: 18,680 and 45,311). Stage 1 embeds each distinct
+    caption once and says how many it read (``fit(..., verbose=True)``).
     """
     return list(iter_text_corpus(n, seed, scenes))
 
