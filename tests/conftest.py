@@ -21,6 +21,14 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XBT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xbt-cache"))
 
 
+def one_error_line(capsys, command: str) -> str:
+    """The single ``xbt <command>: error: ...`` line on stderr (no traceback)."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"xbt {command}: error: "), err
+    return err
+
+
 def tiny_open_clip(embed_dim: int, seed: int, width: int = 32):
     """A randomly initialised open_clip CLIP small enough for CPU tests."""
     import open_clip

@@ -17,15 +17,9 @@ from xbt.adapters.config import ModelRef
 from xbt.cli import build_parser, main
 from xbt.gallery.mixed import MixedGallery
 
+from .conftest import one_error_line
+
 N_IMAGES = 24
-
-
-def one_error_line(capsys, command: str) -> str:
-    """The single ``xbt <command>: error: ...`` line on stderr (no traceback)."""
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith(f"xbt {command}: error: "), err
-    return err
 
 
 @pytest.fixture(scope="module")

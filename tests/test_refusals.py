@@ -18,15 +18,9 @@ from xbt.gallery import backfill as bf
 from xbt.gallery.mixed import MixedGallery
 from xbt.toy import pair_list
 
+from .conftest import one_error_line
+
 fit_module = importlib.import_module("xbt.method.fit")  # the module, not the function xbt.fit
-
-
-def one_error_line(capsys, command: str) -> str:
-    """The single ``xbt <command>: error: ...`` line on stderr (no traceback)."""
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith(f"xbt {command}: error: "), err
-    return err
 
 
 @pytest.fixture(scope="module")
