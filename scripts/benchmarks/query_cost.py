@@ -2,13 +2,20 @@
 
     python -m scripts.benchmarks.query_cost                 # writes benchmarks/out/query_cost.json
     python -m scripts.benchmarks.query_cost --worlds shapes --repeats 50
+    python -m scripts.benchmarks.query_cost --real ViT-B-16 ViT-B-32 --worlds   # a real-size pair only
 
 For each world: ``xbt.fit(old, new, texts, pairs=pairs)`` with the defaults (2,000 texts and 200 pairs are
 enough: the cost does not depend on what the heads learned), ``adapter.merge()``, then ``--repeats`` rounds
 of one bare ``new.encode_text`` / ``encode_image`` call and one adapter call on the same inputs (raw strings
-/ PIL images in, so tokenisation and preprocessing count), at batch 1 and 32, after a warm-up. Alternating
-keeps a shared machine's load changes out of the ratio; the figure is the median of the per-round ratios.
-Prints a table and writes JSON.
+/ PIL images in, so tokenisation and preprocessing count), at batch 1 and 32, after a warm-up; which of the
+two runs first alternates between rounds. Pairing keeps a shared machine's load changes out of the ratio;
+the figure is the median of the per-round ratios. Prints a table and writes JSON.
+
+``--real NEW OLD`` adds a pair of open_clip architectures at their real size, built offline with random
+weights, and an adapter with the default stage-2 heads on them (one residual-MLP head per query modality,
+hidden 1,024: what a merged frozen-tower adapter runs; the cost does not depend on the weights). The toy
+towers take 1-27 ms a call, so there the head and the adapter's per-call work weigh; at real size the
+towers' matrix work dominates.
 """
 
 from __future__ import annotations
@@ -32,22 +39,50 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
+def _round(bare, ours, items, first_bare: bool) -> tuple[float, float]:
+    """(bare seconds, adapter seconds) of one round, the two calls back to back in the order given."""
+    if first_bare:
+        b = _seconds(lambda: bare(items))
+        return b, _seconds(lambda: ours(items))
+    o = _seconds(lambda: ours(items))
+    return _seconds(lambda: bare(items)), o
+
+
 def measure(world_name: str, repeats: int, batches=(1, 32)) -> dict:
     world = xbt.toy.get_world(world_name)
     old, new = world.load_clips()
     adapter = xbt.fit(old, new, world.text_corpus(2000), pairs=world.pairs(200), verbose=False).merge()
     images, captions = world.test_split(max(batches))
     texts = [c[0] for c in captions]
-    out = {"world": world_name, "query_cost": adapter.query_cost, "ratios": {}}
+    return _ratios(world_name, new, adapter, texts, images, repeats, {"text": batches, "image": batches})
+
+
+def measure_real(new_name: str, old_name: str, repeats: int) -> dict:
+    """Random-weight open_clip ``new_name`` with default-shaped stage-2 heads into ``old_name``'s width."""
+    from xbt.models.head import Projection
+
+    new = xbt.load_clip(new_name, device="cpu")
+    d_old = xbt.load_clip(old_name, device="cpu").embed_dim
+    torch.manual_seed(0)
+    heads = {m: Projection(new.embed_dim, d_old, hidden=1024).eval() for m in ("text", "image")}
+    adapter = xbt.Adapter(new, heads=heads, method="xbt").merge()
+    images, captions = xbt.toy.test_split(8)
+    texts = [c[0] for c in captions] * 8
+    name = f"{new_name} -> {old_name} (random weights)"
+    return _ratios(name, new, adapter, texts, images, repeats, {"text": (1, 32), "image": (1, 8)})
+
+
+def _ratios(name, new, adapter, texts, images, repeats: int, batches: dict) -> dict:
+    out = {"world": name, "query_cost": adapter.query_cost, "ratios": {}}
     with torch.no_grad():
         for modality in ("text", "image"):
-            for batch in batches:
+            for batch in batches[modality]:
                 items = (texts if modality == "text" else images)[:batch]
                 bare = getattr(new, f"encode_{modality}")
                 ours = getattr(adapter, f"encode_{modality}")
                 for _ in range(3):  # warm-up
                     bare(items), ours(items)
-                rounds = [(_seconds(lambda: bare(items)), _seconds(lambda: ours(items))) for _ in range(repeats)]
+                rounds = [_round(bare, ours, items, r % 2 == 0) for r in range(repeats)]
                 ratio = statistics.median(o / b for b, o in rounds)
                 out["ratios"][f"{modality} batch {batch}"] = {
                     "ratio": round(ratio, 3),
@@ -59,13 +94,16 @@ def measure(world_name: str, repeats: int, batches=(1, 32)) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worlds", nargs="+", default=["shapes", "patterns-wide"])
+    parser.add_argument("--worlds", nargs="*", default=["shapes", "patterns-wide"])
+    parser.add_argument("--real", nargs=2, metavar=("NEW", "OLD"), help="also a real-size open_clip pair")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "query_cost.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [measure(w, args.repeats) for w in args.worlds]
+    if args.real:
+        results.append(measure_real(*args.real, args.repeats))
     print("| world | query | merged adapter ÷ bare new model (median of rounds) | bare ms | adapter ms |")
     print("|---|---|---|---|---|")
     for res in results:

@@ -152,7 +152,7 @@ class Adapter:
     def merge(self) -> Adapter:
         """Fold the LoRA weights into a plain copy of the new model for serving; returns self.
 
-        The merged query path costs exactly what the bare new model costs. The LoRA weights are kept
+        The merged query path then runs the bare new model plus the small head. The LoRA weights are kept
         (``save_pretrained`` still writes them); without LoRA this is a no-op.
         """
         if self.lora is not None and self._merged is None:
