@@ -2,6 +2,7 @@
 to try every command on, and errors that name the fix."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -138,3 +139,19 @@ def test_stage1_says_how_many_distinct_texts_it_read(capsys):
     xbt.fit(old, new, texts + texts[:50], epochs=1, cache=False, verbose=True)
     out = capsys.readouterr().out
     assert f"read 350 texts, {len(set(texts)):,} distinct" in out
+
+
+def test_the_command_waits_passively_unless_told_otherwise():
+    """OpenMP threads that spin while waiting made a first demo ten times slower beside one other busy process."""
+    code = (
+        "import os, sys\n"
+        "from xbt.cli import main\n"
+        "main(['toy', 'models'])\n"
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert run.stdout.split()[-2:] == ["PASSIVE", "True"]  # set before the command's torch import
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert run.stdout.split()[-2] == "ACTIVE"

@@ -11,6 +11,7 @@ lists them all from ``COMMANDS`` without loading torch. The top layer: it may im
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -69,6 +70,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xbt`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    # Before torch loads (the command's module imports it): OpenMP threads that spin while they wait slow a
+    # run ten-fold when another process holds a core of a small machine; waiting passively costs nothing
+    # when the cores are free. A value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     parser = build_parser(command if command in COMMANDS else "")
