@@ -138,9 +138,9 @@ def test_the_wide_world_has_a_real_clips_scales_and_its_weights_reproduce_their_
 
 def test_recorded_ceilings_say_where_the_old_gallery_leaves_room(wide_report):
     _, _, report = wide_report
-    # patterns-wide: room for image queries; for text queries its recorded ceiling sits below old->old
+    # patterns-wide: room in both directions (its OLD text tower is narrow and shallow), at least 3 R@1 points each
     assert report.ceiling["i2t"][1] > report.old_old["i2t"][1] + 0.05
-    assert report.ceiling["t2i"][1] < report.old_old["t2i"][1]
+    assert report.ceiling["t2i"][1] > report.old_old["t2i"][1] + 0.03
     shapes, patterns = get_world("shapes").ceiling(), get_world("patterns").ceiling()
     assert shapes["i2t"][1] > 0.375 and shapes["t2i"][1] > 0.191  # above shapes' old->old (37.5 / 19.1) in both
     assert patterns["i2t"][1] < 0.692 and patterns["t2i"][1] < 0.281  # below patterns' old->old in both

@@ -9,7 +9,8 @@ seed, and trains longer: a genuinely better model, as a real upgrade is.
 Patterns world: OLD is a transformers ``CLIPModel`` (ViT, 16 pixels, 96-d); NEW an open_clip
 ModifiedResNet ``CLIP`` (32 pixels, 64-d, narrower than OLD), trained longer.
 Patterns-wide world: the same scenes, two open_clip ViTs at a real CLIP's scales (logit scale fixed
-at 100, 512-d OLD -> 768-d NEW); NEW is larger, sees 48 pixels and trains longer on twice the data.
+at 100, 512-d OLD -> 768-d NEW); NEW is larger, sees 48 pixels and trains longer on twice the data;
+OLD's text tower is narrow and shallow, so the upgrade can be backward compatible for text queries too.
 
 Every model is trained through ``xbt.load_clip`` on its own saved folder (so training sees the
 tokenizer and preprocessing users will get) with open_clip's ``ClipLoss``. Weights ship in fp16:
@@ -103,13 +104,18 @@ MODELS = {
     # sees finer patches, is deeper and wider, and trains longer on twice the data, which begins with the
     # 30,000 scenes OLD was trained on. OLD sees 16 pixels (at 32 pixels it
     # reached 89.1 / 38.6, and the NEW model's features could not beat its text queries through its gallery).
+    # OLD's text tower is narrower and shallower than its image tower (width 32, one layer), as in older CLIPs.
+    # With a 48-wide, 2-layer text tower (74.4 / 32.4) OLD's text queries, co-trained with its image tower, found
+    # its images better than any map on NEW's text features could (ceiling 29.4 T2I R@1): no adapter could be
+    # backward compatible for text queries. With this tower OLD reaches 53.0 / 20.2 and the ceiling is above
+    # old->old both ways (BENCHMARKS.md; the variants tried, context lengths 12-16 included: docs/benchmarks-log.md).
     ("patterns-wide", "old"): {
         "backend": "open_clip",
         "model_cfg": {
             "embed_dim": 512,
             "init_logit_scale": math.log(100),
             "vision_cfg": {"image_size": 16, "layers": 3, "width": 64, "head_width": 16, "patch_size": 4},
-            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 2},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1},
         },
         "train": {
             "seed": 5,

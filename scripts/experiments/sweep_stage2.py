@@ -193,8 +193,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, nargs="+", default=[2_000], help="pair images (each count a run)")
     parser.add_argument("--captions", type=int, nargs="+", default=[1, 5], choices=[1, 5], help="captions per image")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "stage2_sweep.json")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 beside other work)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     layouts = [(c, n) for c in args.captions for n in args.pairs]
     results = {}
