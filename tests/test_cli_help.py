@@ -155,3 +155,22 @@ def test_the_command_waits_passively_unless_told_otherwise():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert run.stdout.split()[-2] == "ACTIVE"
+
+
+def test_the_lazy_root_the_stub_and_all_name_the_same_things():
+    """``__all__``, the lazy table and the type checkers' stub list one set of public names, each resolvable."""
+    import ast
+    from pathlib import Path
+
+    import xbt
+    from xbt.compat import ROOT_NAMES
+
+    eager = {"toy", "XBTError", "__version__"}  # the package and what the root imports at once
+    assert set(xbt.__all__) == set(ROOT_NAMES) | eager
+    stub = ast.parse((Path(xbt.__file__).parent / "__init__.pyi").read_text())
+    stubbed = {a.asname or a.name for node in stub.body if isinstance(node, ast.ImportFrom) for a in node.names}
+    assert set(xbt.__all__) <= stubbed
+    for name in xbt.__all__:
+        assert getattr(xbt, name) is not None and name in dir(xbt)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        _ = xbt.nope
