@@ -140,3 +140,14 @@ def test_fit_reads_a_text_file_and_a_streaming_dataset_like_a_list(old_new, capt
     stream = datasets.Dataset.from_dict({"text": texts}).to_iterable_dataset()
     ids = {xbt.fit(old, new, src, epochs=2, verbose=False, cache=False).adapter_id() for src in (texts, path, stream)}
     assert len(ids) == 1
+
+
+def test_the_progress_bar_counts_texts_against_a_sized_corpus(old_new, captions_400, tmp_path, capsys):
+    """A list's bar reads ``n/400 texts`` from the start (it read ``0text [00:00, ?text/s]``), repeats included, and
+    the run says how many were distinct."""
+    new, old = old_new
+    texts = captions_400 + captions_400[:100]
+    embed_text_shards(new, old, texts, tmp_path, shard_rows=64, verbose=True)
+    captured = capsys.readouterr()
+    assert "0/500 [" in captured.err and "texts/s]" in captured.err  # the total from the start, in texts
+    assert f"read 500 texts, {len(set(texts)):,} distinct" in captured.out
