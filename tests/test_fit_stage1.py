@@ -115,3 +115,31 @@ def test_xbt_only_options_are_refused_for_other_methods(old_new, captions_400, m
     """For non-XBT methods, stage2=, old_image_embeddings=, checkpoint_dir=, use_stage1= were dropped silently."""
     with pytest.raises(XBTError, match=rf"\['{next(iter(option))}'\] only apply to method 'xbt'.*method '{method}'"):
         xbt.fit(*old_new, captions_400[:60], pairs=pair_list(4), method=method, alpha=0.5, verbose=False, **option)
+
+
+def test_stage1_noise_follows_the_new_models_logit_scale(captions_400):
+    """Unset, stage 1's noise is the NEW logit scale x NOISE_PER_LOGIT_SCALE (the modality gap widens with it),
+    and the image head's text prior uses what stage 1 used; set, each is kept."""
+    from xbt.method.config import NOISE_PER_LOGIT_SCALE, noise_for
+
+    pairs = xbt.toy.pairs(24)
+    for world in ("shapes", "patterns-wide"):
+        old, new = xbt.toy.get_world(world).load_clips()
+        a = xbt.fit(old, new, captions_400[:120], epochs=1, verbose=False)
+        expected = NOISE_PER_LOGIT_SCALE * new.logit_scale
+        assert a.training["stage1"]["noise_std"] == pytest.approx(expected) == noise_for(new.logit_scale)
+        b = xbt.fit(old, new, captions_400[:120], pairs=pairs, stage1=a, stage2={"epochs": 1}, verbose=False)
+        assert b.training["stage2"]["text_prior_noise"] == pytest.approx(expected)
+    assert noise_for(31.909) == pytest.approx(0.0997, abs=1e-4) and noise_for(100) == pytest.approx(0.3125)
+    c = xbt.fit(old, new, captions_400[:120], epochs=1, noise_std=0.05, verbose=False)
+    assert c.training["stage1"]["noise_std"] == 0.05
+    d = xbt.fit(
+        old,
+        new,
+        captions_400[:120],
+        pairs=pairs,
+        stage1=c,
+        stage2={"epochs": 1, "text_prior_noise": 0.2},
+        verbose=False,
+    )
+    assert d.training["stage2"]["text_prior_noise"] == 0.2

@@ -106,7 +106,7 @@ def test_stage1_over_shards_equals_stage1_over_tensors(old_new, captions_400, tm
     old, new = old_new
     shards = embed_text_shards(new, old, captions_400, tmp_path, shard_rows=64, verbose=False)
     n, o = shards.head(len(shards))
-    cfg = Stage1Config(epochs=3, batch_size=32, shuffle_buffer=96, hidden=64)
+    cfg = Stage1Config(epochs=3, batch_size=32, shuffle_buffer=96, hidden=64, noise_std=0.1)
     a, ha = train_projection(shards, None, cfg, verbose=False)
     b, hb = train_projection(TensorPairs(n, o, shard_rows=64), None, cfg, verbose=False)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -123,7 +123,7 @@ def test_validation_loss_does_not_grow_with_the_split(old_new, captions_400):
     proj = Projection(n.shape[1], o.shape[1], hidden=0)
     with torch.no_grad():
         proj.linear.weight.copy_(xbt.baselines.maps.orthogonal_procrustes(n, o))
-    cfg = Stage1Config(val_block=500)
+    cfg = Stage1Config(val_block=500, noise_std=0.1)
     small, large = _val_loss(proj, n[:500], o[:500], cfg)[0], _val_loss(proj, n[:2500], o[:2500], cfg)[0]
     whole_small = stage1_loss(proj(n[:500]), o[:500], cfg.temperature, cfg.cosine_weight).item()
     whole_large = stage1_loss(proj(n[:2500]), o[:2500], cfg.temperature, cfg.cosine_weight).item()

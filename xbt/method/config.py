@@ -38,7 +38,11 @@ class Stage1Config(TrainingOptions):
     what: ClassVar[str] = "stage-1"
 
     hidden: int = option(1024, "width of the projection's residual MLP; 0 gives a purely linear projection")
-    noise_std: float = option(0.1, "expected norm of the Gaussian noise added to new text embeddings (unit vectors)")
+    noise_std: float | None = option(
+        None,
+        "expected norm of the Gaussian noise added to new text embeddings (unit vectors); default: the NEW model's "
+        "logit scale x NOISE_PER_LOGIT_SCALE (0.1 at a logit scale of 32, 0.31 at a real CLIP's 100)",
+    )
     epochs: int = option(30, "training epochs over the texts")
     batch_size: int = option(512, "texts per InfoNCE batch")
     lr: float = option(1e-3, "AdamW learning rate")
@@ -64,7 +68,7 @@ class Stage1Config(TrainingOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         need(self.hidden >= 0, f"hidden must be >= 0 (0: linear projection), got {self.hidden}")
-        need(self.noise_std >= 0, f"noise_std must be >= 0, got {self.noise_std}")
+        need(self.noise_std is None or self.noise_std >= 0, f"noise_std must be >= 0, got {self.noise_std}")
         need(
             self.val_max >= 0 and self.val_block >= 2,
             f"val_max must be >= 0 and val_block >= 2, got {self.val_max} and {self.val_block}",
@@ -97,8 +101,20 @@ TOWER_ONLY = {
         "image_keep_weight": 1.0,
         "precision": "auto",
     },
-    "frozen": {"image_losses": ("captions", "old_images"), "text_prior_weight": 1.0, "text_prior_noise": 0.1},
+    "frozen": {"image_losses": ("captions", "old_images"), "text_prior_weight": 1.0, "text_prior_noise": None},
 }
+#: stage 1's noise norm per unit of the NEW model's logit scale (``noise_for``). Text-trained knowledge reaches
+#: image queries across the NEW model's modality gap, which widens with its logit scale: a pair's image-caption
+#: cosine is 0.74 on the shapes NEW (scale 32) and 0.28 on patterns-wide's (scale 100, as a real CLIP's). Noise
+#: 0.1 carries stage 1 over on the first and not on the second, where 0.3 does better (BENCHMARKS.md).
+NOISE_PER_LOGIT_SCALE = 1 / 320
+
+
+def noise_for(new_logit_scale: float) -> float:
+    """Stage 1's default noise norm for a NEW model of logit scale ``new_logit_scale`` (CLIP's ``exp(t)``)."""
+    return NOISE_PER_LOGIT_SCALE * float(new_logit_scale)
+
+
 #: the frozen image head's temperature, as a multiple of the spread (standard deviation) of the cosine similarities
 #: between OLD caption vectors: the captions its softmax must tell apart (see ``xbt.method.heads.head_temperature``)
 HEAD_TEMPERATURE_FACTOR = 0.06
@@ -136,7 +152,9 @@ class Stage2Config(TrainingOptions):
         "captions), old_images (each image against its OLD image vector, with stage 1's text loss beside it)",
     )
     text_prior_weight: float = option(1.0, "weight of stage 1's text loss beside the old_images run")
-    text_prior_noise: float = option(0.1, "noise norm on the stage-1 texts of that text loss (as stage 1's noise_std)")
+    text_prior_noise: float | None = option(
+        None, "noise norm on the stage-1 texts of that text loss (default: the noise stage 1 trained with)"
+    )
     # the LoRA image tower: PEFT LoRA on the NEW image tower + an image head, ranking captions
     rank: int = option(8, "LoRA rank (lora)")
     alpha: float = option(16.0, "LoRA alpha, scale = alpha / rank (lora)")
@@ -240,7 +258,7 @@ class Stage2Config(TrainingOptions):
             f"image_losses must name one or more of 'captions', 'old_images', got {self.image_losses!r}",
         )
         need(
-            self.text_prior_weight >= 0 and self.text_prior_noise >= 0,
+            self.text_prior_weight >= 0 and (self.text_prior_noise is None or self.text_prior_noise >= 0),
             f"text_prior_weight and text_prior_noise must be >= 0, got {self.text_prior_weight} and "
             f"{self.text_prior_noise}",
         )

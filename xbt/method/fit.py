@@ -10,6 +10,7 @@ the pairs by ``xbt.fusion.select_alpha``. ``fuse`` also fuses any adapter, e.g. 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from ..models.embedding import CacheSpec, embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, as_encoder
 from ..models.head import Projection
 from ..models.shards import corpus_shards
-from .config import Stage1Config, Stage2Config
+from .config import Stage1Config, Stage2Config, noise_for
 from .stage1 import train_projection
 from .stage2 import PairData, train_stage2
 
@@ -152,6 +153,8 @@ def fit(
         opts = {"seed": seed, "device": device, "cache": cache, "verbose": verbose}
         return fit_baseline(method, old_enc, new_enc, items, pairs=pairs, **opts, **config)
     stage1_cfg = Stage1Config.from_kwargs(**{"seed": seed, **config})
+    if stage1_cfg.noise_std is None:  # the NEW model's modality gap widens with its logit scale
+        stage1_cfg = dataclasses.replace(stage1_cfg, noise_std=noise_for(new_enc.logit_scale))
     if stage2 is not None and not isinstance(stage2, dict):
         raise XBTError(
             f"stage2 must be a dict of stage-2 options, got {type(stage2).__name__} ({stage2!r:.40}); "
@@ -209,6 +212,9 @@ def fit(
         **texts_for_stage2,
         **_unlabeled_vectors(old_enc, new_enc, extra_images, old_unlabeled_embeddings, **opts),
     )
+    if stage2_cfg.image_tower == "frozen" and stage2_cfg.text_prior_noise is None:  # the noise stage 1 trained with
+        used = training.get("stage1", {}).get("noise_std")
+        stage2_cfg = dataclasses.replace(stage2_cfg, text_prior_noise=stage1_cfg.noise_std if used is None else used)
     result = train_stage2(
         new_enc, projection, data, stage2_cfg, checkpoint_dir=checkpoint_dir, device=device, verbose=verbose
     )

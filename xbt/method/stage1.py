@@ -13,7 +13,8 @@ Reconstructed choices (the paper does not publish them; each is a field of ``Sta
 - loss: symmetric InfoNCE between projected noised new text and old text, plus ``cosine_weight``
   times (1 - cosine) to pull each pair together in absolute terms (InfoNCE alone is rank-only);
 - noise: ``noise_std`` is the expected *norm* of the noise vector relative to the unit embedding
-  (per-dimension std ``noise_std / sqrt(d_new)``), so one value means the same for any width;
+  (per-dimension std ``noise_std / sqrt(d_new)``), so one value means the same for any width; ``xbt.fit``
+  derives it from the NEW model's logit scale when unset (``config.noise_for``);
 - held-out validation split with early stopping on the validation loss, best weights kept.
 
 Out of core: the texts arrive as embedding shards (``xbt.shards.PairShards``; in-memory tensors
@@ -169,6 +170,8 @@ def train_projection(
     Randomness comes from ``cfg.seed`` alone; the caller's global RNG is left untouched.
     """
     cfg = config or Stage1Config()
+    if cfg.noise_std is None:  # xbt.fit derives it from the NEW model (config.noise_for); here there is no model
+        raise XBTError("train_projection needs config.noise_std; xbt.fit derives it from the NEW model (noise_for)")
     if isinstance(new_text, PairShards):
         if old_text is not None:
             raise XBTError("pass either embedding shards alone or new_text and old_text tensors, not both")
