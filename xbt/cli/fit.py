@@ -15,6 +15,7 @@ from typing import Any
 from ..adapters.hub import push_folder
 from ..baselines.config import BASELINE_OPTIONS, BaselineConfig
 from ..core.errors import XBTError
+from ..data.pairs import read_pairs_folder
 from ..method.config import Stage1Config, Stage2Config
 from ..method.fit import METHODS, fit
 from .common import add_option_flags, check_repo_id, given_options, load_model, load_vectors
@@ -102,14 +103,7 @@ def run(args: argparse.Namespace) -> int:
     texts = path  # read lazily, line by line (xbt.stream): a caption file larger than memory is fine
     pairs = None
     if args.pairs:
-        import datasets
-
-        try:
-            pairs = datasets.load_from_disk(args.pairs)
-        except FileNotFoundError as exc:
-            raise XBTError(
-                f"--pairs {args.pairs} is not a folder written by datasets.Dataset.save_to_disk ({exc})"
-            ) from exc
+        pairs = read_pairs_folder(args.pairs)
     xbt_options: dict[str, Any] = {}
     if stage2:
         xbt_options["stage2"] = stage2

@@ -148,3 +148,14 @@ def as_images(images: Any, what: str = "unlabeled", image_column: str | None = N
     if not out:
         raise XBTError(f"{what} is empty: pass some images, or leave it out")
     return out
+
+
+def read_pairs_folder(path: str, flag: str = "--pairs") -> Any:
+    """The ``datasets.Dataset`` saved in ``path`` by ``save_to_disk`` (the pair folders the CLI reads), or an
+    ``XBTError`` naming ``flag`` and the fix when ``path`` is missing, a file or another kind of folder."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise XBTError(f"{flag} {path} is not a folder written by datasets.Dataset.save_to_disk ({exc})") from exc

@@ -14,18 +14,14 @@ import numpy as np
 
 from ..core.errors import XBTError
 from ..core.hashing import image_ids, image_key
+from ..data.pairs import read_pairs_folder
 from ..models.embedding import embed_images, embed_texts
 from .folder import item_keys
 
 
 def load_pairs(path: str, flag: str = "--pairs") -> tuple[list, list[str]]:
     """``(RGB images, captions)`` of a ``datasets.Dataset.save_to_disk`` folder with ``image`` and ``caption``."""
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(path)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise XBTError(f"{flag} {path} is not a folder written by datasets.Dataset.save_to_disk ({exc})") from exc
+    ds = read_pairs_folder(path, flag)
     if not {"image", "caption"} <= set(ds.column_names):
         raise XBTError(f"{flag} {path} needs 'image' and 'caption' columns, has {ds.column_names}")
     return [im.convert("RGB") for im in ds["image"]], list(ds["caption"])
