@@ -22,30 +22,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import xbt
 from xbt.core.files import write_json
+from xbt.evaluation.evaluate import paired_rounds
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _round(bare, ours, items, first_bare: bool) -> tuple[float, float]:
-    """(bare seconds, adapter seconds) of one round, the two calls back to back in the order given."""
-    if first_bare:
-        b = _seconds(lambda: bare(items))
-        return b, _seconds(lambda: ours(items))
-    o = _seconds(lambda: ours(items))
-    return _seconds(lambda: bare(items)), o
 
 
 def measure(world_name: str, repeats: int, batches=(1, 32)) -> dict:
@@ -82,7 +67,7 @@ def _ratios(name, new, adapter, texts, images, repeats: int, batches: dict) -> d
                 ours = getattr(adapter, f"encode_{modality}")
                 for _ in range(3):  # warm-up
                     bare(items), ours(items)
-                rounds = [_round(bare, ours, items, r % 2 == 0) for r in range(repeats)]
+                rounds = paired_rounds(bare, ours, items, repeats)
                 ratio = statistics.median(o / b for b, o in rounds)
                 out["ratios"][f"{modality} batch {batch}"] = {
                     "ratio": round(ratio, 3),

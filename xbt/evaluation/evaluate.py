@@ -121,15 +121,25 @@ def _query_cost(
     ):
         bare(items[:2])  # warm up both paths (lazy init, allocator) before timing
         adapted(items[:2])
-        ratios = []
-        for r in range(repeats):
-            seconds = {}
-            for j in (0, 1) if r % 2 == 0 else (1, 0):
-                t0 = time.perf_counter()
-                (bare, adapted)[j](items)
-                seconds[j] = time.perf_counter() - t0
-            ratios.append(seconds[1] / max(seconds[0], 1e-9))
-        out[kind] = round(statistics.median(ratios), 3)
+        rounds = paired_rounds(bare, adapted, items, repeats)
+        out[kind] = round(statistics.median(a / max(b, 1e-9) for b, a in rounds), 3)
+    return out
+
+
+def paired_rounds(bare: Callable, adapted: Callable, items: Any, rounds: int) -> list[tuple[float, float]]:
+    """``rounds`` pairs of (bare seconds, adapted seconds), each pair two calls on ``items`` back to back.
+
+    Which of the two runs first alternates between rounds, so neither always meets a warm or a cold
+    machine; the ratio within a round is what a load change on a shared machine leaves alone.
+    """
+    out = []
+    for r in range(rounds):
+        seconds = [0.0, 0.0]
+        for j in (0, 1) if r % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            (bare, adapted)[j](items)
+            seconds[j] = time.perf_counter() - t0
+        out.append((seconds[0], seconds[1]))
     return out
 
 
