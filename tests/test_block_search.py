@@ -1,11 +1,13 @@
-"""Exact search in blocks: the same ids, order and recall as the FAISS flat search, in bounded memory."""
+"""Exact search in blocks: the same ids, order and recall as the FAISS flat search, in bounded memory, and both
+directions of one gallery from one product per block."""
 
 import numpy as np
 import pytest
 import torch
 
 from xbt.core.errors import XBTError
-from xbt.evaluation.search import block_search, recall_at_k, search
+from xbt.evaluation.scan import scan
+from xbt.evaluation.search import block_search, cross_recall, recall_at_k, search
 
 from .test_evaluate import random_gallery, reference_hits
 
@@ -29,6 +31,21 @@ def test_block_search_returns_the_flat_search_ids_in_order(seed):
             s_blk, i_blk = block_search(q, g, k, query_block=24, gallery_block=13)  # k spans several gallery blocks
             np.testing.assert_array_equal(i_blk, i_flat)
             np.testing.assert_allclose(s_blk, s_flat, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_scan_gives_both_directions_of_the_flat_search(seed):
+    img, cap, _ = _with_duplicates(seed)
+    if seed == 2:
+        img[::3] = img[1]  # tied images too: the column lists meet ties
+    rng = np.random.default_rng(seed)
+    for k in (1, 10, 37):
+        blocks = {"a_block": int(rng.integers(1, 40)), "b_block": int(rng.integers(1, 60))}
+        (s_rows, i_rows), (s_cols, i_cols) = scan(img, cap, k, **blocks)
+        for (s, i), (q, g) in (((s_rows, i_rows), (img, cap)), ((s_cols, i_cols), (cap, img))):
+            s_flat, i_flat = search(q, g, k)
+            np.testing.assert_array_equal(i, i_flat)
+            np.testing.assert_array_equal(s, s_flat)  # the same exact float64-summed scores
 
 
 def test_block_recall_matches_the_brute_force_reference_and_memmaps(tmp_path):
@@ -60,6 +77,9 @@ def test_block_search_on_the_toy_test_set_gives_the_evaluators_recall():
         block = recall_at_k(q, g, qo, go, (1, 5, 10), index="block")
         np.testing.assert_array_equal(block.first_hit, flat.first_hit)
         assert block.recall == flat.recall
+    both = cross_recall(img, cap, ids, owner, (1, 5, 10))
+    for one, (q, g, qo, go) in zip(both, ((img, cap, ids, owner), (cap, img, owner, ids))):
+        np.testing.assert_array_equal(one.first_hit, recall_at_k(q, g, qo, go, (1, 5, 10)).first_hit)
 
 
 def test_block_search_refuses_bad_inputs():

@@ -9,11 +9,14 @@ after loading the models (the floor). Acceptance: peak RSS at the largest size w
 smallest, time per distinct text within 1.3x.
 
 ``search`` part: a synthetic gallery of ``--images`` (default 31,000) unit vectors with 5 noisy
-captions each (155,000), 512-d, written as .npy files by a separate process and memory-mapped:
-``recall_at_k(..., index="block")`` (``xbt.evaluation.search.block_search``: FAISS on query x gallery blocks
-with a running top-k) against the evaluator's default ``index="flat"`` (FAISS over the whole
-gallery, which it first copies into memory), both directions, each method in a fresh process:
-time, peak RSS, Recall@K and how many queries' first-hit ranks differ.
+captions each (155,000), 512-d, written as .npy files by a separate process and memory-mapped. Each
+method runs both directions in a fresh process, one after the other in one run: ``product`` (the
+bare image x caption matrix product in the same blocks, top-k of nothing: the yardstick), ``scan``
+(``xbt.evaluation.search.cross_recall``: both directions from one product per block, what
+``xbt.evaluate`` runs for old->old and new->new), ``block`` (``recall_at_k(..., index="block")``, one
+direction at a time in bounded memory) and ``faiss`` (the default ``index="flat"``: FAISS over the
+whole gallery, which it first copies into memory). Time, peak RSS, Recall@K, each time over the
+product's, and how many queries' first-hit ranks differ from FAISS flat's.
 
 Each size writes ``<out-dir>/<part>-<size>.json``; the table (printed) and ``<out-dir>/bench_scale.json``
 gather every result in the folder, so sizes may run as separate processes (e.g. 3M under ``nohup``).
@@ -106,15 +109,22 @@ def one_search(method: str, folder: Path, per_image: int) -> dict:
     """Both directions with ``method`` over the memory-mapped gallery files; first hits saved for the comparison."""
     import numpy as np
 
-    from xbt.evaluation.search import recall_at_k
+    from xbt.evaluation.search import cross_recall, recall_at_k
 
     img, cap = np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "captions.npy", mmap_mode="r")
     owner, ids = np.repeat(np.arange(len(img)), per_image), np.arange(len(img))
     floor = rss_mb()
+    if method == "product":  # the bare matrix product of the same sizes, in the scan's blocks: the yardstick
+        return {"part": "search", "method": method, **bare_product(img, cap), "peak_rss_mb": round(rss_mb(), 1)}
+    product = bare_product(img, cap)["wall_s"] if method in ("scan", "block") else None  # the same process's yardstick
     t0 = time.perf_counter()
-    i2t = recall_at_k(img, cap, ids, owner, (1, 5, 10), index="block" if method == "block" else "flat")
-    t_i2t = time.perf_counter() - t0
-    t2i = recall_at_k(cap, img, owner, ids, (1, 5, 10), index="block" if method == "block" else "flat")
+    if method == "scan":  # both directions from one product per block
+        i2t, t2i = cross_recall(img, cap, ids, owner, (1, 5, 10))
+        t_i2t = None
+    else:
+        i2t = recall_at_k(img, cap, ids, owner, (1, 5, 10), index="block" if method == "block" else "flat")
+        t_i2t = time.perf_counter() - t0
+        t2i = recall_at_k(cap, img, owner, ids, (1, 5, 10), index="block" if method == "block" else "flat")
     wall = time.perf_counter() - t0
     np.save(folder / f"first-{method}-i2t.npy", i2t.first_hit)
     np.save(folder / f"first-{method}-t2i.npy", t2i.first_hit)
@@ -125,12 +135,36 @@ def one_search(method: str, folder: Path, per_image: int) -> dict:
         "captions": len(cap),
         "dim": img.shape[1],
         "wall_s": round(wall, 1),
-        "i2t_s": round(t_i2t, 1),
+        "i2t_s": None if t_i2t is None else round(t_i2t, 1),
+        "product_s": product,
+        "over_product": None if product is None else round(wall / product, 2),
         "peak_rss_mb": round(rss_mb(), 1),
         "rss_before_mb": round(floor, 1),
         "gallery_files_mb": round((img.nbytes + cap.nbytes) / 2**20, 1),
         "recall_i2t": {k: round(v, 5) for k, v in i2t.recall.items()},
         "recall_t2i": {k: round(v, 5) for k, v in t2i.recall.items()},
+    }
+
+
+def bare_product(img, cap) -> dict:
+    """Time ``img @ cap.T`` block by block (the scan's blocks, float32 BLAS), keeping nothing of it."""
+    import torch
+
+    from xbt.evaluation.scan import read_rows
+
+    t0 = time.perf_counter()
+    for i0 in range(0, len(img), 4096):
+        a = torch.from_numpy(read_rows(img, i0, 4096, "images"))
+        for j0 in range(0, len(cap), 16_384):
+            (a @ torch.from_numpy(read_rows(cap, j0, 16_384, "captions")).T).max()  # noqa: B018 (the work timed)
+    wall = time.perf_counter() - t0
+    flops = 2 * len(img) * len(cap) * img.shape[1]
+    return {
+        "images": len(img),
+        "captions": len(cap),
+        "dim": img.shape[1],
+        "wall_s": round(wall, 1),
+        "gflops": round(flops / wall / 1e9, 1),
     }
 
 
@@ -170,20 +204,32 @@ def table(out_dir: Path) -> dict:
             "|\n|---|---|---:|---:|---:|---:|"
         )
         for r in se:
+            recall = (
+                f"{100 * r['recall_i2t']['1']:.2f} | {100 * r['recall_t2i']['1']:.2f}" if "recall_i2t" in r else "– | –"
+            )
             print(
                 f"| {r['method']} | {r['images']:,} x {r['captions']:,} | {r['wall_s']} | {r['peak_rss_mb']:,.0f} "
-                f"| {100 * r['recall_i2t']['1']:.2f} | {100 * r['recall_t2i']['1']:.2f} |"
+                f"| {recall} |"
             )
         data = out_dir / "search-data"
-        if all((data / f"first-{m}-{d}.npy").is_file() for m in ("block", "faiss") for d in ("i2t", "t2i")):
+        others = [r["method"] for r in se if r["method"] not in ("faiss", "product")]
+        if (data / "first-faiss-i2t.npy").is_file():
             import numpy as np
 
             diff = {
-                d: int((np.load(data / f"first-block-{d}.npy") != np.load(data / f"first-faiss-{d}.npy")).sum())
-                for d in ("i2t", "t2i")
+                m: {
+                    d: int((np.load(data / f"first-{m}-{d}.npy") != np.load(data / f"first-faiss-{d}.npy")).sum())
+                    for d in ("i2t", "t2i")
+                }
+                for m in others
+                if (data / f"first-{m}-t2i.npy").is_file()
             }
             summary["search_queries_with_another_first_hit"] = diff
-            print(f"queries whose first-hit rank differs between block and faiss flat: {diff}")
+            print(f"queries whose first-hit rank differs from the FAISS flat search's: {diff}")
+        paired = {r["method"]: r["over_product"] for r in se if r.get("over_product") is not None}
+        if paired:  # each measured against a bare product timed just before it in its own process
+            summary["search_time_over_bare_product"] = paired
+            print(f"search time / bare product time, both directions, timed side by side in one process: {paired}")
     out = out_dir / "bench_scale.json"
     out.write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}")
@@ -198,7 +244,7 @@ def main() -> None:
     ap.add_argument("--world", default="toy")
     ap.add_argument("--images", type=int, default=31_000)
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--methods", nargs="+", default=["block", "faiss"])
+    ap.add_argument("--methods", nargs="+", default=["product", "scan", "block", "faiss"])
     ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()

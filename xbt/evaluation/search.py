@@ -3,7 +3,8 @@
 One search, one tie rule, one recall: every Recall@K in xbt (the evaluator's, and the alpha
 selection of query fusion) comes from ``recall_at_k`` here. ``block_search`` (``index="block"``) is
 the same exact search in bounded memory for full-protocol galleries (31K images x 155K captions and
-more): FAISS on blocks of queries x gallery with a running top-k.
+more): one BLAS product per block with a running top-k (``xbt.evaluation.scan``). ``cross_recall``
+serves both directions of one image/caption gallery from those products, read by rows and by columns.
 
 - Scores are inner products of float32 embeddings (cosine for the unit rows xbt produces).
 - Ties: equal scores are ordered by gallery index, ascending - the order of a stable argsort of
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.errors import XBTError
+from .scan import SCORE_SLACK, exact_scores, scan
 
 
 def _as_matrix(x: Any, what: str) -> np.ndarray:
@@ -123,41 +125,11 @@ def search(
     return scores[:, :k], ids[:, :k]
 
 
-def _block(x: Any, start: int, size: int, what: str) -> np.ndarray:
-    """Rows ``start:start+size`` of ``x`` (a tensor, array or ``np.memmap``) as a float32 array, checked finite."""
-    rows = x[start : start + size]
-    arr = (
-        rows.detach().float().cpu().numpy()
-        if isinstance(rows, torch.Tensor)
-        else np.ascontiguousarray(rows, dtype=np.float32)
-    )
-    if not np.isfinite(arr).all():
-        raise XBTError(
-            f"{what} holds NaN or inf values (rows {start}..{start + len(arr) - 1}); check the model and its inputs"
-        )
-    return arr
-
-
-#: a bound on |FAISS's float32 inner product - the exact one| for unit rows (float32 accumulation over <= ~1k dims)
-_SCORE_SLACK = 1e-4
-
-
-def _exact_scores(q: np.ndarray, g: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Each query's inner product with its candidate rows ``g[ids]``, summed in float64 and rounded to float32:
-    [n, m]. The value depends on the two vectors only, never on where the row sits in a block or which BLAS
-    kernel ran, so duplicates tie exactly."""
-    out = np.empty(ids.shape, dtype=np.float32)
-    for s in range(0, len(q), 1024):
-        cand = g[ids[s : s + 1024]].astype(np.float64)  # [b, m, d]
-        out[s : s + 1024] = np.einsum("bd,bmd->bm", q[s : s + 1024].astype(np.float64), cand)
-    return out
-
-
 def _exact_block(q: np.ndarray, g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``min(k, len(g))`` of ``g`` per query with the tie rule, every score exact (``_exact_scores``).
+    """Top ``min(k, len(g))`` of ``g`` per query with the tie rule, every score exact (``exact_scores``).
 
     FAISS finds candidates; their scores are recomputed exactly and sorted by (score, index). A
-    row FAISS left out scores at most the last candidate's FAISS score plus ``_SCORE_SLACK``; rows
+    row FAISS left out scores at most the last candidate's FAISS score plus ``SCORE_SLACK``; rows
     where that could still reach the k-th exact score are searched again with twice the depth, so
     the result does not depend on FAISS's kernels (whose float32 sums, under some OpenBLAS builds,
     change with a row's position in the block).
@@ -168,52 +140,27 @@ def _exact_block(q: np.ndarray, g: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     rows, depth = np.arange(len(q)), min(k + 1, len(g))
     while len(rows):
         approx, ids = idx.search(q[rows], depth)
-        exact = _exact_scores(q[rows], g, ids)
+        exact = exact_scores(q[rows], g, ids)
         order = np.lexsort((ids, -exact), axis=-1)[:, :k]
         out_s[rows], out_i[rows] = np.take_along_axis(exact, order, -1), np.take_along_axis(ids, order, -1)
         if depth == len(g):
             break
-        rows = rows[approx[:, -1] + _SCORE_SLACK >= out_s[rows, -1]]
+        rows = rows[approx[:, -1] + SCORE_SLACK >= out_s[rows, -1]]
         depth = min(2 * depth, len(g))
     return out_s, out_i
 
 
 def block_search(
-    queries: Any, gallery: Any, k: int, query_block: int = 16_384, gallery_block: int = 65_536
+    queries: Any, gallery: Any, k: int, query_block: int = 4096, gallery_block: int = 16_384
 ) -> tuple[np.ndarray, np.ndarray]:
     """``search`` (exact inner product, same tie rule) in bounded memory: ``(scores, ids)`` [n_queries, k'].
 
-    Queries and gallery are read ``query_block`` x ``gallery_block`` rows at a time, each pair of
-    blocks searched with FAISS ``IndexFlatIP`` and merged into a running top-k per query. Every
-    score kept is exact (``_exact_block``): it depends on the query and the gallery row alone, so
-    duplicates tie exactly wherever they sit. Memory is a block of each plus the outputs, whatever the gallery
-    size; both may be
-    ``np.memmap`` arrays that never enter memory whole. Among equal scores the lower gallery index
-    wins, as in ``search``.
+    One BLAS product per ``query_block`` x ``gallery_block`` rows, a running top-k per query, every
+    score kept exact: ``xbt.evaluation.scan.scan`` with its rows only. Memory is a block of each side,
+    the block's scores and the outputs, whatever the gallery size; both may be ``np.memmap`` arrays that
+    never enter memory whole. ``cross_recall`` reads the same products for both directions at once.
     """
-    if k < 1:
-        raise XBTError(f"k must be >= 1, got {k}")
-    for x, what in ((queries, "queries"), (gallery, "gallery")):
-        if len(x.shape) != 2 or x.shape[0] == 0:
-            raise XBTError(f"{what} must be a non-empty 2-D [n, d] array of embeddings, got shape {tuple(x.shape)}")
-    if queries.shape[1] != gallery.shape[1]:
-        raise XBTError(
-            f"queries are {queries.shape[1]}-d but the gallery is {gallery.shape[1]}-d; embed both in the same space"
-        )
-    n_q, n = queries.shape[0], gallery.shape[0]
-    k = min(int(k), n)
-    out_s, out_i = np.empty((n_q, k), dtype=np.float32), np.empty((n_q, k), dtype=np.int64)
-    for qs in range(0, n_q, query_block):
-        q = _block(queries, qs, query_block, "queries")
-        best_s, best_i = np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
-        for gs in range(0, n, gallery_block):
-            top, ids = _exact_block(q, _block(gallery, gs, gallery_block, "gallery"), k)
-            # the running list holds lower ids than this block: a stable sort keeps them first among ties
-            both_s, both_i = np.concatenate([best_s, top], 1), np.concatenate([best_i, ids + gs], 1)
-            order = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
-            best_s, best_i = np.take_along_axis(both_s, order, 1), np.take_along_axis(both_i, order, 1)
-        out_s[qs : qs + len(q)], out_i[qs : qs + len(q)] = best_s, best_i
-    return out_s, out_i
+    return scan(queries, gallery, k, cols=False, a_block=query_block, b_block=gallery_block)[0]
 
 
 @dataclass
@@ -288,7 +235,34 @@ def recall_at_k(
     go = _as_owner(gallery_owner, g.shape[0], "gallery_owner")
     ks = check_ks(ks)
     _, ids = search(q, g, max(ks), index, nlist, nprobe)
-    match = (ids >= 0) & (go[np.clip(ids, 0, None)] == qo[:, None])
+    return _retrieval(ids, qo, go, ks)
+
+
+def _retrieval(ids: np.ndarray, query_owner: np.ndarray, gallery_owner: np.ndarray, ks: tuple[int, ...]) -> Retrieval:
+    """Hits of each query from its top ids [n, k'] (int64, -1 a miss) and the owner ids of both sides."""
+    match = (ids >= 0) & (gallery_owner[np.clip(ids, 0, None)] == query_owner[:, None])
     first = np.where(match.any(axis=1), match.argmax(axis=1), -1).astype(np.int64)
     hits = {k: (first >= 0) & (first < k) for k in ks}
     return Retrieval(ks, first, hits)
+
+
+def cross_recall(
+    images: Any,
+    captions: Any,
+    image_owner: Any,
+    caption_owner: Any,
+    ks: Sequence[int] = (1, 5, 10),
+    verbose: bool = False,
+) -> tuple[Retrieval, Retrieval]:
+    """Image->text and text->image ``Retrieval`` of one gallery whose images and captions are both queries and
+    gallery (old->old, new->new), from one image x caption product per block (``xbt.evaluation.scan``).
+
+    ``images`` [n_images, d], ``captions`` [n_captions, d]: float32 unit rows (tensors, arrays or ``np.memmap``,
+    read in blocks); owners as in ``recall_at_k``. The hits are those of ``recall_at_k`` in each direction (the
+    same exact scores and tie rule), at about the cost of one direction.
+    """
+    ks = check_ks(ks)
+    io = _as_owner(image_owner, images.shape[0], "image_owner")
+    co = _as_owner(caption_owner, captions.shape[0], "caption_owner")
+    (_, i2t), (_, t2i) = scan(images, captions, max(ks), names=("images", "captions"), verbose=verbose)
+    return _retrieval(i2t, io, co, ks), _retrieval(t2i, co, io, ks)
