@@ -233,6 +233,9 @@ def export_onnx(
         tmp.mkdir(parents=True, exist_ok=True)
         cpu = {m: g.cpu() for m, g in graphs.items()}  # exported and checked on the CPU, put back after
         ids = text_enc.tokenize(PROBE_TEXTS[:2])
+        if text_enc.backend == "transformers":  # traced at the length the runtime pads to, not the probes' longest
+            fill = {"input_ids": pad_id, "attention_mask": 0}
+            ids = {n: F.pad(ids[n], (0, context_length - ids[n].shape[1]), value=fill[n]) for n in text_inputs}
         _export_graph(cpu["text"], tuple(ids[n].cpu() for n in text_inputs), text_inputs, tmp / TEXT_MODEL, opset)
         pixels = torch.zeros(2, 3, spec["size"], spec["size"])
         _export_graph(cpu["image"], (pixels,), ["pixel_values"], tmp / IMAGE_MODEL, opset)
