@@ -205,7 +205,9 @@ def table(out_dir: Path) -> dict:
         )
         for r in se:
             recall = (
-                f"{100 * r['recall_i2t']['1']:.2f} | {100 * r['recall_t2i']['1']:.2f}" if "recall_i2t" in r else "– | –"
+                f"{100 * r['recall_i2t']['1']:.2f} | {100 * r['recall_t2i']['1']:.2f}"
+                if "recall_i2t" in r
+                else "– | –"
             )
             print(
                 f"| {r['method']} | {r['images']:,} x {r['captions']:,} | {r['wall_s']} | {r['peak_rss_mb']:,.0f} "
