@@ -4,6 +4,7 @@
     python -m scripts.experiments.sweep_stage2 --settings default lora "captions loss only" ...
     python -m scripts.experiments.sweep_stage2 --captions 1 --pairs 250 1000 2000    # pair efficiency
     python -m scripts.experiments.sweep_stage2 --captions 1 --settings default "unlabeled 2000" "unlabeled 20000"
+    python -m scripts.experiments.sweep_stage2 --setting 'lr 3e-4={"lr": 3e-4}'   # any Stage2Config change
 
 For every world and seed: stage 1 on 50,000 captions of the world's text corpus (once, reused by
 every setting through ``xbt.fit(..., stage1=...)``), then, for each pair layout (``--captions``:
@@ -26,6 +27,7 @@ Prints a table per world and layout and the summary; writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -188,13 +190,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", nargs="+", default=["shapes", "patterns-wide"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--settings", nargs="+", default=["default"], choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["default"], help=f"named settings: {', '.join(SETTINGS)}")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="one more setting, Stage2Config fields as JSON: --setting 'lr 3e-4={\"lr\": 3e-4}' (repeatable)",
+    )
     parser.add_argument("--texts", type=int, default=50_000)
     parser.add_argument("--pairs", type=int, nargs="+", default=[2_000], help="pair images (each count a run)")
     parser.add_argument("--captions", type=int, nargs="+", default=[1, 5], choices=[1, 5], help="captions per image")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "stage2_sweep.json")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 beside other work)")
     args = parser.parse_args()
+    for item in args.setting:  # a setting of the command line joins the named ones
+        name, _, fields = item.partition("=")
+        SETTINGS[name] = json.loads(fields)
+        args.settings.append(name)
+    unknown = [st for st in args.settings if st not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}; name one of {list(SETTINGS)} or give it with --setting NAME=JSON")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     layouts = [(c, n) for c in args.captions for n in args.pairs]
