@@ -24,7 +24,7 @@ from xbt import toy
 from xbt.core.files import write_json
 from xbt.evaluation.search import recall_at_k
 from xbt.method.config import Stage2Config
-from xbt.method.text_head import distill_text_head
+from xbt.method.heads import distill_text_head
 from xbt.models.embedding import embed_images, embed_texts
 
 ROOT = Path(__file__).resolve().parents[2]
