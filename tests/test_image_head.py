@@ -8,7 +8,7 @@ import xbt
 from xbt import XBTError
 from xbt.method.config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from xbt.method.guard import owned_ranks, target_ranks
-from xbt.method.heads import head_temperature
+from xbt.method.heads import ImageHeadInputs, head_temperature, pseudo_captions
 from xbt.method.losses import multi_positive_nce
 from xbt.toy import load_clips, pair_list
 
@@ -112,7 +112,7 @@ def test_unlabeled_images_join_the_old_images_run_and_bad_ones_are_refused(old_n
     old, new = old_new
     extra = [im for im, _ in xbt.toy.pair_list(30)[20:]]  # 10 images without captions
     pairs = pair_list(20)
-    stage2 = {"epochs": 2, "batch_size": 8, "text_epochs": 1, "val_fraction": 0.0}
+    stage2 = {"epochs": 2, "batch_size": 8, "text_epochs": 1, "val_fraction": 0.0, "pseudo_captions": 0}
     adapter = xbt.fit(
         old, new, captions_400[:60], pairs=pairs, unlabeled=extra, epochs=1, stage2=stage2, verbose=False
     )
@@ -149,3 +149,35 @@ def test_without_old_vectors_both_towers_train_and_skip_the_comparison(old_new, 
     )
     record = adapter.training["metrics"]["stage2"]
     assert record["n_val"] == 8 and "skipped" in record["versus_old_model"]
+
+
+def test_pseudo_captions_are_the_old_vectors_of_the_texts_the_new_model_ranks_first(old_new, captions_400):
+    gen = torch.Generator().manual_seed(0)
+    new_img, texts_new = (F.normalize(torch.randn(n, 8, generator=gen), dim=-1) for n in (6, 50))
+    texts_old = F.normalize(torch.randn(50, 5, generator=gen), dim=-1)
+    x = ImageHeadInputs(
+        new_img,
+        None,
+        None,
+        torch.arange(6),
+        torch.arange(6),
+        torch.arange(0),
+        texts_old[:0],
+        torch.zeros(0),
+        texts_new,
+        texts_old,
+        0.02,
+    )
+    top = (new_img @ texts_new.T).topk(3, dim=1).indices
+    assert torch.equal(pseudo_captions(x, 3), texts_old[top])
+    assert pseudo_captions(x, 0) is None
+    with pytest.raises(XBTError, match=r"\['pseudo_captions'\] only apply to image_tower='frozen'"):
+        Stage2Config(image_tower="lora", pseudo_captions=3)
+    with pytest.raises(XBTError, match="pseudo_captions must be >= 0"):
+        Stage2Config(pseudo_captions=-1)
+    # one caption per image: the captions run trains on each image's caption and its pseudo-captions
+    old, new = old_new
+    stage2 = {"epochs": 2, "batch_size": 8, "text_epochs": 1, "pseudo_captions": 4}
+    adapter = xbt.fit(old, new, captions_400[:60], pairs=pair_list(20), epochs=1, stage2=stage2, verbose=False)
+    run = adapter.training["metrics"]["stage2"]["image"]["history"]["captions"]
+    assert run["pseudo_captions"] == 4 and len(run["train_loss"]) >= 1

@@ -6,7 +6,8 @@
     python -m scripts.experiments.sweep_stage2 --captions 1 --settings default "unlabeled 2000" "unlabeled 20000"
     python -m scripts.experiments.sweep_stage2 --setting 'lr 3e-4={"lr": 3e-4}'   # any Stage2Config change
 
-For every world and seed: stage 1 on 50,000 captions of the world's text corpus (once, reused by
+For every world and seed: stage 1 on 50,000 captions of the world's text corpus, less any caption of the
+test split (toy captions repeat across splits; stage 2 reads these texts as a memory) (once, reused by
 every setting through ``xbt.fit(..., stage1=...)``), then, for each pair layout (``--captions``:
 2,000 images with 1 caption, or with all 5 as 10,000 rows) and pair count, ``xbt.fit(old, new,
 texts, pairs=pairs, stage2=setting)`` exactly as a user calls it (the pairs' old vectors embedded
@@ -92,7 +93,8 @@ def checks(rec: dict, old_old: dict, stage1: dict, slerp: dict, closure: dict | 
 def run_world(name: str, seeds, settings, n_texts: int, pair_counts, captions_list) -> dict:
     world = toy.get_world(name)
     old, new = world.load_clips()
-    texts = world.text_corpus(n_texts)
+    test_captions = {c for caps in world.test_split()[1] for c in caps}
+    texts = [t for t in world.text_corpus(n_texts) if t not in test_captions]  # a caption memory holds no test one
     layouts = [(c, n) for c in captions_list for n in pair_counts]
     pair_sets = {(c, n): world.pairs(n, captions_per_image=c) for c, n in layouts}
     n_unlabeled = max((UNLABELED[st] for st in settings if st in UNLABELED), default=0)

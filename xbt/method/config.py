@@ -101,7 +101,12 @@ TOWER_ONLY = {
         "image_keep_weight": 1.0,
         "precision": "auto",
     },
-    "frozen": {"image_losses": ("captions", "old_images"), "text_prior_weight": 1.0, "text_prior_noise": None},
+    "frozen": {
+        "image_losses": ("captions", "old_images"),
+        "text_prior_weight": 1.0,
+        "text_prior_noise": None,
+        "pseudo_captions": 10,
+    },
 }
 #: stage 1's noise norm per unit of the NEW model's logit scale (``noise_for``). Text-trained knowledge reaches
 #: image queries across the NEW model's modality gap, which widens with its logit scale: a pair's image-caption
@@ -154,6 +159,11 @@ class Stage2Config(TrainingOptions):
     text_prior_weight: float = option(1.0, "weight of stage 1's text loss beside the old_images run")
     text_prior_noise: float | None = option(
         None, "noise norm on the stage-1 texts of that text loss (default: the noise stage 1 trained with)"
+    )
+    pseudo_captions: int = option(
+        10,
+        "stage-1 captions that join each pair image's own in the captions run: the ones the NEW model ranks "
+        "highest for the image, as OLD vectors (0: the pair captions alone)",
     )
     # the LoRA image tower: PEFT LoRA on the NEW image tower + an image head, ranking captions
     rank: int = option(8, "LoRA rank (lora)")
@@ -262,6 +272,7 @@ class Stage2Config(TrainingOptions):
             f"text_prior_weight and text_prior_noise must be >= 0, got {self.text_prior_weight} and "
             f"{self.text_prior_noise}",
         )
+        need(self.pseudo_captions >= 0, f"pseudo_captions must be >= 0, got {self.pseudo_captions}")
         need(
             self.text_epochs >= 1 and self.text_batch_size >= 2 and self.text_lr > 0,
             f"text_epochs >= 1, text_batch_size >= 2 and text_lr > 0 are needed, got {self.text_epochs}, "

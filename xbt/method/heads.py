@@ -1,29 +1,14 @@
 """Stage 2's heads on the frozen NEW towers: the text head (distilled) and the image head (trained on the pairs).
 
-**The text head.** The new model's own text->image ranking, distilled onto OLD image vectors.
-
-Text queries search the OLD image gallery (T2I). Stage 1 puts a new text embedding where the old
-model put the same text, so new text queries rank old images about as well as old ones did. The
-new model ranks images far better; this head learns to rank the *old* vectors of images the way
-the new model ranks their new embeddings:
-
-    loss = KL( softmax(new text . new pair images / T_new)  ||  softmax(head(new text) . OLD pair images / T) )
-           + anchor_weight * (1 - cos(head(new text), stage-1 head(new text)))
-
-over a sample of the stage-1 captions (``distill_texts`` of them: thousands of queries, where the
-pairs alone give a few hundred), teacher and student ranking the same training pair images.
-``T_new`` is the new model's own temperature (``1 / logit_scale``), so the teacher is as sharp as
-the model was trained to be; the anchor keeps every caption near its stage-1 place, so captions
-the pair images say nothing about stay where stage 1 put them.
-
-The head runs on the frozen new text tower (no LoRA): a query costs what stage 1's does. It starts
-as a copy of the stage-1 head; after every epoch it is scored on held-out pairs
-(``xbt.validation.t2i_ranks``) and the best state is kept, stage 1 included.
+**The text head** (``distill_text_head``): a copy of the stage-1 head taught to rank the OLD vectors of the
+pair images the way the new model ranks their new embeddings (a KL between the two softmaxes over the
+stage-1 captions, the teacher at the new model's own temperature, plus an anchor to stage 1's place);
+its best held-out epoch is kept, stage 1 included. The loss and why: docs/method.md.
 
 **The image head** (``train_image_head``): a copy of the stage-1 head trained on frozen NEW image
 features against the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, every
-epoch of every run a candidate of the guard. A frozen tower costs nothing at query time once merged
-and trains in seconds on cached features; see BENCHMARKS.md for how it compares with LoRA.
+epoch of every run a candidate of the guard. Both heads run on frozen towers: merged, a query costs
+what the bare new model's does.
 """
 
 from __future__ import annotations
@@ -39,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import XBTError
 from ..data.pairs import rows_of
+from ..evaluation.search import search
 from ..models.head import Projection
 from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from .guard import PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
@@ -277,8 +263,7 @@ def head_temperature(old_texts: torch.Tensor | None, sample: int = 2000) -> floa
     cosine similarities between OLD caption vectors (float32 [n, d_old] unit rows; the first ``sample`` of them;
     ``None`` or fewer than two: 0.02).
 
-    The head's softmax ranks OLD captions, so how sharp it must be follows how far apart the old model puts
-    them, not a value that fits one model pair (measured against the logit scale: BENCHMARKS.md).
+    The head's softmax ranks OLD captions: its sharpness follows how far apart the old model puts them.
     """
     if old_texts is None or len(old_texts) < 2:  # no OLD captions to measure: the value both toy worlds get
         return 0.02
@@ -293,8 +278,8 @@ def train_image_head(
     """Train one image head per loss in ``config.image_losses`` from a copy of ``stage1_head``; keep the held-out
     best state of them all, stage 1 included.
 
-    - ``"captions"``: each pair image against the OLD vectors of all its captions (multi-positive InfoNCE; the
-      other images' captions in the batch are the negatives). Strong where images have several captions.
+    - ``"captions"``: each pair image against the OLD vectors of all its captions and ``pseudo_captions``
+      (multi-positive InfoNCE; the other images' in the batch are the negatives).
     - ``"old_images"``: each pair image against its own image's OLD vector (InfoNCE within the batch), beside
       stage 1's text loss on noised stage-1 texts (``text_prior_weight``), which keeps the text knowledge that
       carries the result where an image has a single caption.
@@ -314,7 +299,8 @@ def train_image_head(
     if choice is not None:
         choice.add("stage 1", geometric_mean_rank(best_ranks))
     history: dict = {}
-    captions_per_image = len(x.owner) / max(1, len(x.new_img))
+    pseudo = pseudo_captions(x, cfg.pseudo_captions)
+    captions_per_image = len(x.owner) / max(1, len(x.new_img)) + (pseudo.shape[1] if pseudo is not None else 0)
     usable = [
         name
         for name in cfg.image_losses
@@ -329,7 +315,9 @@ def train_image_head(
     for name in usable:
         head = copy.deepcopy(stage1_head).train().requires_grad_(True)
         record = history[name] = {"train_loss": [], "val_geo_mean_rank": []}
-        kept = _fit_head(head, name, x, cfg, record, choice, ranks, verbose)
+        if name == "captions" and pseudo is not None:
+            record["pseudo_captions"] = pseudo.shape[1]
+        kept = _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo)
         if kept is not None:
             best_state, best_ranks = kept
     if not usable:
@@ -341,7 +329,21 @@ def train_image_head(
     return best_state.eval().requires_grad_(False), choice, history, best_ranks
 
 
-def _fit_head(head, name, x, cfg, record, choice, ranks, verbose):
+def pseudo_captions(x: ImageHeadInputs, m: int) -> torch.Tensor | None:
+    """The OLD vectors of each pair image's ``m`` stage-1 captions the NEW model ranks highest for it: float32
+    [n_img, m, d_old], or ``None`` (``m`` = 0 or no stage-1 texts under both models).
+
+    One caption describes an image partially; the better NEW model names more that fit it, and their OLD vectors
+    are where the old gallery keeps such descriptions. The texts are stage 1's less the pair captions (a caption
+    memory: measure it with the test captions removed).
+    """
+    if not m or x.texts_new is None or x.texts_old is None:
+        return None
+    _, ids = search(x.new_img, x.texts_new, m)  # exact inner-product top-m, [n_img, m]
+    return x.texts_old[torch.from_numpy(ids)]
+
+
+def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):
     """Train ``head`` with loss ``name``; ``(state, ranks)`` when one of its epochs became the chosen state."""
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -358,8 +360,11 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose):
             z = head(x.new_img[b])
             if name == "captions":
                 rows = rows_of(x.owner, b)
-                positive = b[:, None] == x.owner[rows][None, :]
-                loss = multi_positive_nce(z, x.old_captions[rows], positive, x.temperature)
+                positive, gallery = b[:, None] == x.owner[rows][None, :], x.old_captions[rows]
+                if pseudo is not None:  # each image's pseudo-captions, its positives beside its own captions
+                    own = torch.eye(len(b), dtype=torch.bool).repeat_interleave(pseudo.shape[1], dim=1)
+                    positive, gallery = torch.cat([positive, own], 1), torch.cat([gallery, pseudo[b].flatten(0, 1)])
+                loss = multi_positive_nce(z, gallery, positive, x.temperature)
             else:
                 targets = x.old_img[b]
                 if x.unlabeled_new is not None:  # as many unlabeled images beside the pair images
