@@ -217,8 +217,7 @@ I2T_HEAD_MEASURE = (
 )
 #: the image head's losses by name (``Stage2Config.image_losses``)
 IMAGE_LOSSES = ("captions", "old_images")
-#: the ``captions`` run needs this many captions per pair image on average: trained on one caption per image it
-#: pleased the held-out search and fell below old->old on the test gallery (BENCHMARKS.md)
+#: the ``captions`` run needs this many captions (pseudo-captions included) per pair image (BENCHMARKS.md)
 MIN_CAPTIONS_PER_IMAGE = 2.0
 
 
@@ -235,12 +234,11 @@ class ImageHeadInputs:
             so no held-out caption's image was trained on.
         val_gallery: the held-out search, OLD vectors of the held-out captions then distractor captions
             [m, d_old]; ``val_owner`` [m] (int64) each row's position in ``val``, -1 for a distractor.
-        texts_new, texts_old: stage-1 texts under both models [k, d] (the text prior), or ``None``.
+        texts_new, texts_old: stage-1 texts under both models [k, d] (text prior, pseudo-captions), or ``None``.
         temperature: the InfoNCE temperature of every loss.
         unlabeled_new, unlabeled_old: images without captions under both models [u, d_new] / [u, d_old], or
             ``None``; each ``old_images`` batch draws as many of them beside its pair images.
-        text_temperature: stage 1's temperature, which its text loss keeps beside the ``old_images`` run.
-    """
+        text_temperature: stage 1's temperature, kept by its text loss beside the ``old_images`` run."""
 
     new_img: torch.Tensor
     old_img: torch.Tensor | None
