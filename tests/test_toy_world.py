@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import xbt.toy
 from xbt.toy import pair_list, pairs, text_corpus
 from xbt.toy import test_split as toy_test_split
 from xbt.toy.shapes import COLOURS, SHAPES, caption_mentions, captions, make_scene, render
@@ -66,3 +67,11 @@ def test_pairs_dataset_has_image_and_caption_columns():
     ds = pairs(8)
     assert ds.column_names == ["image", "caption"]
     assert ds[0]["image"].size == (64, 64) and isinstance(ds[0]["caption"], str)
+
+
+def test_the_text_memory_is_the_corpus_without_a_test_caption():
+    world = xbt.toy.get_world("shapes")
+    corpus, memory = world.text_corpus(3000), world.text_memory(3000)
+    test = {c for caps in world.test_split()[1] for c in caps}
+    assert memory == [t for t in corpus if t not in test]
+    assert 0 < len(corpus) - len(memory) < len(corpus) // 2  # toy captions do repeat across splits

@@ -93,8 +93,7 @@ def checks(rec: dict, old_old: dict, stage1: dict, slerp: dict, closure: dict | 
 def run_world(name: str, seeds, settings, n_texts: int, pair_counts, captions_list) -> dict:
     world = toy.get_world(name)
     old, new = world.load_clips()
-    test_captions = {c for caps in world.test_split()[1] for c in caps}
-    texts = [t for t in world.text_corpus(n_texts) if t not in test_captions]  # a caption memory holds no test one
+    texts = world.text_memory(n_texts)  # the corpus less the test captions: stage 2 reads it as a caption memory
     layouts = [(c, n) for c in captions_list for n in pair_counts]
     pair_sets = {(c, n): world.pairs(n, captions_per_image=c) for c, n in layouts}
     n_unlabeled = max((UNLABELED[st] for st in settings if st in UNLABELED), default=0)

@@ -36,7 +36,8 @@ def run_demo(
 
     Args:
         out: folder for report.json / report.md / report.png (None: write nothing).
-        n_texts: stage-1 captions (text corpus size).
+        n_texts: stage-1 captions drawn (the corpus; its test-split captions are then left out, see
+            ``World.text_memory``).
         n_pairs: image-caption pairs for stage 2 and for the baselines' fusion weights.
         methods: any of "procrustes", "linear", "slerp", "nlerp", "xbt-stage1", "xbt-stage1+2" and
             "xbt-stage1+2+slerp" (SLERP fusion on top of the stage-1+2 adapter; needs it listed before).
@@ -50,7 +51,7 @@ def run_demo(
     start = time.perf_counter()
     toy_world = get_world(world)
     old, new = toy_world.load_clips()
-    texts = toy_world.text_corpus(n_texts)
+    texts = toy_world.text_memory(n_texts)  # no test caption: stage 2 reads these texts as a caption memory
     pairs = toy_world.pairs(n_pairs)
     t0 = time.perf_counter()
     # Embed the corpus and the pair images with both models once, into the embedding cache every fit reads, so

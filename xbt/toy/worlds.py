@@ -45,6 +45,12 @@ class World:
         """``n`` captions of never-drawn scenes: the stage-1 corpus."""
         return splits.text_corpus(n, seed, self.scenes)
 
+    def text_memory(self, n: int = 50_000, seed: int = 0) -> list[str]:
+        """``text_corpus(n)`` less every caption of the test split: what ``fit`` may read as a caption memory
+        (stage 2's pseudo-captions) when the test split measures it (toy captions repeat across splits)."""
+        test = {c for caps in self.test_split()[1] for c in caps}
+        return [t for t in self.text_corpus(n, seed) if t not in test]
+
     def pair_list(self, n: int = splits.MAX_PAIRS, seed: int = 0, captions_per_image: int = 1):
         """(PIL image, caption) rows of ``n`` pair images (1 or 5 captions each), disjoint from the test gallery."""
         return splits.pair_list(n, seed, self.scenes, captions_per_image)
