@@ -42,7 +42,7 @@ def measure(world_name: str, repeats: int, batches=(1, 32)) -> dict:
     return _ratios(world_name, new, adapter, texts, images, repeats, {"text": batches, "image": batches})
 
 
-def measure_real(new_name: str, old_name: str, repeats: int) -> dict:
+def measure_real(new_name: str, old_name: str, repeats: int, batches=(1, 32)) -> dict:
     """Random-weight open_clip ``new_name`` with default-shaped stage-2 heads into ``old_name``'s width."""
     from xbt.models.head import Projection
 
@@ -51,10 +51,10 @@ def measure_real(new_name: str, old_name: str, repeats: int) -> dict:
     torch.manual_seed(0)
     heads = {m: Projection(new.embed_dim, d_old, hidden=1024).eval() for m in ("text", "image")}
     adapter = xbt.Adapter(new, heads=heads, method="xbt").merge()
-    images, captions = xbt.toy.test_split(8)
-    texts = [c[0] for c in captions] * 8
+    images, captions = xbt.toy.test_split(max(batches))
+    texts = [c[0] for c in captions]
     name = f"{new_name} -> {old_name} (random weights)"
-    return _ratios(name, new, adapter, texts, images, repeats, {"text": (1, 32), "image": (1, 8)})
+    return _ratios(name, new, adapter, texts, images, repeats, {"text": batches, "image": batches})
 
 
 def _ratios(name, new, adapter, texts, images, repeats: int, batches: dict) -> dict:
@@ -82,13 +82,14 @@ def main() -> None:
     parser.add_argument("--worlds", nargs="*", default=["shapes", "patterns-wide"])
     parser.add_argument("--real", nargs=2, metavar=("NEW", "OLD"), help="also a real-size open_clip pair")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--real-batches", type=int, nargs="+", default=[1, 32], help="batch sizes of the real pair")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "query_cost.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [measure(w, args.repeats) for w in args.worlds]
     if args.real:
-        results.append(measure_real(*args.real, args.repeats))
+        results.append(measure_real(*args.real, args.repeats, tuple(args.real_batches)))
     print("| world | query | merged adapter ÷ bare new model (median of rounds) | bare ms | adapter ms |")
     print("|---|---|---|---|---|")
     for res in results:
