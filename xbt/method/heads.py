@@ -24,11 +24,10 @@ from tqdm.auto import tqdm
 
 from ..core.errors import XBTError
 from ..data.pairs import rows_of
-from ..evaluation.search import search
 from ..models.head import Projection
 from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from .guard import PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
-from .losses import cosine_gap, multi_positive_nce, ranking_distillation, stage1_loss
+from .losses import cosine_gap, multi_positive_nce, pseudo_captions, ranking_distillation, stage1_loss
 from .stage1 import add_noise
 
 T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
@@ -52,23 +51,21 @@ def distill_text_head(
     Args:
         stage1_head: the stage-1 projection (copied, never changed).
         texts_new: NEW-model embeddings of the distillation captions, float32 [n, d_new], unit rows.
-        images_new, images_old: the training pair images under the NEW model [m, d_new] and the OLD
-            model [m, d_old] (row ``j`` is one image in both): the teacher ranks the first, the
-            student ranks the second.
+        images_new, images_old: the training pair images under the NEW model [m, d_new] and the OLD model
+            [m, d_old] (row ``j`` is one image in both): the teacher ranks the first, the student the second.
         teacher_temperature: the new model's own temperature (``1 / logit_scale``).
-        config: ``text_epochs``, ``text_lr``, ``text_batch_size``, ``distill_temperature``,
-            ``text_anchor_weight``, ``guard`` and ``seed`` are read.
-        val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of
-            their images [v, d_old]; without them every epoch is kept blind and the last one wins.
-        other_folds: the held-out log ranks of the same run on other folds of the pairs
-            (``fold_scores``: [fold][stage 1, epoch 1, ...] of [fold size]); each state is then
-            scored over all folds' queries, this one's included, and replaces stage 1 only if its
-            paired per-query log-rank gain over stage 1 exceeds one standard error.
+        config: ``text_epochs``, ``text_lr``, ``text_batch_size``, ``distill_temperature``, ``text_anchor_weight``,
+            ``guard`` and ``seed`` are read.
+        val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of their images
+            [v, d_old]; without them every epoch is kept blind and the last one wins.
+        other_folds: the held-out log ranks of the same run on other folds of the pairs (``fold_scores``:
+            [fold][stage 1, epoch 1, ...] of [fold size]); each state is then scored over all folds' queries, this
+            one's included, and replaces stage 1 only if its paired per-query log-rank gain over stage 1 exceeds
+            one standard error.
         on_state: called with the head (eval mode) at stage 1 and after every epoch.
 
-    Returns:
-        ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None
-        without validation) and per-epoch losses and held-out scores.
+    Returns ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None without
+    validation) and per-epoch losses and held-out scores.
     """
     if len(images_new) != len(images_old) or len(images_new) < 2:
         raise XBTError(
@@ -215,6 +212,7 @@ I2T_HEAD_MEASURE = (
     "I2T: held-out pair images search the OLD vectors of their captions among distractor captions; each image "
     "ranks by its best-placed own caption; geometric-mean rank"
 )
+PSEUDO_MEASURE = "; each image's pseudo-captions count as its own"
 #: the image head's losses by name (``Stage2Config.image_losses``)
 IMAGE_LOSSES = ("captions", "old_images")
 #: the ``captions`` run needs this many captions (pseudo-captions included) per pair image (BENCHMARKS.md)
@@ -288,16 +286,26 @@ def train_image_head(
     """
     cfg = config
     validate = len(x.val) > 0
-    choice = PathChoice("image", I2T_HEAD_MEASURE) if validate else None
+    pseudo = (
+        pseudo_captions(x.new_img, x.texts_new, x.texts_old, cfg.pseudo_captions)
+        if cfg.pseudo_captions and x.texts_new is not None and x.texts_old is not None
+        else None
+    )
+    gallery, owner = x.val_gallery, x.val_owner
+    if pseudo is not None and validate:  # a held-out image's pseudo-captions count as its own: its one caption is a
+        gallery = torch.cat([gallery, pseudo[x.val].flatten(0, 1)])  # partial description, the test gallery's five
+        owner = torch.cat([owner, torch.arange(len(x.val)).repeat_interleave(pseudo.shape[1])])  # are not
+    choice = (
+        PathChoice("image", I2T_HEAD_MEASURE + (PSEUDO_MEASURE if pseudo is not None else "")) if validate else None
+    )
 
     def ranks(h: Projection) -> torch.Tensor:
-        return owned_ranks(h.in_chunks(x.new_img[x.val]), x.val_gallery, x.val_owner)
+        return owned_ranks(h.in_chunks(x.new_img[x.val]), gallery, owner)
 
     best_state, best_ranks = stage1_head, ranks(stage1_head.eval()) if validate else None
     if choice is not None:
         choice.add("stage 1", geometric_mean_rank(best_ranks))
     history: dict = {}
-    pseudo = pseudo_captions(x, cfg.pseudo_captions)
     captions_per_image = len(x.owner) / max(1, len(x.new_img)) + (pseudo.shape[1] if pseudo is not None else 0)
     usable = [
         name
@@ -324,21 +332,9 @@ def train_image_head(
         best_state, best_ranks = head, ranks(head.eval()) if validate else None
         if choice is not None:
             choice.chosen = f"stage 2 ({usable[-1]}, epoch {len(history[usable[-1]]['train_loss'])})"
+    if validate and pseudo is not None:  # the comparison with the old model's queries: on the real captions alone
+        best_ranks = owned_ranks(best_state.eval().in_chunks(x.new_img[x.val]), x.val_gallery, x.val_owner)
     return best_state.eval().requires_grad_(False), choice, history, best_ranks
-
-
-def pseudo_captions(x: ImageHeadInputs, m: int) -> torch.Tensor | None:
-    """The OLD vectors of each pair image's ``m`` stage-1 captions the NEW model ranks highest for it: float32
-    [n_img, m, d_old], or ``None`` (``m`` = 0 or no stage-1 texts under both models).
-
-    One caption describes an image partially; the better NEW model names more that fit it, and their OLD vectors
-    are where the old gallery keeps such descriptions. The texts are stage 1's less the pair captions (a caption
-    memory: measure it with the test captions removed).
-    """
-    if not m or x.texts_new is None or x.texts_old is None:
-        return None
-    _, ids = search(x.new_img, x.texts_new, m)  # exact inner-product top-m, [n_img, m]
-    return x.texts_old[torch.from_numpy(ids)]
 
 
 def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):

@@ -11,7 +11,8 @@
 - ``caption_ranking``: cross-entropy ranking each image's own caption among a caption bank,
   weighted per pair; ``pair_confidence`` gives stage 2's weights (how sure a model is of a pair);
 - ``ranking_distillation``: KL from a teacher's ranking of a gallery to a student's ranking of the
-  same items elsewhere (stage 2 copies the new model's own ranking into the old space).
+  same items elsewhere (stage 2 copies the new model's own ranking into the old space);
+- ``pseudo_captions``: the extra positives of the image head's ``captions`` loss.
 """
 
 from __future__ import annotations
@@ -107,3 +108,18 @@ def pair_confidence(
         rows = torch.arange(len(logits), device=logits.device)
         out.append((logits[rows, rows + start] - torch.logsumexp(logits, dim=-1)).exp())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def pseudo_captions(
+    images_new: torch.Tensor, texts_new: torch.Tensor, texts_old: torch.Tensor, m: int
+) -> torch.Tensor:
+    """The OLD vectors of the ``m`` texts the NEW model ranks highest for each image: float32 [n, m, d_old].
+
+    ``images_new`` [n, d_new], ``texts_new`` [k, d_new] and ``texts_old`` [k, d_old] are unit rows (row ``j`` one
+    text under both models). One caption describes an image partially; the better NEW model names more that fit
+    it, and their OLD vectors are where the old gallery keeps such descriptions. Stage 2 passes the stage-1 texts
+    less the pair captions: a caption memory, to be measured with the test captions removed from it.
+    """
+    ids = torch.cat([(b @ texts_new.T).topk(min(m, len(texts_new)), dim=1).indices for b in images_new.split(1024)])
+    return texts_old[ids]
