@@ -82,6 +82,7 @@ def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_h
     assert record["image"]["temperature"] == pytest.approx(head_temperature(old.encode_text(stage1_texts)), rel=1e-3)
     runs = record["image"]["history"]
     assert set(runs) == {"captions", "old_images"} and all(len(r["val_geo_mean_rank"]) >= 1 for r in runs.values())
+    assert "pseudo_captions" not in runs["captions"]  # five captions per image: no pseudo-captions join them
     scores = record["image"]["choice"]["scores"]
     assert "stage 1" in scores and any(k.startswith("stage 2 (captions") for k in scores)
     assert any(k.startswith("stage 2 (old_images") for k in scores)

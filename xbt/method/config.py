@@ -162,8 +162,8 @@ class Stage2Config(TrainingOptions):
     )
     pseudo_captions: int = option(
         10,
-        "stage-1 captions that join each pair image's own in the captions run: the ones the NEW model ranks "
-        "highest for the image, as OLD vectors (0: the pair captions alone)",
+        "stage-1 captions that join each pair image's own in the captions run where images have fewer than two "
+        "captions: the ones the NEW model ranks highest for the image, as OLD vectors (0: the pair captions alone)",
     )
     # the LoRA image tower: PEFT LoRA on the NEW image tower + an image head, ranking captions
     rank: int = option(8, "LoRA rank (lora)")

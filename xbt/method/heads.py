@@ -215,7 +215,7 @@ I2T_HEAD_MEASURE = (
 PSEUDO_MEASURE = "; each image's pseudo-captions count as its own"
 #: the image head's losses by name (``Stage2Config.image_losses``)
 IMAGE_LOSSES = ("captions", "old_images")
-#: the ``captions`` run needs this many captions (pseudo-captions included) per pair image (BENCHMARKS.md)
+#: the ``captions`` run needs this many captions per pair image; pseudo-captions join under it (BENCHMARKS.md)
 MIN_CAPTIONS_PER_IMAGE = 2.0
 
 
@@ -286,9 +286,13 @@ def train_image_head(
     """
     cfg = config
     validate = len(x.val) > 0
-    pseudo = (
+    own_per_image = len(x.owner) / max(1, len(x.new_img))
+    pseudo = (  # only where images have too few captions of their own: five real ones teach more (BENCHMARKS.md)
         pseudo_captions(x.new_img, x.texts_new, x.texts_old, cfg.pseudo_captions)
-        if cfg.pseudo_captions and x.texts_new is not None and x.texts_old is not None
+        if cfg.pseudo_captions
+        and own_per_image < MIN_CAPTIONS_PER_IMAGE
+        and x.texts_new is not None
+        and x.texts_old is not None
         else None
     )
     gallery, owner = x.val_gallery, x.val_owner
@@ -306,7 +310,7 @@ def train_image_head(
     if choice is not None:
         choice.add("stage 1", geometric_mean_rank(best_ranks))
     history: dict = {}
-    captions_per_image = len(x.owner) / max(1, len(x.new_img)) + (pseudo.shape[1] if pseudo is not None else 0)
+    captions_per_image = own_per_image + (pseudo.shape[1] if pseudo is not None else 0)
     usable = [
         name
         for name in cfg.image_losses
