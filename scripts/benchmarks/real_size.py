@@ -326,21 +326,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     names = LIGHT_UPGRADES if args.light else UPGRADES
     results = []
+    summary = {
+        "light": args.light,
+        "threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": torch.cuda.is_available()},
+        "options": {k: str(v) for k, v in vars(args).items() if k != "out"},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xbt-real-size-") as tmp:
         for key in args.upgrades:
             work = Path(tmp) / key
             work.mkdir()
             results.append(run_upgrade(key, *names[key], args, work))
-    table(results)
-    summary = {
-        "light": args.light,
-        "threads": torch.get_num_threads(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": torch.cuda.is_available()},
-        "options": {k: v for k, v in vars(args).items() if k != "out"},
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, summary)
+            write_json(args.out, summary)  # each upgrade saved as soon as it is measured
+            table(results[-1:])
     print(f"wrote {args.out}")
 
 
