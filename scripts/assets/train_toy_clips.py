@@ -176,11 +176,23 @@ def save_folder(model: torch.nn.Module, spec: dict, folder: Path, train: dict, d
     return state
 
 
+def clip_bpe_tokenizer(max_length: int):
+    """A transformers ``CLIPTokenizer`` built offline: CLIP's BPE is the same in both libraries, so open_clip's
+    vocabulary and merges are handed over (open_clip spells the two special tokens differently)."""
+    from transformers import CLIPTokenizer
+
+    simple = open_clip.SimpleTokenizer()
+    special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {special.get(k, k): v for k, v in simple.encoder.items()}
+    merges = [tuple(m) for m in sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
 def new_model(spec: dict, folder: Path) -> torch.nn.Module:
     """A randomly initialised model; a transformers one gets its tokenizer and processor files."""
     if spec["backend"] == "open_clip":
         return open_clip.CLIP(**spec["model_cfg"])
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     cfg = spec["model_cfg"]
     model = CLIPModel(
@@ -188,17 +200,8 @@ def new_model(spec: dict, folder: Path) -> torch.nn.Module:
             text_config=cfg["text_config"], vision_config=cfg["vision_config"], projection_dim=cfg["projection_dim"]
         )
     )
-    # CLIP's BPE is the same in both libraries: hand open_clip's vocabulary and merges to the
-    # transformers tokenizer (open_clip spells the two special tokens differently).
-    simple = open_clip.SimpleTokenizer()
-    special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {special.get(k, k): v for k, v in simple.encoder.items()}
-    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
-    tok = CLIPTokenizer(
-        vocab=vocab, merges=[tuple(m) for m in merges], model_max_length=cfg["text_config"]["max_position_embeddings"]
-    )
     folder.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(folder)
+    clip_bpe_tokenizer(cfg["text_config"]["max_position_embeddings"]).save_pretrained(folder)
     size = cfg["vision_config"]["image_size"]
     CLIPImageProcessor(
         size={"shortest_edge": size},

@@ -51,6 +51,8 @@ from xbt.core.files import write_json
 from xbt.evaluation.evaluate import paired_rounds
 from xbt.models.encoders import CLIPEncoder, as_encoder
 
+from ..assets.train_toy_clips import clip_bpe_tokenizer
+
 ROOT = Path(__file__).resolve().parents[2]
 UPGRADES = {
     "vit": ("ViT-B-32", "ViT-L-14"),
@@ -121,16 +123,12 @@ def build(name: str, folder: Path) -> CLIPEncoder:
 
     torch.manual_seed(0)
     if name.startswith("hf-random:"):
-        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
         config = CLIPConfig(**HF_SHAPES[name.split(":", 1)[1]])
         path = folder / name.replace(":", "-")
         CLIPModel(config).save_pretrained(path)  # safetensors, loaded back as a Hub folder is
-        simple = open_clip.SimpleTokenizer()  # CLIP's BPE, spelled as transformers spells its special tokens
-        special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-        vocab = {special.get(k, k): v for k, v in simple.encoder.items()}
-        merges = [tuple(m) for m in sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)]
-        CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77).save_pretrained(path)
+        clip_bpe_tokenizer(77).save_pretrained(path)  # open_clip's BPE, as the patterns world's OLD has it
         size = config.vision_config.image_size
         CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
             path
