@@ -105,7 +105,7 @@ TOWER_ONLY = {
         "image_losses": ("captions", "old_images"),
         "text_prior_weight": 1.0,
         "text_prior_noise": None,
-        "pseudo_captions": 10,
+        "pseudo_captions": 20,
     },
 }
 #: stage 1's noise norm per unit of the NEW model's logit scale (``noise_for``). Text-trained knowledge reaches
@@ -161,7 +161,7 @@ class Stage2Config(TrainingOptions):
         None, "noise norm on the stage-1 texts of that text loss (default: the noise stage 1 trained with)"
     )
     pseudo_captions: int = option(
-        10,
+        20,
         "stage-1 captions that join each pair image's own in the captions run where images have fewer than two "
         "captions: the ones the NEW model ranks highest for the image, as OLD vectors (0: the pair captions alone)",
     )
