@@ -280,9 +280,9 @@ def train_image_head(
       stage 1's text loss on noised stage-1 texts (``text_prior_weight``), which keeps the text knowledge that
       carries the result where an image has a single caption.
 
-    Returns ``(head, choice, history, kept ranks)``: the kept head (eval, no grad), the ``PathChoice`` (None
-    without held-out images), per-loss histories, and the held-out ranks of the kept head (float64 [len(val)])
-    for the comparison with the old model's own image queries.
+    Returns ``(head, choice, history, kept ranks, old ranks)``: the kept head (eval, no grad), the ``PathChoice``
+    (None without held-out images), per-loss histories, and the held-out ranks (float64 [len(val)]) of the kept
+    head and of the old model's own image queries on the same search (None without OLD image vectors).
     """
     cfg = config
     validate = len(x.val) > 0
@@ -336,9 +336,8 @@ def train_image_head(
         best_state, best_ranks = head, ranks(head.eval()) if validate else None
         if choice is not None:
             choice.chosen = f"stage 2 ({usable[-1]}, epoch {len(history[usable[-1]]['train_loss'])})"
-    if validate and pseudo is not None:  # the comparison with the old model's queries: on the real captions alone
-        best_ranks = owned_ranks(best_state.eval().in_chunks(x.new_img[x.val]), x.val_gallery, x.val_owner)
-    return best_state.eval().requires_grad_(False), choice, history, best_ranks
+    old = owned_ranks(x.old_img[x.val], gallery, owner) if validate and x.old_img is not None else None  # the old
+    return best_state.eval().requires_grad_(False), choice, history, best_ranks, old  # model's image queries, alike
 
 
 def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):

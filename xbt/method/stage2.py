@@ -37,7 +37,7 @@ from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, best_device
 from ..models.head import Projection
 from .config import Stage2Config
-from .guard import i2t_ranks, owned_ranks, say_versus_old, t2i_ranks, versus_old_model
+from .guard import i2t_ranks, say_versus_old, t2i_ranks, versus_old_model
 from .heads import (
     I2T_HEAD_MEASURE,
     T2I_MEASURE,
@@ -341,8 +341,7 @@ def _frozen_image_path(
         data.unlabeled_old,
         data.stage1_temperature,
     )
-    head, choice, history, ranks = train_image_head(stage1_head, inputs, cfg, verbose=verbose)
-    old_ranks = owned_ranks(old_img[val_imgs], val_gallery, val_owner) if old_img is not None and len(val) else None
+    head, choice, history, ranks, old_ranks = train_image_head(stage1_head, inputs, cfg, verbose=verbose)
     record = {
         "choice": choice.to_dict() if choice else None,
         "history": history,
