@@ -353,8 +353,9 @@ def _check(
 
     Text is compared end to end (strings in). Images are compared in two parts: the graph on the
     torch path's own pixels (within ``tolerance``), and the runtime's preprocessing against the
-    model's, which must agree within one intensity level per pixel (transformers' image processor
-    resizes with torch kernels that PIL matches only to the nearest level).
+    model's on the probes enlarged past the model's input size, as photographs are: they must agree
+    within one intensity level per pixel (transformers' image processor resizes with torch kernels
+    that PIL matches only to the nearest level).
     """
     served = runtime.load(folder, threads=1)
     images = probe_images()
@@ -377,7 +378,14 @@ def _check(
                 "report it with the model name"
             )
     std = np.asarray(served.manifest["image"]["preprocess"]["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-    levels = float((np.abs(served.preprocess(images) - pixels.cpu().numpy()) * std * 255).max())
+    # photographs as served: larger than the model's input (upscaled sixfold, transformers' torchvision bicubic and
+    # PIL's part by up to 2 levels; docs/serving.md)
+    side = int(served.manifest["image"]["preprocess"]["size"])
+    grow = [-(-side // min(im.size)) for im in images]  # whole factors, nearest: the same content, larger
+    photos = [im.resize((im.width * g, im.height * g), Image.NEAREST) for im, g in zip(images, grow)]
+    levels = float(
+        (np.abs(served.preprocess(photos) - image_enc.preprocess_images(photos).cpu().numpy()) * std * 255).max()
+    )
     if not levels <= 1.0 + 1e-3:
         raise XBTError(
             f"the runtime's image preprocessing differs from {image_enc.name}'s by {levels:.1f} intensity levels; "
