@@ -5,8 +5,8 @@ model and injects LoRA layers into the copy. Which layers, per tower (``lora_tar
 
 - transformer blocks (open_clip ViT and text towers, transformers CLIP): the attention and MLP
   layers of every block;
-- open_clip's ``ModifiedResNet`` image tower: the three convolutions of every bottleneck and the
-  attention pool's q/k/v/c projections (PEFT wraps ``Conv2d`` as well as ``Linear``);
+- open_clip's ``ModifiedResNet`` image tower: the three convolutions of every bottleneck (PEFT wraps
+  ``Conv2d`` as well as ``Linear``; the attention pool reads its projection weights directly, past any wrapper);
 - any other tower (a timm trunk, say): every ``Linear`` and ``Conv2d`` inside it.
 
 ``target_modules`` narrows the choice to layer names ending in the given suffixes. A tower that was
@@ -42,9 +42,9 @@ _FAMILY_LAYERS = (
     # transformer blocks: open_clip ViT / text (resblocks), transformers CLIP (encoder.layers)
     r"(transformer\.)?resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)",
     r"encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)",
-    # open_clip ModifiedResNet: bottleneck convolutions and the attention pool
+    # open_clip ModifiedResNet: bottleneck convolutions (its attention pool hands the q/k/v/c weights straight to
+    # F.multi_head_attention_forward, so LoRA wrapped around those layers would never run: not targeted)
     r"layer\d+\.\d+\.conv[123]",
-    r"attnpool\.(q_proj|k_proj|v_proj|c_proj)",
 )
 
 
