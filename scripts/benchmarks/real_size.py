@@ -103,18 +103,15 @@ class PeakRSS:
         return self
 
     def _sample(self) -> None:
-        while True:
+        while True:  # one more sample after the stop, so the block's last moment counts
             self.peak = max(self.peak, self.proc.memory_info().rss / 2**20)
-            if self._stop.wait(0.02):
+            if self._stop.is_set():
                 return
+            self._stop.wait(0.02)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample_once()
-
-    def _sample_once(self) -> None:
-        self.peak = max(self.peak, self.proc.memory_info().rss / 2**20)
 
 
 def build(name: str, folder: Path) -> CLIPEncoder:
