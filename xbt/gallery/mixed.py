@@ -5,17 +5,18 @@ holds the vectors in a store (``store.FaissStore`` by default, ``vectordb.Qdrant
 real vector database) and answers a query with both halves of an adapter:
 
 - the re-embedded part is searched with the bare NEW query (``adapter.new``),
-- the old part with the adapter's query (new model mapped into the old space),
+- the old part with the adapter's query (new model mapped into the old space), or with the OLD model's own
+  query where the adapter's verdict is "not backward compatible" (``use_old_queries``, ``adapters.verdict``),
+  so the curve runs from old->old to new->new and never starts below what the user had,
 - the two top-k lists are merged on a calibrated score (``calibration``): old-space scores are
   mapped to the new space's scale by a map fitted on image–caption pairs for the gallery's
   backfilled fraction, normalised per query by each part's top scores (optionally also from
   anchor items scored in both spaces).
 
 An adapter made for another old model is refused by fingerprint. The gallery's own files
-(``gallery.json`` and ``old.safetensors``, with each item's content hash: ``folder``) are written by ``save``; the
-backfilled vectors live in
-the backfill job's batch files (``xbt.backfill``), so a gallery folder always says which items
-are in which space.
+(``gallery.json`` and ``old.safetensors``, with each item's content hash: ``folder``) are written by ``save``;
+the backfilled vectors live in the backfill job's batch files (``xbt.backfill``), so a gallery folder always says
+which items are in which space.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from ..adapters.config import ModelRef
+from ..adapters.verdict import old_part_queries
 from ..core.errors import XBTError
 from ..core.files import save_tensors, write_json
 from ..core.names import GALLERY_FILE, MIXED_GALLERY, OLD_VECTORS_FILE, STATIC_GALLERY, gallery_kind
@@ -105,6 +107,8 @@ class MixedGallery:
         self.calibration = calibration or ScoreCalibration()
         self.n_anchors, self.items, self.seed = int(n_anchors), dict(items or {}), seed
         self._anchor_cache: tuple | None = None
+        #: what the old part is searched with (``verdict.QUERY_PATHS``) and why
+        self.old_queries, self.old_queries_reason = "adapter", "the adapter's queries (the default)"
         #: uint8 [n, 12]: each item's content hash (``folder.item_keys``), ``None`` when not known
         self.item_keys: np.ndarray | None = None
 
@@ -195,6 +199,13 @@ class MixedGallery:
                     "query with that new model"
                 )
 
+    def use_old_queries(self, adapter: Any, force: str | None = None) -> str:
+        """Decide what the old part is searched with from ``adapter``'s verdict (``verdict.old_part_queries``;
+        ``force``: ``"old model"`` or ``"adapter"``); returns the reason, also kept in ``gallery.json``."""
+        self.old_queries, self.old_queries_reason = old_part_queries(adapter.training, self.query_modality, force)
+        self._anchor_cache = None
+        return self.old_queries_reason
+
     # ------------------------------------------------------------------ search
     def anchors(self) -> np.ndarray:
         """Ids of up to ``n_anchors`` backfilled items (a fixed pseudo-random sample) scored in both spaces."""
@@ -258,12 +269,25 @@ class MixedGallery:
         order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -merged), axis=-1)[:, :k]
         return np.take_along_axis(merged, order, 1), np.take_along_axis(ids, order, 1)
 
-    def encode_queries(self, adapter: Any, queries: Sequence[Any] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(bare new-model queries [n, d_new], adapter queries [n, d_old]) of texts or PIL images."""
+    def encode_queries(
+        self, adapter: Any, queries: Sequence[Any] | torch.Tensor, old: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bare new-model queries [n, d_new], old-part queries [n, d_old]) of texts or PIL images.
+
+        The old-part queries are the adapter's, or the ``old`` model's own where ``old_queries`` says so.
+        """
         if self.query_modality == "text":
             new = adapter.new.encode_text(list(queries))
         else:
             new = adapter.new.encode_image(queries)
+        if self.old_queries == "old model":
+            if old is None:
+                raise XBTError(
+                    f"this gallery searches its old part with the old model's queries ({self.old_queries_reason}); "
+                    f"pass old= (the model {self.old_ref.label!r})"
+                )
+            text = self.query_modality == "text"
+            return new, old.encode_text(list(queries)) if text else old.encode_image(queries)
         adapted = adapter.from_new_embeddings(new, self.query_modality)
         if adapted is None:
             adapted = (
@@ -278,14 +302,15 @@ class MixedGallery:
         k: int = 10,
         merge: str = "calibrated",
         check_fingerprint: bool = True,
+        old: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``search`` for raw queries (texts for an image gallery, PIL images for a text gallery), encoded by
-        ``adapter``.
+        ``adapter`` (and by ``old`` for the old part, where ``old_queries`` is ``"old model"``).
 
         The adapter must have been fitted for this gallery's old model (``check_adapter``).
         """
         self.check_adapter(adapter, check_fingerprint)
-        new, adapted = self.encode_queries(adapter, queries)
+        new, adapted = self.encode_queries(adapter, queries, old)
         return self.search(new, adapted, k, merge)
 
     # ------------------------------------------------------------------ files
@@ -302,6 +327,7 @@ class MixedGallery:
             "calibration": self.calibration.to_dict(),
             "n_anchors": self.n_anchors,
             "items": self.items,
+            "old_queries": {"path": self.old_queries, "reason": self.old_queries_reason},
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -349,6 +375,8 @@ class MixedGallery:
             items=meta["items"],
             store_path=store_path,
         )
+        q = meta.get("old_queries", {"path": "adapter", "reason": gallery.old_queries_reason})  # earlier: adapter
+        gallery.old_queries, gallery.old_queries_reason = q["path"], q["reason"]
         tensors = read_old_tensors(folder)
         vectors, keys = tensors["vectors"], tensors.get("item_keys")
         for what, n in (("vectors", vectors.shape[0]), ("item keys", None if keys is None else keys.shape[0])):

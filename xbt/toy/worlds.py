@@ -9,6 +9,10 @@ model does not carry what its old gallery separates (its ceiling is below old->o
 scales (logit scale 100, 512-d OLD -> 768-d NEW; OLD's text tower is narrow and shallow). Its old
 gallery leaves room in both directions: ceiling 78.5 / 27.8 against old->old 53.0 / 20.2 R@1 (I2T /
 T2I), see BENCHMARKS.md. Defaults are chosen on shapes and patterns-wide.
+
+``ADVISOR_WORLDS`` are built from those: the same scenes and OLD model, with a shipped NEW model weakened
+by noise on its weights or narrowed to a random subspace (``models.VARIANT_KINDS``). Some can be upgraded
+backward compatibly and some cannot; the upgrade advisor (``xbt.advise``) is calibrated and checked on them.
 """
 
 from __future__ import annotations
@@ -103,10 +107,23 @@ WORLDS = {
     "patterns": World("patterns", patterns, "xbt-patterns-old", "xbt-patterns-new"),
     "patterns-wide": World("patterns-wide", patterns, "xbt-patterns-wide-old", "xbt-patterns-wide-new"),
 }
+#: the worlds built for the advisor: a shipped NEW model weakened (noise) or narrowed (a random subspace)
+ADVISOR_WORLDS = {
+    "shapes-noisy": World("shapes-noisy", shapes, "xbt-toy-old", "xbt-toy-new+noise0.3"),
+    "shapes-broken": World("shapes-broken", shapes, "xbt-toy-old", "xbt-toy-new+noise0.6"),
+    "shapes-narrow": World("shapes-narrow", shapes, "xbt-toy-old", "xbt-toy-new+rank32"),
+    "patterns-wide-noisy": World(
+        "patterns-wide-noisy", patterns, "xbt-patterns-wide-old", "xbt-patterns-wide-new+noise0.2"
+    ),
+    "patterns-wide-narrow": World(
+        "patterns-wide-narrow", patterns, "xbt-patterns-wide-old", "xbt-patterns-wide-new+rank128"
+    ),
+}
+WORLDS.update(ADVISOR_WORLDS)
 
 
 def get_world(name: str) -> World:
-    """The toy world called ``name`` (``"shapes"`` or ``"patterns"``)."""
+    """The toy world called ``name`` (a key of ``WORLDS``)."""
     if name not in WORLDS:
         raise XBTError(f"unknown toy world {name!r}; choose one of {sorted(WORLDS)}")
     return WORLDS[name]
