@@ -46,9 +46,11 @@ def toy(tmp_path_factory):
 @pytest.fixture()
 def small_toy_split(monkeypatch):
     """The toy test split of ``--toy`` galleries cut to its first ``N_IMAGES`` images (the same images)."""
+    import xbt.cli.common as common_cli
     import xbt.cli.gallery as gallery_cli
 
-    monkeypatch.setattr(gallery_cli, "test_split", lambda: xbt.toy.test_split(N_IMAGES))
+    for module in (gallery_cli, common_cli):  # the item source (common) and how a hit reads (gallery)
+        monkeypatch.setattr(module, "test_split", lambda: xbt.toy.test_split(N_IMAGES))
 
 
 def gallery_args(toy, folder, *extra):

@@ -425,3 +425,41 @@ def test_the_gallery_cli_builds_backfills_and_searches(world, tmp_path, capsys):
     assert "caption gallery" in capsys.readouterr().err
     assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
     assert not bf.open_gallery(gallery).in_new.any()
+
+
+def test_the_old_part_can_be_searched_with_the_old_models_queries(world, tmp_path, capsys):
+    from xbt.cli import main
+
+    # a stage-1 adapter has no held-out verdict: the adapter's queries, unless asked otherwise
+    g = MixedGallery(ModelRef.of(world["old"]), world["new"].embed_dim, "image")
+    g.add_old(world["old_img"], items=world["images"])
+    assert "not measured" in g.use_old_queries(world["adapter"]) and g.old_queries == "adapter"
+    assert "as asked" in g.use_old_queries(world["adapter"], force="old model")
+    folder = g.save(tmp_path / "g")
+    assert json.loads((folder / "gallery.json").read_text())["old_queries"]["path"] == "old model"
+    assert bf.open_gallery(folder).old_queries == "old model"
+    _, ids = g.search_with(world["adapter"], world["texts"][:8], k=5, old=world["old"])
+    old_txt = embed_texts(world["old"], world["texts"][:8], verbose=False).numpy()
+    np.testing.assert_array_equal(ids, search(old_txt, world["old_img"], 5)[1])  # all old: exactly old->old
+    # a gallery.json written before the choice was recorded searches with the adapter, as it did
+    meta = json.loads((folder / "gallery.json").read_text())
+    del meta["old_queries"]
+    (folder / "gallery.json").write_text(json.dumps(meta))
+    assert bf.open_gallery(folder).old_queries == "adapter"
+    # the command line: build with the old model's queries, search says what it does and why
+    adapter_dir = world["adapter"].save_pretrained(tmp_path / "adapter")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, im in enumerate(world["images"][:12]):
+        im.save(images / f"{i:02d}.png")
+    base = ["--gallery", str(tmp_path / "cli"), "--adapter", str(adapter_dir), "--quiet"]
+    build = ["gallery", "build", *base, "--old", "xbt-toy-old", "--images", str(images)]
+    assert main([*build, "--old-queries", "old-model"]) == 0
+    assert "the old model's queries, as asked" in capsys.readouterr().out
+    assert main(["gallery", "search", *base, "--query", world["texts"][0], "-k", "3", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "explain: 12 old-space items searched with the OLD model's own queries" in out
+    assert "explain: 0 backfilled items" in out and out.count("item ") == 3
+    with pytest.raises(SystemExit):
+        main([*build, "--old-queries", "sometimes"])
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err

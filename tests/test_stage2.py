@@ -387,6 +387,11 @@ def test_a_stage1_adapter_can_serve_several_stage2_runs(old_new, captions_400, p
 
 
 def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips, captions_400, pairs_40):
+    import numpy as np
+
+    from xbt.adapters.config import ModelRef
+    from xbt.evaluation.search import search
+    from xbt.gallery.mixed import MixedGallery
     from xbt.method.guard import geometric_mean_rank, t2i_ranks
     from xbt.models.embedding import embed_images, embed_texts
 
@@ -423,7 +428,26 @@ def test_each_kept_path_is_checked_against_the_old_models_own_queries(toy_clips,
     )
     assert versus["text"]["old_model"] == pytest.approx(expect, rel=1e-4)
     card = adapter.model_card().text
-    assert "Against the old model's own queries" in card and "**Not backward compatible here.**" in card
+    assert "Against the old model's own queries" in card and "**Not backward compatible here**" in card
+    worse = "text" if versus["text"]["verdict"] == "worse" else "image"
+    assert adapter.verdicts()[worse].verdict == "not backward compatible"
+    assert adapter.verdicts()[worse].sentence() in card
+    # a gallery in migration then searches its old part with the old model's own queries: old->old, not below it
+    modality = "image" if worse == "text" else "text"
+    items = [im for im, _ in pairs_40[:20]] if modality == "image" else [c for _, c in pairs_40[:20]]
+    old_vectors = (embed_images if modality == "image" else embed_texts)(old, items, verbose=False)
+    gallery = MixedGallery(ModelRef.of(old), new.embed_dim, modality)
+    gallery.add_old(old_vectors)
+    assert "not backward compatible" in gallery.use_old_queries(adapter) and gallery.old_queries == "old model"
+    queries = [c for _, c in pairs_40[20:25]] if worse == "text" else [im for im, _ in pairs_40[20:25]]
+    with pytest.raises(xbt.XBTError, match="pass old="):
+        gallery.search_with(adapter, queries, k=3)
+    _, ids = gallery.search_with(adapter, queries, k=3, old=old)
+    old_queries = (embed_texts if worse == "text" else embed_images)(old, queries, verbose=False)
+    np.testing.assert_array_equal(ids, search(old_queries.numpy(), old_vectors.numpy(), 3)[1])
+    with pytest.warns(UserWarning, match="forced|rank below what the old model gave"):
+        gallery.use_old_queries(adapter, force="adapter")
+    assert gallery.old_queries == "adapter" and "forced against its verdict" in gallery.old_queries_reason
 
 
 def test_few_held_out_pairs_choose_the_text_head_on_folds_of_all_pairs(toy_clips, captions_400, pairs_40, tmp_path):

@@ -3,6 +3,7 @@
 Public API::
 
     old, new = xbt.load_clip(...), xbt.load_clip(...)
+    print(xbt.advise(old, new, texts).summary())    # will an adapter be backward compatible? (texts alone)
     adapter = xbt.fit(old, new, texts)              # stage 1: text-only projection
     adapter.encode_text([...]); adapter.encode_image([...])   # [n, d_old], unit norm
     adapter.save_pretrained(dir); xbt.load_adapter(dir, new=new)
@@ -20,6 +21,7 @@ from .version import __version__
 __all__ = [
     "Adapter",
     "AdapterConfig",
+    "Advice",
     "BaselineConfig",
     "CLIPEncoder",
     "FusionAdapter",
@@ -30,6 +32,7 @@ __all__ = [
     "Stage2Config",
     "XBTError",
     "__version__",
+    "advise",
     "evaluate",
     "fit",
     "fuse",

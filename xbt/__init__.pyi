@@ -6,6 +6,8 @@ from .adapters.config import AdapterConfig as AdapterConfig
 from .adapters.config import ModelRef as ModelRef
 from .adapters.fusion import FusionAdapter as FusionAdapter
 from .adapters.registry import load_adapter as load_adapter
+from .advisor.advice import Advice as Advice
+from .advisor.advice import advise as advise
 from .baselines.config import BaselineConfig as BaselineConfig
 from .baselines.fit import fuse as fuse
 from .core.errors import XBTError as XBTError

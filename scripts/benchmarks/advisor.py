@@ -37,15 +37,21 @@ from xbt.toy.worlds import WORLDS, load_toy
 KS = (1, 5, 10)
 
 
+def advise_time(name: str, n_texts: int) -> tuple[dict, int, float]:
+    """(signals, distinct texts, seconds) of the advisor on the world's corpus, embedding cache off (cold)."""
+    world = WORLDS[name]
+    old, new = world.load_clips()
+    t0 = time.perf_counter()
+    distinct = list(dict.fromkeys(world.text_corpus(n_texts)))
+    signals = text_signals(embed_texts(old, distinct, cache=False), embed_texts(new, distinct, cache=False))
+    return signals, len(distinct), time.perf_counter() - t0
+
+
 def measure(name: str, n_texts: int, n_pairs: int) -> dict:
     """One world's signals (and the advisor's time) and plain fit's measured answer."""
     world = WORLDS[name]
     old, new = world.load_clips()
-    texts = world.text_corpus(n_texts)
-    t0 = time.perf_counter()
-    distinct = list(dict.fromkeys(texts))
-    signals = text_signals(embed_texts(old, distinct), embed_texts(new, distinct))
-    advise_seconds = time.perf_counter() - t0
+    signals, n_distinct, advise_seconds = advise_time(name, n_texts)
     t1 = time.perf_counter()
     adapter = xbt.fit(old, new, world.text_memory(n_texts), pairs=world.pairs(n_pairs), verbose=False)
     fit_seconds = time.perf_counter() - t1
@@ -57,7 +63,7 @@ def measure(name: str, n_texts: int, n_pairs: int) -> dict:
         "world": name,
         "new_model": world.new_model,
         "signals": signals,
-        "n_texts": len(distinct),
+        "n_texts": n_distinct,
         "advise_seconds": round(advise_seconds, 1),
         "fit_seconds": round(fit_seconds, 1),
         "old_old": old_old,
@@ -110,6 +116,7 @@ def main() -> int:
     p.add_argument("--texts", type=int, default=50_000)
     p.add_argument("--pairs", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 beside other work)")
+    p.add_argument("--retime", action="store_true", help="time the advisor again on worlds already measured")
     p.add_argument("--calibrate", action="store_true", help=f"write {CALIBRATION_FILE.name} from these worlds")
     p.add_argument("--out", default="benchmarks/out/advisor")
     args = p.parse_args()
@@ -122,6 +129,11 @@ def main() -> int:
         path = out / "worlds" / f"{name}.json"
         if path.is_file():
             rows.append(json.loads(path.read_text()))
+            if args.retime:
+                _, _, seconds = advise_time(name, args.texts)
+                rows[-1]["advise_seconds"] = round(seconds, 1)
+                write_json(path, rows[-1])
+                print(f"[{name}] advise {seconds:.0f} s (cold)", flush=True)
             continue
         print(f"[{name}] measuring ...", flush=True)
         rows.append(measure(name, args.texts, args.pairs))

@@ -10,6 +10,9 @@ caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
   pairs, the default), ``per-query`` (moment matching on anchor items scored in both spaces, over
   the global map), ``naive`` (raw cosines side by side), ``interleave`` (ranks, in proportion to
   each part's size);
+- the old part is searched with the adapter's queries, or with the OLD model's own where the adapter's
+  held-out verdict says it is not backward compatible (``MixedGallery.use_old_queries``; then the row
+  ``adapter forced`` shows what serving the adapter anyway gives, and the curve runs from old->old);
 - orders (calibrated merge): ``random``, ``uncertainty`` (predicted old/adapter disagreement,
   FastFill-style), ``density`` (crowded old-space regions first), ``spread`` (uncertainty
   taken in turns over k-means clusters of the old vectors); each also with the map fitted on the
@@ -21,7 +24,7 @@ disagreement model on the 2,000 pairs the adapter was trained on and, for captio
 ``--corpus`` texts of the stage-1 corpus; never on the test split. Checks printed: the calibrated curve starts at
 new->old (0 %), ends at
 new->new (100 %), stays at or above the straight line between them, never below naive; the
-planner beats random at 10-50 %. Writes JSON and a PNG to ``--out``.
+planner beats random at 10-50 %; it never falls below old->old. Writes JSON and a PNG to ``--out``.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def main() -> int:
     old, new = world.load_clips()
     if not (Path(args.adapter) / "xbt_config.json").is_file():
         print(f"fitting the adapter (stage 1+2) and saving it to {args.adapter}")
-        xbt.fit(old, new, world.text_corpus(50_000), pairs=world.pairs(2000)).save_pretrained(args.adapter)
+        xbt.fit(old, new, world.text_memory(50_000), pairs=world.pairs(2000)).save_pretrained(args.adapter)
     adapter = xbt.load_adapter(args.adapter, new=new, old=old)
     images, caps = world.test_split()
     flat = [c for cs in caps for c in cs]
@@ -117,6 +120,7 @@ def main() -> int:
     pv, _ = pair_vectors(adapter, old, (p_imgs, p_caps))
     cal_pairs = world.pair_list(args.cal_images, captions_per_image=5)
     cv, cal_ids = pair_vectors(adapter, old, ([im for im, _ in cal_pairs], [c for _, c in cal_pairs]))
+    cv_old = {**cv, "ad_img": cv["old_img"], "ad_txt": cv["old_txt"]}  # the old model's queries on the old part
     corpus = world.text_corpus(args.corpus)
     c_old = embed_texts(old, corpus, verbose=False).numpy()
     c_new = embed_texts(adapter.new, corpus, verbose=False)
@@ -128,22 +132,26 @@ def main() -> int:
             modality="image",
             q_new=test["new_txt"],
             q_ad=test["ad_txt"],
+            q_old=test["old_txt"],
             g_new=test["new_img"],
             g_old=test["old_img"],
             g_owner=np.arange(len(images)),
             q_owner=cap_owner,
             cal=calibration_set(cv, cal_ids, "image"),
+            cal_old=calibration_set(cv_old, cal_ids, "image"),
             dis=(pv["old_img"], pv["ad_img"]),
         ),
         "i2t": dict(
             modality="text",
             q_new=test["new_img"],
             q_ad=test["ad_img"],
+            q_old=test["old_img"],
             g_new=test["new_txt"],
             g_old=test["old_txt"],
             g_owner=cap_owner,
             q_owner=np.arange(len(images)),
             cal=calibration_set(cv, cal_ids, "text"),
+            cal_old=calibration_set(cv_old, cal_ids, "text"),
             dis=(np.concatenate([pv["old_txt"], c_old]), np.concatenate([pv["ad_txt"], c_ad])),
         ),
     }
@@ -155,16 +163,25 @@ def main() -> int:
     }
     for direction, s in setups.items():
         t1 = time.perf_counter()
-        cal = fit_calibration(*s["cal"])
-        model = DisagreementModel.fit(*s["dis"])
-        calibrations = {"calibrated": cal, "per-query": dataclasses.replace(cal, per_query=True)}
         ref = ModelRef.of(old)
         gallery = MixedGallery(ref, adapter.new.embed_dim, s["modality"])
         gallery.add_old(s["g_old"])
-        vec = {"q_new": s["q_new"], "q_ad": s["q_ad"], "g_new": s["g_new"]}
-        rows: dict[str, list] = {}
-        spread: dict[str, list] = {}  # standard deviation over the random orders
+        gallery.use_old_queries(adapter)  # the adapter's verdict decides what searches the old part
         randoms = [plan_order(s["g_old"], "random", seed=seed) for seed in range(args.seeds)]
+        safe = gallery.old_queries == "old model"
+        cal = fit_calibration(*s["cal_old" if safe else "cal"])
+        model = DisagreementModel.fit(*s["dis"])
+        calibrations = {"calibrated": cal, "per-query": dataclasses.replace(cal, per_query=True)}
+        vec = {"q_new": s["q_new"], "q_ad": s["q_old" if safe else "q_ad"], "g_new": s["g_new"]}
+        rows: dict[str, list] = {}
+        if safe:  # what serving the adapter's queries anyway would give (xbt gallery build --old-queries adapter)
+            gallery.calibration = fit_calibration(*s["cal"])
+            forced = {**vec, "q_ad": s["q_ad"]}
+            runs = [curve(gallery, forced, order, "calibrated", s["g_owner"], s["q_owner"]) for order in randoms]
+            rows["adapter forced / random"] = [
+                {k: float(np.mean([r[i][k] for r in runs])) for k in KS} for i in range(len(FRACTIONS))
+            ]
+        spread: dict[str, list] = {}  # standard deviation over the random orders
         for merge in MERGE_ROWS:
             gallery.calibration = calibrations.get(merge, cal)
             real = "calibrated" if merge == "per-query" else merge
@@ -181,17 +198,21 @@ def main() -> int:
             rows[f"calibrated / {plan}"] = curve(gallery, vec, order, "calibrated", s["g_owner"], s["q_owner"])
             # the same order, with the map fitted on the mixes that order makes of the pair gallery
             pair_order = plan_order(s["cal"][3], plan, model=model)
-            gallery.calibration = fit_calibration(*s["cal"], order=pair_order)
+            gallery.calibration = fit_calibration(*s["cal_old" if safe else "cal"], order=pair_order)
             rows[f"plan-calibrated / {plan}"] = curve(gallery, vec, order, "calibrated", s["g_owner"], s["q_owner"])
+        old_old = recall(gallery.store.search("old", s["q_old"], max(KS))[1], s["g_owner"], s["q_owner"])
         results[direction] = {
+            "old_queries": {"path": gallery.old_queries, "reason": gallery.old_queries_reason},
+            "old_old": old_old,
             "rows": rows,
             "random_order_std": spread,
             "calibration": cal.to_dict(),
             "disagreement_holdout_spearman": model.holdout_spearman,
             "seconds": round(time.perf_counter() - t1, 1),
         }
+        print(f"\n{direction.upper()}: the old part is searched with {gallery.old_queries_reason}")
         print(
-            f"\n{direction.upper()} (calibration {cal.summary()}; disagreement model "
+            f"(calibration {cal.summary()}; disagreement model "
             f"held-out Spearman {model.holdout_spearman:.3f}; {time.perf_counter() - t1:.0f} s)"
         )
         print("| merge / order | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " |  (R@1 / R@10)")
@@ -202,7 +223,7 @@ def main() -> int:
         print(
             "calibrated / random, std over the random orders: " + " | ".join(f"{v[1]:.2f} / {v[10]:.2f}" for v in sd)
         )
-        results[direction]["checks"] = checks(rows)
+        results[direction]["checks"] = checks(rows, old_old)
         for line in results[direction]["checks"]["lines"]:
             print("  " + line)
     results["seconds"] = round(time.perf_counter() - t0, 1)
@@ -214,11 +235,19 @@ def main() -> int:
     return 0
 
 
-def checks(rows: dict) -> dict:
+def checks(rows: dict, old_old: dict[int, float]) -> dict:
     """The acceptance checks on one direction's rows, as numbers and readable lines."""
     cal, naive = rows["calibrated / random"], rows["naive / random"]
     lines, out = [], {}
     for k in KS:
+        below_old = {
+            f"{int(f * 100)}%": round(c[k] - old_old[k], 2) for f, c in zip(FRACTIONS, cal) if c[k] < old_old[k]
+        }
+        out[f"R@{k} below old->old"] = below_old
+        lines.append(
+            f"R@{k}: calibrated "
+            + ("never below old->old" if not below_old else f"is BELOW old->old ({old_old[k]:.2f}) at {below_old}")
+        )
         lo, hi = cal[0][k], cal[-1][k]
         line = [lo + f * (hi - lo) for f in FRACTIONS]
         below_line = {
@@ -237,7 +266,7 @@ def checks(rows: dict) -> dict:
             )
             + f"; {'never below naive' if not below_naive else f'BELOW naive at {below_naive}'}"
         )
-        for name in [r for r in rows if not r.endswith("/ random")]:
+        for name in [r for r in rows if not r.endswith("/ random") and not r.startswith("adapter forced")]:
             gains = {
                 f"{int(f * 100)}%": round(rows[name][i][k] - cal[i][k], 2)
                 for i, f in enumerate(FRACTIONS)
@@ -273,7 +302,8 @@ def plot(results: dict, path: Path) -> None:
                     lw=2.5 if name == "calibrated / random" else 1,
                 )
             cal = rows["calibrated / random"]
-            ax.plot([0, 100], [cal[0][k], cal[-1][k]], "k--", lw=1, label="straight line new->old to new->new")
+            ax.plot([0, 100], [cal[0][k], cal[-1][k]], "k--", lw=1, label="straight line 0 % to new->new")
+            ax.axhline(results[direction]["old_old"][k], color="grey", lw=1, ls="-.", label="old->old")
             ax.set_title(f"{direction.upper()} R@{k} ({results['world']})")
             ax.set_xlabel("% of gallery backfilled")
             ax.set_ylabel(f"R@{k} (%)")

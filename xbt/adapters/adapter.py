@@ -39,6 +39,7 @@ from .config import LORA_DIR, MODALITIES, AdapterConfig, ModelRef
 from .folder import content_id, read_heads, write_folder
 from .hub import push_folder
 from .registry import load_adapter, register_adapter
+from .verdict import Verdict, verdicts
 
 
 @register_adapter
@@ -253,6 +254,10 @@ class Adapter:
     def _save_lora(self, folder: Path) -> None:
         if self.lora is not None:
             save_lora(self.lora, folder)
+
+    def verdicts(self) -> dict[str, Verdict]:
+        """Backward compatibility per query modality (``"text"``, ``"image"``) on held-out pairs (``verdict``)."""
+        return verdicts(self.training)
 
     def adapter_id(self) -> str:
         """A content hash of config and weights: two folders hold the same adapter iff ids match.

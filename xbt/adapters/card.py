@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..data.retrieval import ALIASES
 from ..data.sources import HF_REPOS
 from .config import AdapterConfig, ModelRef
+from .verdict import verdicts
 
 PAPER = "https://arxiv.org/abs/2405.14715"
 #: the project's license, the card's default (``model_card(..., license=...)`` overrides it)
@@ -339,12 +340,17 @@ def _kept(config: AdapterConfig) -> list[str]:
         for path in ("text", "image")
         if path in kept
     ]
-    versus = (config.training.get("metrics", {}).get("stage2") or {}).get("versus_old_model") or {}
-    checks = [versus[p] for p in ("text", "image") if isinstance(versus.get(p), dict)]
-    if checks:
-        lines += ["", "Against the old model's own queries on the same held-out pairs (backward compatibility):", ""]
+    measured = [v for v in verdicts(config.training).values() if v.interval is not None]
+    if measured:
+        lines += ["", "Backward compatible? Against the old model's own queries on the same held-out pairs:", ""]
         lines += [
-            f"- {c['summary']}" + (" **Not backward compatible here.**" if c.get("verdict") == "worse" else "")
-            for c in checks
+            f"- {v.sentence()}"
+            + (
+                " **Not backward compatible here**: a gallery in migration searches its old part with the old "
+                "model's queries for this direction (`MixedGallery.use_old_queries`)."
+                if v.compatible is False
+                else ""
+            )
+            for v in measured
         ]
     return lines

@@ -60,7 +60,7 @@ class Verdict:
         """One line: the verdict, its gain and interval, and what it was measured on."""
         what = "text->image" if self.modality == "text" else "image->text"
         if self.interval is None:
-            return f"{what}: not measured (fitted without held-out pairs)"
+            return f"{what}: not measured on held-out pairs (XBT with pairs measures it; xbt.advise predicts it)"
         lo, hi = self.interval
         return (
             f"{what}: {self.verdict} (log-rank gain over the old model's own queries {self.gain:+.3f}, "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import XBTError
+from ..data.texts import iter_texts
 from ..models.embedding import embed_texts
 from .signals import SIGNALS, text_signals
 
@@ -142,12 +143,13 @@ def advise(
 
     Args:
         old, new: the two ``CLIPEncoder`` models (``xbt.load_clip``); only their text towers run.
-        texts: captions like the gallery's (about 50,000 suffice; duplicates are dropped).
+        texts: captions like the gallery's (about 50,000 suffice; duplicates are dropped): a list, a
+            ``datasets.Dataset`` or a ``pathlib.Path`` to a caption file (``data.texts.iter_texts``).
         calibration: a calibration file or dict (default: the one shipped beside this module).
         verbose: progress bars while embedding.
     """
     t0 = time.perf_counter()
-    distinct = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
+    distinct = list(dict.fromkeys(t for t in iter_texts(texts) if t.strip()))
     cal = calibration if isinstance(calibration, dict) else read_calibration(calibration or CALIBRATION_FILE)
     o = embed_texts(old, distinct, verbose=verbose)
     n = embed_texts(new, distinct, verbose=verbose)

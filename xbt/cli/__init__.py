@@ -1,5 +1,5 @@
-"""The ``xbt`` command: one module per subcommand (``eval``, ``demo``, ``toy``, ``fit``, ``push``, ``export``,
-``app``, ``gallery``).
+"""The ``xbt`` command: one module per subcommand (``eval`` with ``advise``, ``demo``, ``toy``, ``fit``, ``push``,
+``export``, ``app``, ``gallery``).
 
 Each subcommand module has ``register(parser)``, which fills in the parser made here with the command's
 one-line help (``COMMANDS``): its description, its flags and ``func`` (called with the parsed args;
@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "toy": "list the shipped toy models, write toy texts, pairs and images to try the other commands on",
     "fit": "fit an adapter (XBT or a baseline) from a caption file and save it",
     "eval": "evaluate adapters: old→old, new→old, new→new Recall@K, flips, verdict",
+    "advise": "before fitting: will an adapter be backward compatible? predicted from a caption file alone",
     "push": "upload a saved adapter folder (with its model card) to the Hugging Face Hub",
     "export": "write an adapter's query encoders (LoRA merged) as ONNX, served by onnxruntime alone",
     "app": "the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report",
@@ -39,7 +40,7 @@ def _module(command: str):
         from . import toy as module
     elif command == "fit":
         from . import fit as module
-    elif command == "eval":
+    elif command in ("eval", "advise"):
         from . import evaluate as module
     elif command == "push":
         from . import push as module
@@ -64,7 +65,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, line in COMMANDS.items():
         p = sub.add_parser(name, help=line)
         if command is None or command == name:
-            _module(name).register(p)  # the module adds its description, flags and ``func``
+            module = _module(name)  # the module adds its description, flags and ``func``
+            (module.register_advise if name == "advise" else module.register)(p)
     return parser
 
 

@@ -1,5 +1,5 @@
 """What every subcommand shares: loading models and adapters by CLI spec, flags generated from option dataclasses,
-vector files."""
+vector files, a gallery's item source."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from ..adapters.config import read_config
 from ..adapters.hub import resolve
 from ..adapters.registry import load_adapter
 from ..core.errors import XBTError
+from ..data.sources import LazyImages
 from ..models.encoders import CLIPEncoder, load_clip
+from ..toy.splits import test_split
 
 
 def load_model(
@@ -29,7 +31,7 @@ def load_model(
     name (``xbt.toy.MODEL_NAMES``) a shipped toy model, anything else goes to ``xbt.load_clip``."""
     if Path(spec).expanduser().is_dir():
         return load_clip(f"local-dir:{Path(spec).expanduser()}", device=device)
-    if spec in toy.MODEL_NAMES:
+    if spec.partition("+")[0] in toy.MODEL_NAMES:  # a shipped toy model or a variant of one
         return toy.load_model(spec, device=device)
     try:
         return load_clip(spec, pretrained=pretrained, device=device, revision=revision)
@@ -175,3 +177,50 @@ def load_vectors(path: str) -> torch.Tensor:
             f"{file} holds a {tuple(vectors.shape)} {vectors.dtype} array; expected float vectors [n_pairs, d_old]"
         )
     return vectors.float()
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def items_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the items come from, as recorded in ``gallery.json``."""
+    given = [x for x in (args.texts, args.images, args.toy) if x]
+    if len(given) != 1:
+        raise XBTError("give exactly one of --texts FILE, --images DIR or --toy images|captions")
+    if args.texts:
+        if not Path(args.texts).is_file():
+            raise XBTError(f"--texts {args.texts} is not a file; give a UTF-8 caption file, one caption a line")
+        spec = {"kind": "texts", "file": str(Path(args.texts).resolve())}
+        if not load_items(spec)[1]:
+            raise XBTError(f"--texts {args.texts} holds no captions; give a UTF-8 caption file, one caption a line")
+        return spec
+    if args.images:
+        folder = Path(args.images).resolve()
+        if not folder.is_dir():
+            raise XBTError(f"--images {args.images} is not a folder; give the folder that holds the gallery's images")
+        files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise XBTError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+        return {"kind": "images", "files": files}
+    return {"kind": "toy", "what": args.toy}
+
+
+def load_items(spec: dict[str, Any]) -> tuple[str, Any]:
+    """``(modality, items)`` of a recorded item source: texts, or lazily opened images."""
+    if spec.get("kind") == "texts":
+        path = Path(spec["file"])
+        if not path.is_file():
+            raise XBTError(
+                f"the gallery's caption file {path} is gone; the backfill needs the items it was built from"
+            )
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise XBTError(f"{path} is not UTF-8 text ({exc}); save the captions as UTF-8, one a line") from None
+        return "text", [line.strip() for line in lines if line.strip()]
+    if spec.get("kind") == "images":
+        return "image", LazyImages(spec["files"])
+    if spec.get("kind") == "toy":
+        images, caps = test_split()
+        return ("image", images) if spec["what"] == "images" else ("text", [c for cs in caps for c in cs])
+    raise XBTError(f"unknown item source {spec!r} in gallery.json")

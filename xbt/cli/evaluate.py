@@ -1,4 +1,6 @@
-"""``xbt eval``: evaluate adapters on a retrieval dataset and write the report."""
+"""``xbt eval`` and ``xbt advise``: judge an upgrade. ``eval`` measures adapters on a retrieval dataset and writes
+the report; ``advise`` predicts from texts alone, before any pair or training, whether an adapter will be
+backward compatible (``xbt.advise``)."""
 
 from __future__ import annotations
 
@@ -95,4 +97,41 @@ def run(args: argparse.Namespace) -> int:
     out = report.save(args.out)
     print(report.to_markdown())
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
+    return 0
+
+
+def register_advise(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt advise`` parser."""
+    p.description = (
+        "Predict from a caption file alone whether an adapter from --new to --old will be backward compatible "
+        "(per direction, with a range), and what to do: the adapter alone, with a partial backfill, or keep the "
+        "old model's queries until a backfill. Embeds the captions with both text towers; writes nothing "
+        "unless --json is given."
+    )
+    p.add_argument("--old", required=True, help="old model: open_clip name, hf:<id>, toy name, or a local-dir folder")
+    p.add_argument("--old-pretrained", default=None, help="open_clip pretrained tag of the old model")
+    p.add_argument("--new", required=True, help="new model, as --old")
+    p.add_argument("--new-pretrained", default=None, help="open_clip pretrained tag of the new model")
+    p.add_argument("--texts", required=True, metavar="FILE", help="captions like the gallery's, one a line (~50k)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the advice as JSON")
+    p.add_argument("--device", default=None, help="torch device: cpu, cuda, mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_advise)
+
+
+def _advise(args) -> int:
+    from pathlib import Path
+
+    from ..advisor.advice import advise
+    from ..core.files import write_json
+
+    texts = Path(args.texts)
+    if not texts.is_file():
+        raise XBTError(f"--texts {texts} does not exist; give a UTF-8 text file with one caption per line")
+    old = load_model(args.old, args.old_pretrained, args.device)
+    new = load_model(args.new, args.new_pretrained, args.device)
+    advice = advise(old, new, texts, verbose=not args.quiet)
+    print(advice.summary())
+    if args.json:
+        write_json(args.json, advice.to_dict())
     return 0

@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     )
     out = adapter.save_pretrained(args.out, overwrite=args.overwrite, repo_id=args.push_to_hub)
     print(f"saved {adapter!r} to {out}")
+    for v in adapter.verdicts().values():  # the verdict on held-out pairs: what the card and a gallery go by
+        print(f"backward compatible? {v.sentence()}")
     if args.push_to_hub:
         url = push_folder(out, args.push_to_hub, private=args.private, token=args.token)
         print(f"pushed {out} to {url}")

@@ -28,53 +28,7 @@ from ..gallery.pair_vectors import known_hits, load_pairs, pair_vectors, query_k
 from ..gallery.planner import PLANS, DisagreementModel, plan_order
 from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
-from .common import load_model, new_from_adapter_config
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def items_spec(args: argparse.Namespace) -> dict[str, Any]:
-    """Where the items come from, as recorded in ``gallery.json``."""
-    given = [x for x in (args.texts, args.images, args.toy) if x]
-    if len(given) != 1:
-        raise XBTError("give exactly one of --texts FILE, --images DIR or --toy images|captions")
-    if args.texts:
-        if not Path(args.texts).is_file():
-            raise XBTError(f"--texts {args.texts} is not a file; give a UTF-8 caption file, one caption a line")
-        spec = {"kind": "texts", "file": str(Path(args.texts).resolve())}
-        if not load_items(spec)[1]:
-            raise XBTError(f"--texts {args.texts} holds no captions; give a UTF-8 caption file, one caption a line")
-        return spec
-    if args.images:
-        folder = Path(args.images).resolve()
-        if not folder.is_dir():
-            raise XBTError(f"--images {args.images} is not a folder; give the folder that holds the gallery's images")
-        files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise XBTError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
-        return {"kind": "images", "files": files}
-    return {"kind": "toy", "what": args.toy}
-
-
-def load_items(spec: dict[str, Any]) -> tuple[str, Any]:
-    """``(modality, items)`` of a recorded item source: texts, or lazily opened images."""
-    if spec.get("kind") == "texts":
-        path = Path(spec["file"])
-        if not path.is_file():
-            raise XBTError(
-                f"the gallery's caption file {path} is gone; the backfill needs the items it was built from"
-            )
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise XBTError(f"{path} is not UTF-8 text ({exc}); save the captions as UTF-8, one a line") from None
-        return "text", [line.strip() for line in lines if line.strip()]
-    if spec.get("kind") == "images":
-        return "image", LazyImages(spec["files"])
-    if spec.get("kind") == "toy":
-        images, caps = test_split()
-        return ("image", images) if spec["what"] == "images" else ("text", [c for cs in caps for c in cs])
-    raise XBTError(f"unknown item source {spec!r} in gallery.json")
+from .common import items_spec, load_items, load_model, new_from_adapter_config
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -116,6 +70,13 @@ def register(p: argparse.ArgumentParser) -> None:
         "image's captions (COCO's five); pairs of the gallery's own items also record known right answers",
     )
     b.add_argument("--store", choices=STORES, default="faiss", help="vector store searched (default faiss)")
+    b.add_argument(
+        "--old-queries",
+        choices=("auto", "adapter", "old-model"),
+        default="auto",
+        help="what searches the old part: auto (default) takes the adapter's queries unless its verdict is 'not "
+        "backward compatible', then the OLD model's own (one old-model encode per query); adapter forces it (warns)",
+    )
     b.set_defaults(func=_build)
 
     f = gsub.add_parser(
@@ -145,6 +106,7 @@ def register(p: argparse.ArgumentParser) -> None:
     s.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     s.add_argument("--merge", choices=MERGES, default="calibrated", help="how the parts merge (default calibrated)")
     s.add_argument("--store", choices=STORES, default=None, help="override the gallery's store")
+    s.add_argument("--explain", action="store_true", help="first say what each part is searched with, and why")
     s.set_defaults(func=_search)
 
     for name, fn, text, what in (
@@ -261,9 +223,13 @@ def _build(args) -> int:
         if stored.shape != vectors.shape or not torch.allclose(stored, vectors, atol=1e-4):
             raise _rebuild_refused(args.gallery, manifest, "items whose old vectors differ from these (changed files)")
     gallery.add_old(vectors, items=items)
+    force = {"auto": None, "adapter": "adapter", "old-model": "old model"}[args.old_queries]
+    print(f"the old part is searched with {gallery.use_old_queries(adapter, force)}")
     hits = None
     if pairs is not None:
         v, ids = pair_vectors(adapter, old, pairs)
+        if gallery.old_queries == "old model":  # the calibration merges the queries the old part is searched with
+            v = {**v, "ad_img": v["old_img"], "ad_txt": v["old_txt"]}
         cal_set = calibration_set(v, ids, modality)
         gallery.calibration = fit_calibration(*cal_set, verbose=not args.quiet)
         hits = known_hits(gallery.item_keys, modality, *pairs)
@@ -392,6 +358,26 @@ def _search(args) -> int:
             raise XBTError("this is a caption gallery: give image files with --query-image")
         queries, labels = _query_images(args.query_image), args.query_image
     adapter = _adapter(args)
-    scores, ids = gallery.search_with(adapter, queries, k=args.k, merge=args.merge)
+    old = None
+    if gallery.old_queries == "old model" and gallery.fraction_new < 1:
+        old = load_model(gallery.old_ref.name, gallery.old_ref.pretrained, args.device, gallery.old_ref.revision)
+    if args.explain:
+        print("\n".join(explain(gallery)))
+    scores, ids = gallery.search_with(adapter, queries, k=args.k, merge=args.merge, old=old)
     _print_results(gallery, labels, queries, scores, ids, args.gallery)
     return 0
+
+
+def explain(gallery: MixedGallery) -> list[str]:
+    """What ``search --explain`` prints: each part's share, what searches it and why, how the parts merge."""
+    n_new = int(gallery.in_new.sum())
+    old_part = (
+        "the OLD model's own queries (one old-model encode per query, besides the new model's)"
+        if gallery.old_queries == "old model"
+        else "the adapter's queries (the new model mapped into the old space)"
+    )
+    return [
+        f"explain: {gallery.size - n_new} old-space items searched with {old_part}: {gallery.old_queries_reason}",
+        f"explain: {n_new} backfilled items searched with the bare new model's queries",
+        f"explain: both parts' top hits merged on the score calibration ({gallery.calibration.summary()})",
+    ]

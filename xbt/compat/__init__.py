@@ -119,6 +119,8 @@ ROOT_NAMES: dict[str, str] = {
     "ModelRef": "adapters.config",
     "FusionAdapter": "adapters.fusion",
     "load_adapter": "adapters.registry",
+    "Advice": "advisor.advice",
+    "advise": "advisor.advice",
     "BaselineConfig": "baselines.config",
     "fuse": "baselines.fit",
     "RetrievalDataset": "data.retrieval",
