@@ -116,7 +116,11 @@ def main() -> int:
     p.add_argument("--texts", type=int, default=50_000)
     p.add_argument("--pairs", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 beside other work)")
-    p.add_argument("--retime", action="store_true", help="time the advisor again on worlds already measured")
+    p.add_argument(
+        "--retime",
+        action="store_true",
+        help="run the advisor again (signals, time) on worlds already measured; their fits are kept",
+    )
     p.add_argument("--calibrate", action="store_true", help=f"write {CALIBRATION_FILE.name} from these worlds")
     p.add_argument("--out", default="benchmarks/out/advisor")
     args = p.parse_args()
@@ -130,8 +134,8 @@ def main() -> int:
         if path.is_file():
             rows.append(json.loads(path.read_text()))
             if args.retime:
-                _, _, seconds = advise_time(name, args.texts)
-                rows[-1]["advise_seconds"] = round(seconds, 1)
+                signals, _, seconds = advise_time(name, args.texts)
+                rows[-1]["signals"], rows[-1]["advise_seconds"] = signals, round(seconds, 1)
                 write_json(path, rows[-1])
                 print(f"[{name}] advise {seconds:.0f} s (cold)", flush=True)
             continue

@@ -1,19 +1,21 @@
-"""What texts alone say about an upgrade: how faithfully the NEW text space carries the OLD one.
+"""What texts alone say about an upgrade: does the NEW text space keep apart what the OLD one separates?
 
 An adapter maps NEW queries into the OLD space; it can only be backward compatible if the new model
 still tells apart what the old gallery tells apart. On texts alone (no image, no pair) that shows as:
 
-- ``fidelity@1`` / ``fidelity@10``: a linear map NEW -> OLD (``baselines.maps.ridge_map``) is fitted on
-  most of the distinct texts; each held-out text's mapped vector then searches the held-out texts'
-  OLD vectors for its own (Recall@1 / @10, in [0, 1]). A new model that conflates what the old one
-  separates sends many held-out texts to a neighbour.
+- ``separation``: a linear map NEW -> OLD (``baselines.maps.ridge_map``) is fitted on most of the distinct
+  texts; for each held-out text, is its mapped vector closer to its own OLD vector than to the OLD vector
+  of its nearest held-out neighbour in the old space? The share of texts where it is, in [0, 1]: how much
+  of what the old space separates most finely the new model still carries. The advisor's lines read it.
+- ``fidelity@1`` / ``fidelity@10``: each held-out mapped vector searches the held-out OLD vectors for its
+  own (Recall@1 / @10).
 - ``agreement@10``: the mean share of each held-out text's 10 nearest neighbours that the two raw spaces
   agree on, with no map at all (how alike the two spaces' structures are).
-- ``old_spread``: the mean cosine between held-out OLD vectors' nearest neighbours (how crowded the old
-  space is; a crowded space leaves a map less room).
 
-Each signal is a float; ``text_signals`` takes float32 [n, d] unit rows of the same texts in both
-spaces. ``advisor.advice`` turns them into a verdict with calibrated coefficients.
+Each is a float, the mean over ``DRAWS`` random held-out sets of ``HELD_OUT`` texts (a fixed size, so
+worlds and corpora compare: a search among more texts is harder). ``text_signals`` takes float32
+[n, d] unit rows of the same distinct texts in both spaces. ``advisor.advice`` turns them into a
+verdict with calibrated coefficients.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import torch
 from ..baselines.maps import ridge_map
 from ..core.errors import XBTError
 
-#: held-out texts the signals are measured on (the rest fit the map)
-HELD_OUT = 5_000
-#: at least this many distinct texts: below it the held-out search and the map are both too noisy
-MIN_TEXTS = 500
-SIGNALS = ("fidelity@1", "fidelity@10", "agreement@10", "old_spread")
+#: held-out texts per draw (the rest, up to ``FIT_TEXTS``, fit the map), and draws averaged
+HELD_OUT, FIT_TEXTS, DRAWS = 2_000, 20_000, 3
+#: at least this many distinct texts (a held-out set of 200 then): fewer give signals too noisy to read
+MIN_TEXTS = 1_000
+SIGNALS = ("separation", "fidelity@1", "fidelity@10", "agreement@10")
 
 
 def _topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude_self: bool) -> torch.Tensor:
@@ -47,20 +49,24 @@ def text_signals(old: torch.Tensor, new: torch.Tensor, seed: int = 0) -> dict[st
         raise XBTError(f"old and new text vectors must be [n, d] with the same n, got {old.shape} and {new.shape}")
     if len(old) < MIN_TEXTS:
         raise XBTError(f"the advisor needs at least {MIN_TEXTS} distinct texts, got {len(old)}; give more captions")
-    gen = torch.Generator().manual_seed(seed)
+    draws = [_one_draw(old.float(), new.float(), torch.Generator().manual_seed(seed + i)) for i in range(DRAWS)]
+    return {k: sum(d[k] for d in draws) / DRAWS for k in SIGNALS}
+
+
+def _one_draw(old: torch.Tensor, new: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
     order = torch.randperm(len(old), generator=gen)
     n_held = min(HELD_OUT, len(old) // 5)
-    held, fit = order[:n_held], order[n_held:]
-    w = ridge_map(new[fit].float(), old[fit].float())
-    mapped = torch.nn.functional.normalize(new[held].float() @ w.T, dim=1)
-    o, n_ = old[held].float(), new[held].float()
+    held, fit = order[:n_held], order[n_held : n_held + FIT_TEXTS]
+    w = ridge_map(new[fit], old[fit])
+    mapped = torch.nn.functional.normalize(new[held] @ w.T, dim=1)
+    o, n_ = old[held], new[held]
     top = _topk(mapped, o, 10, exclude_self=False)
     own = torch.arange(n_held)[:, None]
     near_old, near_new = _topk(o, o, 10, True), _topk(n_, n_, 10, True)
-    agree = (near_old[:, :, None] == near_new[:, None, :]).any(2).float().mean()
+    nearest = o[near_old[:, 0]]  # each held-out text's closest other text in the old space
     return {
+        "separation": float(((mapped * o).sum(1) > (mapped * nearest).sum(1)).float().mean()),
         "fidelity@1": float((top[:, :1] == own).any(1).float().mean()),
         "fidelity@10": float((top == own).any(1).float().mean()),
-        "agreement@10": float(agree),
-        "old_spread": float((o * o[near_old[:, 0]]).sum(1).mean()),
+        "agreement@10": float((near_old[:, :, None] == near_new[:, None, :]).any(2).float().mean()),
     }

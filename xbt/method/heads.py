@@ -205,16 +205,14 @@ def fold_scores(
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The image head: image queries on the frozen NEW image tower.
+# ------------------------------------------- The image head: image queries on the frozen NEW image tower. ------
 
 I2T_HEAD_MEASURE = (
     "I2T: held-out pair images search the OLD vectors of their captions among distractor captions; each image "
     "ranks by its best-placed own caption; geometric-mean rank"
 )
 PSEUDO_MEASURE = "; each image's pseudo-captions count as its own"
-#: the image head's losses by name (``Stage2Config.image_losses``)
-IMAGE_LOSSES = ("captions", "old_images")
+IMAGE_LOSSES = ("captions", "old_images")  #: the image head's losses by name (``Stage2Config.image_losses``)
 #: the ``captions`` run needs this many captions per pair image; pseudo-captions join under it (BENCHMARKS.md)
 MIN_CAPTIONS_PER_IMAGE = 2.0
 
@@ -282,7 +280,8 @@ def train_image_head(
 
     Returns ``(head, choice, history, kept ranks, old ranks)``: the kept head (eval, no grad), the ``PathChoice``
     (None without held-out images), per-loss histories, and the held-out ranks (float64 [len(val)]) of the kept
-    head and of the old model's own image queries on the same search (None without OLD image vectors).
+    head and of the old model's own image queries among real captions only (None without OLD image vectors):
+    pseudo-captions are the NEW model's picks, which the head learnt to find; counted, they favour a weak new model.
     """
     cfg = config
     validate = len(x.val) > 0
@@ -336,8 +335,10 @@ def train_image_head(
         best_state, best_ranks = head, ranks(head.eval()) if validate else None
         if choice is not None:
             choice.chosen = f"stage 2 ({usable[-1]}, epoch {len(history[usable[-1]]['train_loss'])})"
-    old = owned_ranks(x.old_img[x.val], gallery, owner) if validate and x.old_img is not None else None  # the old
-    return best_state.eval().requires_grad_(False), choice, history, best_ranks, old  # model's image queries, alike
+    if validate and pseudo is not None:  # the check against the old model reads real captions only (docstring)
+        best_ranks = owned_ranks(best_state.eval().in_chunks(x.new_img[x.val]), x.val_gallery, x.val_owner)
+    old = owned_ranks(x.old_img[x.val], x.val_gallery, x.val_owner) if validate and x.old_img is not None else None
+    return best_state.eval().requires_grad_(False), choice, history, best_ranks, old
 
 
 def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):
