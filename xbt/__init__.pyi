@@ -15,6 +15,8 @@ from .data.retrieval import RetrievalDataset as RetrievalDataset
 from .data.retrieval import load_dataset as load_dataset
 from .evaluation.evaluate import evaluate as evaluate
 from .evaluation.report import Report as Report
+from .forward.fit import fit_forward as fit_forward
+from .forward.map import ForwardMap as ForwardMap
 from .method.config import Stage1Config as Stage1Config
 from .method.config import Stage2Config as Stage2Config
 from .method.fit import fit as fit

@@ -3,12 +3,12 @@
     python -m scripts.benchmarks.advisor                 # measure every world (resumable), print the table
     python -m scripts.benchmarks.advisor --calibrate     # ... and write xbt/advisor/calibration.json
 
-For each world of ``xbt.toy.WORLDS`` (shapes, patterns, patterns-wide and the worlds built for the
-advisor): ``xbt.advise`` on 50,000 captions of the world's corpus, timed (its signals); then the measured
-answer: plain ``xbt.fit(old, new, texts, pairs=world.pairs(2000))`` (seed 0) evaluated on the test split,
-its R@1 change against old->old per direction, whether it is backward compatible there (strictly above
-old->old at R@1, R@5 and R@10), and the fitted adapter's own held-out verdict. Each world is written to
-``--out``/worlds/<world>.json as it finishes, so a stopped run resumes.
+For each world of ``xbt.toy.WORLDS`` (shapes, patterns, patterns-wide) and the worlds built for the
+advisor (``ADVISOR_WORLDS``): ``xbt.advise`` on 50,000 captions of the world's corpus, timed cold (its
+signals); then the measured answer: plain ``xbt.fit(old, new, texts, pairs=world.pairs(2000))`` (seed
+0) evaluated on the test split, its R@1 change against old->old per direction, whether it is backward
+compatible there (strictly above old->old at R@1, R@5 and R@10), and the fitted adapter's own held-out
+verdict. Each world is written to ``--out``/worlds/<world>.json as it finishes, so a stopped run resumes.
 
 The calibration is one line per direction, R@1 change = intercept + slope x signal, on the signal whose
 leave-one-world-out error is smallest; its stated error is the largest leave-one-world-out miss. The
@@ -32,14 +32,16 @@ from xbt.advisor.advice import CALIBRATION_FILE, DIRECTIONS, predict, recommend
 from xbt.advisor.signals import SIGNALS, text_signals
 from xbt.core.files import write_json
 from xbt.models.embedding import embed_texts
-from xbt.toy.worlds import WORLDS, load_toy
+from xbt.toy.worlds import ADVISOR_WORLDS, WORLDS, load_toy
+
+ALL_WORLDS = {**WORLDS, **ADVISOR_WORLDS}
 
 KS = (1, 5, 10)
 
 
 def advise_time(name: str, n_texts: int) -> tuple[dict, int, float]:
     """(signals, distinct texts, seconds) of the advisor on the world's corpus, embedding cache off (cold)."""
-    world = WORLDS[name]
+    world = ALL_WORLDS[name]
     old, new = world.load_clips()
     t0 = time.perf_counter()
     distinct = list(dict.fromkeys(world.text_corpus(n_texts)))
@@ -49,7 +51,7 @@ def advise_time(name: str, n_texts: int) -> tuple[dict, int, float]:
 
 def measure(name: str, n_texts: int, n_pairs: int) -> dict:
     """One world's signals (and the advisor's time) and plain fit's measured answer."""
-    world = WORLDS[name]
+    world = ALL_WORLDS[name]
     old, new = world.load_clips()
     signals, n_distinct, advise_seconds = advise_time(name, n_texts)
     t1 = time.perf_counter()
@@ -112,7 +114,7 @@ def calibrate(rows: list[dict]) -> tuple[dict, dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
+    p.add_argument("--worlds", nargs="+", default=list(ALL_WORLDS), choices=list(ALL_WORLDS))
     p.add_argument("--texts", type=int, default=50_000)
     p.add_argument("--pairs", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 beside other work)")

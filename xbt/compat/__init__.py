@@ -130,6 +130,8 @@ ROOT_NAMES: dict[str, str] = {
     "Stage1Config": "method.config",
     "Stage2Config": "method.config",
     "fit": "method.fit",
+    "ForwardMap": "forward.map",
+    "fit_forward": "forward.fit",
     "CLIPEncoder": "models.encoders",
     "load_clip": "models.encoders",
 }

@@ -119,14 +119,13 @@ ADVISOR_WORLDS = {
         "patterns-wide-narrow", patterns, "xbt-patterns-wide-old", "xbt-patterns-wide-new+rank128"
     ),
 }
-WORLDS.update(ADVISOR_WORLDS)
 
 
 def get_world(name: str) -> World:
-    """The toy world called ``name`` (a key of ``WORLDS``)."""
-    if name not in WORLDS:
-        raise XBTError(f"unknown toy world {name!r}; choose one of {sorted(WORLDS)}")
-    return WORLDS[name]
+    """The toy world called ``name`` (a key of ``WORLDS`` or ``ADVISOR_WORLDS``)."""
+    if name not in WORLDS and name not in ADVISOR_WORLDS:
+        raise XBTError(f"unknown toy world {name!r}; choose one of {sorted(WORLDS)} or {sorted(ADVISOR_WORLDS)}")
+    return WORLDS.get(name) or ADVISOR_WORLDS[name]
 
 
 def load_toy(split: str = "test", n: int | None = None, seed: int = 0, world: str = "shapes") -> RetrievalDataset:
