@@ -73,3 +73,72 @@ def test_forward_options_are_checked():
         xbt.forward.ForwardConfig(text_weight=-1.0)
     with pytest.raises(xbt.XBTError, match="unknown forward-map option"):
         xbt.forward.ForwardConfig.from_kwargs(epoch=3)
+
+
+def test_an_upgrade_killed_mid_way_resumes_to_the_same_vectors(fitted, tmp_path, capsys):
+    import copy
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    import numpy as np
+
+    from xbt.cli import main
+    from xbt.forward import job
+
+    old, _, fmap = fitted
+    map_dir = fmap.save(tmp_path / "map")
+    gen = torch.Generator().manual_seed(3)
+    np.save(
+        tmp_path / "old.npy", torch.nn.functional.normalize(torch.randn(1000, old.embed_dim, generator=gen), dim=1)
+    )
+    ref = job.UpgradeJob(tmp_path / "ref", tmp_path / "old.npy", fmap, "image", batch_size=64).run(verbose=False)
+    assert ref["complete"] and ref["vectors_per_second"] > 0
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, signal
+        from xbt.forward import job
+        from xbt.forward.map import ForwardMap
+        real, calls = job.write_json, [0]
+        def write_then_die(path, obj):  # killed after batch 4 is flushed, before the manifest records it
+            calls[0] += 1
+            if calls[0] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, obj)
+        job.write_json = write_then_die
+        job.UpgradeJob({str(tmp_path / "killed")!r}, {str(tmp_path / "old.npy")!r}, ForwardMap.load({str(map_dir)!r}),
+                       "image", batch_size=64).run(verbose=False)
+    """)
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "killed" / "upgrade.json").read_text())["done"] == [0, 64, 128]
+    # the command line resumes it: the rest, and batch 4 again
+    args = ["gallery", "upgrade", "--vectors", str(tmp_path / "old.npy"), "--modality", "image"]
+    assert (
+        main([*args, "--map", str(map_dir), "--out", str(tmp_path / "killed"), "--batch-size", "64", "--quiet"]) == 0
+    )
+    assert "vectors/s" in capsys.readouterr().out
+    a, b = job.UpgradedVectors(tmp_path / "ref"), job.UpgradedVectors(tmp_path / "killed")
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert (b.states == job.STATES["upgraded"]).all() and b.map_id == fmap.map_id
+    np.testing.assert_array_equal(
+        b.vectors, fmap.upgrade(torch.from_numpy(np.load(tmp_path / "old.npy")), "image").numpy()
+    )
+    # its space is its map's: another map is refused, for searching and for resuming
+    other = ForwardMap({m: copy.deepcopy(h) for m, h in fmap.maps.items()}, fmap.old_ref, fmap.new_ref)
+    with torch.no_grad():
+        other.maps["image"].linear.weight.mul_(-1)
+    with pytest.raises(xbt.XBTError, match="upgraded by forward map"):
+        b.search(torch.randn(2, fmap.new_ref.embed_dim), other)
+    _, ids = b.search(torch.from_numpy(b.vectors[:3].copy()), fmap, k=1)
+    assert ids[:, 0].tolist() == [0, 1, 2]
+    with pytest.raises(xbt.XBTError, match="another map_id"):
+        job.UpgradeJob(tmp_path / "killed", tmp_path / "old.npy", other, "image", batch_size=64).run(verbose=False)
+    with pytest.raises(xbt.XBTError, match="not a .npy file"):
+        job.UpgradeJob(tmp_path / "x", tmp_path / "job.py", fmap, "image")

@@ -199,7 +199,7 @@ def test_demo_refuses_bad_counts_at_once(monkeypatch, capsys, flags, match):
 
 @pytest.mark.parametrize("repo", ["not a repo", "a/b/c", "justaname", "org/bad..name"])
 def test_push_refuses_a_bad_repo_id_in_one_line_before_any_network_call(monkeypatch, tmp_path, capsys, repo):
-    import xbt.cli.push as push_cli
+    import xbt.cli.share as push_cli
 
     monkeypatch.setattr(push_cli, "push_folder", lambda *a, **kw: pytest.fail("push_folder was called"))
     assert main(["push", "--adapter", str(tmp_path), "--repo", repo]) == 2

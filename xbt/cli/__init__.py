@@ -1,5 +1,5 @@
-"""The ``xbt`` command: one module per subcommand (``eval`` with ``advise``, ``demo``, ``toy``, ``fit``, ``push``,
-``export``, ``app``, ``gallery``).
+"""The ``xbt`` command: one module per subcommand or kind of subcommand (``evaluate``: ``eval`` and ``advise``;
+``share``: ``push`` and ``export``; ``demo``, ``toy``, ``fit``, ``app``, ``gallery``).
 
 Each subcommand module has ``register(parser)``, which fills in the parser made here with the command's
 one-line help (``COMMANDS``): its description, its flags and ``func`` (called with the parsed args;
@@ -42,10 +42,8 @@ def _module(command: str):
         from . import fit as module
     elif command in ("eval", "advise"):
         from . import evaluate as module
-    elif command == "push":
-        from . import push as module
-    elif command == "export":
-        from . import export as module
+    elif command in ("push", "export"):
+        from . import share as module
     elif command == "app":
         from . import app as module
     else:
@@ -66,7 +64,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=line)
         if command is None or command == name:
             module = _module(name)  # the module adds its description, flags and ``func``
-            (module.register_advise if name == "advise" else module.register)(p)
+            register = {"advise": "register_advise", "push": "register_push", "export": "register_export"}
+            getattr(module, register.get(name, "register"))(p)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``xbt gallery build | backfill | search | rollback | cutover``: a gallery in migration from the command line.
+"""``xbt gallery build | backfill | search | upgrade | rollback | cutover``: a gallery in migration from the command
+line (``upgrade``, the forward map's, lives in ``cli.upgrade``).
 
 Each action's ``description`` (``xbt gallery ACTION --help``) says what it does and writes; every input is checked
 before a model is loaded. ``search`` shows what each hit is and marks ``✓`` the right answers the gallery knows:
@@ -29,6 +30,7 @@ from ..gallery.planner import PLANS, DisagreementModel, plan_order
 from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
 from .common import items_spec, load_items, load_model, new_from_adapter_config
+from .upgrade import register_action
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -109,6 +111,7 @@ def register(p: argparse.ArgumentParser) -> None:
     s.add_argument("--explain", action="store_true", help="first say what each part is searched with, and why")
     s.set_defaults(func=_search)
 
+    register_action(gsub)  # upgrade: the forward map's way, in a module of its own
     for name, fn, text, what in (
         ("rollback", _rollback, "set the backfill aside: all items searched with old vectors again", ROLLBACK),
         ("cutover", _cutover, "after a full backfill: search the new vectors only (no rollback after)", CUTOVER),

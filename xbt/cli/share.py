@@ -1,8 +1,10 @@
-"""``xbt push``: upload a saved adapter folder (with its model card) to the Hugging Face Hub.
+"""``xbt push`` and ``xbt export``: share a saved adapter, on the Hugging Face Hub or as ONNX query encoders.
 
-Everything that can be checked offline is checked before the first request: the repo id, that ``--adapter`` is
-an adapter folder of this format, and that its files are the ones it was saved with (digests, ``adapter_id``).
-A failure on the Hub's side (network, offline mode, token, permissions) ends in one line naming the fix.
+``push`` uploads a saved adapter folder (with its model card). Everything that can be checked offline is checked
+before the first request: the repo id, that ``--adapter`` is an adapter folder of this format, and that its files
+are the ones it was saved with (digests, ``adapter_id``). A failure on the Hub's side (network, offline mode,
+token, permissions) ends in one line naming the fix. ``export`` writes the adapter's query encoders as ONNX,
+served by onnxruntime alone.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from pathlib import Path
 from ..adapters.config import CONFIG_NAME, read_config
 from ..adapters.folder import check_adapter_id, verify_folder
 from ..adapters.hub import push_folder
+from ..adapters.registry import load_adapter
 from ..core.errors import XBTError
-from .common import check_repo_id
+from ..serving.export import EXPORT_FORMATS
+from .common import check_repo_id, load_model, new_from_adapter_config
 
 
-def register(p: argparse.ArgumentParser) -> None:
+def register_push(p: argparse.ArgumentParser) -> None:
     """Fill in the ``xbt push`` parser that ``xbt.cli`` made with its one-line help."""
     p.description = (
         "Upload an adapter folder written by xbt fit or save_pretrained (xbt_config.json, the weights, the model "
@@ -37,7 +41,7 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="TOKEN",
         help="Hub token with write access (default: the logged-in one, or HF_TOKEN)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_push)
 
 
 def check_adapter_folder(path: str) -> Path:
@@ -54,7 +58,7 @@ def check_adapter_folder(path: str) -> Path:
     return folder
 
 
-def run(args) -> int:
+def run_push(args) -> int:
     check_repo_id(args.repo, "--repo")  # before anything reaches the network
     check_adapter_folder(args.adapter)
     try:
@@ -69,4 +73,30 @@ def run(args) -> int:
             f"to {args.repo.split('/')[0]}"
         ) from None
     print(f"pushed {args.adapter} to {url}")
+    return 0
+
+
+def register_export(p: argparse.ArgumentParser) -> None:
+    """Fill in the ``xbt export`` parser that ``xbt.cli`` made with its one-line help."""
+    p.description = "Write text.onnx, image.onnx, tokenizer.json, xbt_export.json and xbt_runtime.py to --out."
+    p.add_argument("--adapter", required=True, help="adapter folder or Hub repo")
+    p.add_argument("--new", default=None, help="new model (default: the one named in the adapter's config)")
+    p.add_argument(
+        "--new-pretrained", metavar="TAG", default=None, help="open_clip pretrained tag of --new (e.g. openai)"
+    )
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="export format (default onnx)")
+    p.add_argument("--out", required=True, help="folder to write the exported encoders to")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace another adapter's export in --out (your other files stay)"
+    )
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    new = load_model(args.new, args.new_pretrained) if args.new else new_from_adapter_config(args.adapter, None)
+    out = load_adapter(args.adapter, new).export(args.format, args.out, overwrite=args.overwrite)
+    print(
+        f"exported {args.adapter} to {out}: load it with xbt_runtime.load({str(out)!r}) (numpy, onnxruntime, "
+        "tokenizers)"
+    )
     return 0
