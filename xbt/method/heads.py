@@ -280,8 +280,8 @@ def train_image_head(
 
     Returns ``(head, choice, history, kept ranks, old ranks)``: the kept head (eval, no grad), the ``PathChoice``
     (None without held-out images), per-loss histories, and the held-out ranks (float64 [len(val)]) of the kept
-    head and of the old model's own image queries among real captions only (None without OLD image vectors):
-    pseudo-captions are the NEW model's picks, which the head learnt to find; counted, they favour a weak new model.
+    head and of the old model's image queries among the held-out captions alone (None without OLD image vectors):
+    pseudo-captions (the NEW model's picks) would favour the adapter, distractors describing an image the old model.
     """
     cfg = config
     validate = len(x.val) > 0
@@ -335,9 +335,9 @@ def train_image_head(
         best_state, best_ranks = head, ranks(head.eval()) if validate else None
         if choice is not None:
             choice.chosen = f"stage 2 ({usable[-1]}, epoch {len(history[usable[-1]]['train_loss'])})"
-    if validate and pseudo is not None:  # the check against the old model reads real captions only (docstring)
-        best_ranks = owned_ranks(best_state.eval().in_chunks(x.new_img[x.val]), x.val_gallery, x.val_owner)
-    old = owned_ranks(x.old_img[x.val], x.val_gallery, x.val_owner) if validate and x.old_img is not None else None
+    own, mine = x.val_gallery[x.val_owner >= 0], x.val_owner[x.val_owner >= 0]  # the held-out captions alone
+    best_ranks = owned_ranks(best_state.eval().in_chunks(x.new_img[x.val]), own, mine) if validate else None
+    old = owned_ranks(x.old_img[x.val], own, mine) if validate and x.old_img is not None else None
     return best_state.eval().requires_grad_(False), choice, history, best_ranks, old
 
 
