@@ -41,11 +41,12 @@ def test_upgraded_old_vectors_are_found_by_new_queries(fitted):
     assert r_up[10] > r_shuffled[10] + 0.2
 
 
-def test_the_image_head_is_guarded_on_held_out_pairs(fitted):
-    record = fitted[2].training["image"]
-    scores = record["val_geo_mean_rank"]
-    assert record["n_val"] == 60 and len(scores) >= 2  # the caption head's own score, then each epoch's
-    assert scores[record["kept_epoch"]] == min(scores)
+def test_each_head_is_guarded_on_held_out_pairs(fitted):
+    for modality in ("image", "text"):
+        record = fitted[2].training[f"{modality}_head"]
+        scores = record["val_geo_mean_rank"]
+        assert record["n_val"] == 60 and len(scores) >= 2  # stage 1's own score, then each epoch's
+        assert scores[record["kept_epoch"]] == min(scores)
 
 
 def test_a_forward_map_round_trips_and_refuses_damage_and_wrong_widths(fitted, tmp_path):

@@ -117,7 +117,7 @@ def run_world(name: str, seeds, n_texts: int, n_pairs: int) -> dict:
             "forward": recalls(test["new_img"], up["txt"], test["new_txt"], up["img"], cap_owner),
             "forward_migration": migration(test, up, cap_owner),
             "fit_seconds": {"backward": round(t1 - t0, 1), "forward": round(t2 - t1, 1)},
-            "forward_image_head": {k: v for k, v in fmap.training["image"].items() if k != "val_geo_mean_rank"},
+            "forward_kept_epochs": {m: fmap.training[f"{m}_head"]["kept_epoch"] for m in ("text", "image")},
         }
         rec["forward_below_line"] = {d: below_line(rec["forward_migration"][d]) for d in DIRS}
         out["seeds"][seed] = rec
