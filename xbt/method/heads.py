@@ -27,7 +27,7 @@ from ..data.pairs import rows_of
 from ..models.head import Projection
 from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from .guard import PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
-from .losses import cosine_gap, multi_positive_nce, pseudo_captions, ranking_distillation, stage1_loss
+from .losses import agreed_texts, cosine_gap, multi_positive_nce, pseudo_captions, ranking_distillation, stage1_loss
 from .stage1 import add_noise
 
 T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
@@ -280,20 +280,15 @@ def train_image_head(
 
     Returns ``(head, choice, history, kept ranks, old ranks)``: the kept head (eval, no grad), the ``PathChoice``
     (None without held-out images), per-loss histories, and the held-out ranks (float64 [len(val)]) of the kept
-    head and of the old model's image queries among the held-out captions alone (None without OLD image vectors):
-    pseudo-captions (the NEW model's picks) would favour the adapter, distractors describing an image the old model.
+    head and of the old model's image queries among the held-out captions and, where pseudo-captions are used, the
+    memory's texts both models rank top for the image (``losses.agreed_texts``; None without OLD images).
     """
     cfg = config
     validate = len(x.val) > 0
     own_per_image = len(x.owner) / max(1, len(x.new_img))
-    pseudo = (  # only where images have too few captions of their own: five real ones teach more (BENCHMARKS.md)
-        pseudo_captions(x.new_img, x.texts_new, x.texts_old, cfg.pseudo_captions)
-        if cfg.pseudo_captions
-        and own_per_image < MIN_CAPTIONS_PER_IMAGE
-        and x.texts_new is not None
-        and x.texts_old is not None
-        else None
-    )
+    memory = x.texts_new is not None and x.texts_old is not None
+    use = cfg.pseudo_captions and own_per_image < MIN_CAPTIONS_PER_IMAGE and memory  # five real captions teach more
+    pseudo = pseudo_captions(x.new_img, x.texts_new, x.texts_old, cfg.pseudo_captions) if use else None
     gallery, owner = x.val_gallery, x.val_owner
     if pseudo is not None and validate:  # a held-out image's pseudo-captions count as its own: its one caption is a
         gallery = torch.cat([gallery, pseudo[x.val].flatten(0, 1)])  # partial description, the test gallery's five
@@ -335,7 +330,10 @@ def train_image_head(
         best_state, best_ranks = head, ranks(head.eval()) if validate else None
         if choice is not None:
             choice.chosen = f"stage 2 ({usable[-1]}, epoch {len(history[usable[-1]]['train_loss'])})"
-    own, mine = x.val_gallery[x.val_owner >= 0], x.val_owner[x.val_owner >= 0]  # the held-out captions alone
+    own, mine = x.val_gallery[x.val_owner >= 0], x.val_owner[x.val_owner >= 0]  # the held-out captions and
+    if validate and pseudo is not None and x.old_img is not None:  # the memory's texts both models rank top
+        more = agreed_texts(x.new_img[x.val], x.old_img[x.val], x.texts_new, x.texts_old, cfg.pseudo_captions)
+        own, mine = torch.cat([own, more[0]]), torch.cat([mine, more[1]])
     best_ranks = owned_ranks(best_state.eval().in_chunks(x.new_img[x.val]), own, mine) if validate else None
     old = owned_ranks(x.old_img[x.val], own, mine) if validate and x.old_img is not None else None
     return best_state.eval().requires_grad_(False), choice, history, best_ranks, old

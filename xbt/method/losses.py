@@ -123,3 +123,27 @@ def pseudo_captions(
     """
     ids = torch.cat([(b @ texts_new.T).topk(min(m, len(texts_new)), dim=1).indices for b in images_new.split(1024)])
     return texts_old[ids]
+
+
+@torch.no_grad()
+def agreed_texts(
+    images_new: torch.Tensor, images_old: torch.Tensor, texts_new: torch.Tensor, texts_old: torch.Tensor, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The texts BOTH models rank among their ``m`` best for each image: (OLD vectors [r, d_old], int64 image [r]).
+
+    ``images_new`` [n, d_new] / ``images_old`` [n, d_old] are the same images under both models; ``texts_*`` one
+    text per row under both. With one caption per image, a held-out image->caption search judges a description
+    that is partial; the texts both models agree fit the image complete it for the check against the old model,
+    favouring neither side (the NEW model's picks alone would favour the adapter trained on them).
+    """
+    k = min(m, len(texts_new))
+    rows, owner = [], []
+    for s in range(0, len(images_new), 1024):
+        new_ids = (images_new[s : s + 1024] @ texts_new.T).topk(k, dim=1).indices
+        old_ids = (images_old[s : s + 1024] @ texts_old.T).topk(k, dim=1).indices
+        both = (new_ids[:, :, None] == old_ids[:, None, :]).any(2)  # [b, k]: new picks the old model shares
+        image, slot = both.nonzero(as_tuple=True)
+        rows.append(new_ids[image, slot])
+        owner.append(image + s)
+    ids, owner = torch.cat(rows), torch.cat(owner)
+    return texts_old[ids], owner
