@@ -60,11 +60,12 @@ def test_advise_predicts_per_direction_from_the_shipped_calibration(texts):
     cal = read_calibration()
     assert advice.n_texts == len(texts) and set(advice.directions) == {"i2t", "t2i"}
     for d, a in advice.directions.items():
-        line = cal["directions"][d]
+        rule = cal["directions"][d]
         assert a.predicted_change == pytest.approx(
-            line["intercept"] + line["slope"] * advice.signals[line["feature"]], abs=0.01
+            rule["slope"] * (advice.signals[rule["feature"]] - rule["threshold"]), abs=0.01
         )
-        assert a.error == pytest.approx(line["error"], abs=0.01)
+        assert a.error == pytest.approx(rule["error"], abs=0.01)
+        assert (a.verdict == "backward compatible") == (advice.signals[rule["feature"]] > rule["threshold"])
     assert advice.recommendation in RECOMMENDATIONS
     summary = advice.summary()
     assert "image->text" in summary and "recommendation" in summary

@@ -188,7 +188,7 @@ def pair_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["npy", "safetensors"])
-def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_folder, tmp_path, fmt):
+def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_folder, tmp_path, fmt, capsys):
     import numpy as np
     from safetensors.torch import save_file
 
@@ -250,6 +250,18 @@ def test_fit_reaches_stage2_options_and_old_gallery_vectors(caption_file, pair_f
     assert (
         training["metrics"]["stage2"]["image"]["history"]["caption_bank"]
         == training["metrics"]["stage2"]["n_train"] + 10
+    )
+    # the last lines say the verdict on the held-out pairs, per query kind, as the card does
+    last = capsys.readouterr().out.strip().splitlines()
+    verdicts = [line for line in last if line.startswith("backward compatible? ")]
+    assert [line.split(": ")[0] for line in verdicts] == [
+        "backward compatible? text->image",
+        "backward compatible? image->text",
+    ]
+    assert all(
+        v.split(": ")[1].split(" (")[0]
+        in ("backward compatible", "within noise", "not backward compatible", "not measured on held-out pairs")
+        for v in verdicts
     )
 
 

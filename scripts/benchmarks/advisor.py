@@ -10,10 +10,12 @@ signals); then the measured answer: plain ``xbt.fit(old, new, texts, pairs=world
 compatible there (strictly above old->old at R@1, R@5 and R@10), and the fitted adapter's own held-out
 verdict. Each world is written to ``--out``/worlds/<world>.json as it finishes, so a stopped run resumes.
 
-The calibration is one line per direction, R@1 change = intercept + slope x signal, on the signal whose
-leave-one-world-out error is smallest; its stated error is the largest leave-one-world-out miss. The
-table shows each world's prediction from the line fitted *without* it, so the verdicts and errors shown
-are those on worlds the advisor was not calibrated on. Writes ``--out``/advisor.json.
+The calibration is one rule per direction on one signal: backward compatible above a threshold, and
+R@1 change = slope x (signal - threshold) (``fit_rule``), on the signal whose rules fitted without each
+world in turn match the most left-out verdicts, then miss their R@1 change least; the stated error is the
+root mean square of those misses. The table shows each world's prediction from the rule fitted *without*
+it, so the verdicts and errors shown are those on worlds the advisor was not calibrated on. Writes
+``--out``/advisor.json.
 """
 
 from __future__ import annotations
@@ -79,33 +81,50 @@ def measure(name: str, n_texts: int, n_pairs: int) -> dict:
     }
 
 
-def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(slope, intercept) of the least-squares line y ~ x."""
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(slope), float(intercept)
+def fit_rule(x: np.ndarray, bc: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(threshold, slope) of one direction's rule on training worlds: backward compatible where the signal is above
+    ``threshold`` (the midpoint, among those that misclassify fewest worlds, in the middle of their run), and
+    R@1 change = slope x (signal - threshold), the slope the median of the worlds' own (robust to one extreme world).
+    """
+    xs = np.unique(x)
+    cands = np.concatenate([[xs[0] - 1e-3], (xs[1:] + xs[:-1]) / 2, [xs[-1] + 1e-3]])
+    errors = np.array([np.sum((x > t) != bc) for t in cands])
+    best = cands[errors == errors.min()]
+    threshold = float(best[len(best) // 2])
+    far = np.abs(x - threshold) > 1e-3
+    slope = float(np.median(y[far] / (x[far] - threshold))) if far.any() else 0.0
+    return threshold, slope
 
 
 def calibrate(rows: list[dict]) -> tuple[dict, dict]:
-    """The calibration (one line per direction, signal chosen by leave-one-world-out error) and each world's
-    leave-one-out prediction per direction."""
+    """The calibration (one rule per direction on the signal whose rules, fitted without each world in turn,
+    match the most left-out verdicts, then miss their R@1 change least) and each world's left-out prediction."""
     cal, held_out = {"directions": {}, "worlds": [r["world"] for r in rows]}, {r["world"]: {} for r in rows}
     for d in DIRECTIONS:
         y = np.array([r["change_r1"][d] for r in rows])
+        bc = np.array([r["backward_compatible"][d] for r in rows])
         best = None
         for feature in SIGNALS:
             x = np.array([r["signals"][feature] for r in rows])
-            loo = np.array([np.polyval(np.polyfit(np.delete(x, i), np.delete(y, i), 1), x[i]) for i in range(len(x))])
-            err = float(np.abs(loo - y).max())
-            if best is None or err < best[1]:
-                best = (feature, err, loo, x)
-        feature, err, loo, x = best
-        slope, intercept = fit_line(x, y)
+            loo = []
+            for i in range(len(x)):
+                keep = np.arange(len(x)) != i
+                t, s = fit_rule(x[keep], bc[keep], y[keep])
+                loo.append(s * (x[i] - t))
+            loo = np.array(loo)
+            key = (-int(np.sum((loo > 0) == bc)), float(np.sqrt(np.mean((loo - y) ** 2))))
+            if best is None or key < best[0]:
+                best = (key, feature, loo, x)
+        _, feature, loo, x = best
+        threshold, slope = fit_rule(x, bc, y)
+        miss = np.abs(loo - y)
         cal["directions"][d] = {
             "feature": feature,
-            "slope": round(slope, 4),
-            "intercept": round(intercept, 4),
-            "error": round(err, 2),
-            "leave_one_out_rms": round(float(np.sqrt(np.mean((loo - y) ** 2))), 2),
+            "threshold": round(threshold, 4),
+            "slope": round(slope, 2),
+            "error": round(float(np.sqrt(np.mean(miss**2))), 2),
+            "largest_error": round(float(miss.max()), 2),
+            "median_error": round(float(np.median(miss)), 2),
         }
         for r, p in zip(rows, loo):
             held_out[r["world"]][d] = round(float(p), 2)
@@ -163,10 +182,11 @@ def main() -> int:
                 + f" | {d} | {r['change_r1'][d]:+.2f} | {'yes' if r['backward_compatible'][d] else 'no'} | "
                 f"{r['pair_verdict'][d]} | {pred:+.2f} | {'yes' if ok else 'NO'} |"
             )
-    for d, line in cal["directions"].items():
+    for d, rule in cal["directions"].items():
         print(
-            f"{d}: change = {line['intercept']:+.2f} + {line['slope']:.2f} x {line['feature']}; largest error on a "
-            f"world left out {line['error']:.2f} points (RMS {line['leave_one_out_rms']:.2f})"
+            f"{d}: backward compatible where {rule['feature']} > {rule['threshold']:.4f}; R@1 change = "
+            f"{rule['slope']:.1f} x ({rule['feature']} - {rule['threshold']:.4f}); error on worlds left out: RMS "
+            f"{rule['error']:.2f}, median {rule['median_error']:.2f}, largest {rule['largest_error']:.2f} points"
         )
     slowest = max(r["advise_seconds"] for r in rows)
     print(f"verdicts matching on worlds left out: {sum(matches)}/{len(matches)}; slowest advise {slowest:.0f} s")

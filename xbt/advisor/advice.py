@@ -1,11 +1,12 @@
 """``xbt.advise(old, new, texts)``: will an adapter between these two models be backward compatible?
 
 Before any pair is gathered or GPU hour spent: embed the texts with both models, measure how faithfully
-the new text space carries the old one (``signals``), and read a predicted Recall@1 change of adapter
-queries against old->old per direction off a line calibrated on toy worlds whose answer was measured
-(``python -m scripts.benchmarks.advisor --calibrate`` writes ``calibration.json`` beside this module,
-with each direction's error on worlds left out of the fit). The verdict is the sign of the prediction;
-the range is the prediction plus or minus that error; the recommendation follows from the range:
+the new text space carries the old one (``signals``), and apply one rule per direction calibrated on toy
+worlds whose answer was measured (``python -m scripts.benchmarks.advisor --calibrate`` writes
+``calibration.json`` beside this module, with each rule's error on worlds left out of its fit): backward
+compatible where the signal clears a threshold, and a predicted Recall@1 change of adapter queries against
+old->old of ``slope x (signal - threshold)``. The verdict is the sign of the prediction; the range is the
+prediction plus or minus that error; the recommendation follows from the range:
 
 - both directions' ranges above 0: the adapter alone;
 - a range across 0: the adapter plus a partial backfill, and fit with pairs to measure the verdict;
@@ -92,7 +93,7 @@ class Advice:
 
 
 def read_calibration(path: str | Path = CALIBRATION_FILE) -> dict[str, Any]:
-    """The advisor's calibration: per direction ``{"feature", "slope", "intercept", "error"}`` and its worlds."""
+    """The advisor's calibration: per direction ``{"feature", "threshold", "slope", "error"}`` and its worlds."""
     path = Path(path)
     if not path.is_file():
         raise XBTError(f"the advisor's calibration {path} is missing; make it with scripts.benchmarks.advisor")
@@ -107,9 +108,9 @@ def predict(signals: dict[str, float], calibration: dict[str, Any]) -> dict[str,
     """Each direction's ``DirectionAdvice`` from the signals and a calibration (``read_calibration``)."""
     out = {}
     for d in DIRECTIONS:
-        line = calibration["directions"][d]
-        change = line["intercept"] + line["slope"] * signals[line["feature"]]
-        out[d] = DirectionAdvice(d, round(float(change), 2), round(float(line["error"]), 2))
+        rule = calibration["directions"][d]
+        change = rule["slope"] * (signals[rule["feature"]] - rule["threshold"])
+        out[d] = DirectionAdvice(d, round(float(change), 2), round(float(rule["error"]), 2))
     return out
 
 

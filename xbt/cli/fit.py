@@ -133,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved {adapter!r} to {out}")
     for v in adapter.verdicts().values():  # the verdict on held-out pairs: what the card and a gallery go by
         print(f"backward compatible? {v.sentence()}")
+        if v.compatible is False:
+            print(
+                f"  so xbt gallery build searches the old part with the OLD model's {v.modality} queries "
+                "(--old-queries adapter overrides, with a warning)"
+            )
     if args.push_to_hub:
         url = push_folder(out, args.push_to_hub, private=args.private, token=args.token)
         print(f"pushed {out} to {url}")
