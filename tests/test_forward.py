@@ -139,6 +139,13 @@ def test_an_upgrade_killed_mid_way_resumes_to_the_same_vectors(fitted, tmp_path,
         b.search(torch.randn(2, fmap.new_ref.embed_dim), other)
     _, ids = b.search(torch.from_numpy(b.vectors[:3].copy()), fmap, k=1)
     assert ids[:, 0].tolist() == [0, 1, 2]
+    # a gallery in migration on the map: re-embedded items join in place, in the same space, the file untouched
+    fresh = torch.nn.functional.normalize(torch.randn(2, fmap.new_ref.embed_dim, generator=gen), dim=1)
+    b.set_new([5, 7], fresh)
+    assert b.counts() == {"old": 0, "upgraded": 998, "new": 2}
+    _, ids = b.search(fresh, fmap, k=1)
+    assert ids[:, 0].tolist() == [5, 7]
+    assert job.UpgradedVectors(tmp_path / "killed").counts()["new"] == 0
     with pytest.raises(xbt.XBTError, match="another map_id"):
         job.UpgradeJob(tmp_path / "killed", tmp_path / "old.npy", other, "image", batch_size=64).run(verbose=False)
     with pytest.raises(xbt.XBTError, match="not a .npy file"):

@@ -120,7 +120,13 @@ class UpgradeJob:
 
 
 class UpgradedVectors:
-    """A finished upgrade folder: its vectors (memory-mapped), states and the map that wrote them."""
+    """A finished upgrade folder as a searchable gallery in migration: one space, items in three states.
+
+    Every item starts ``"upgraded"`` (its OLD vector moved by the map); ``set_new`` puts the NEW model's own vector
+    of re-embedded items in their place (state ``"new"``, in memory: the file stays the map's output). Upgraded
+    and new items share the NEW space, so the bare new model's queries search them together, with no calibration
+    between two spaces; a search through any map but the one that wrote the folder is refused.
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -129,12 +135,24 @@ class UpgradedVectors:
         self.manifest = json.loads((self.folder / MANIFEST).read_text())
         if not self.manifest.get("complete"):
             raise XBTError(f"the upgrade in {self.folder} is not complete; run it again to resume it")
-        self.vectors = np.load(self.folder / VECTORS, mmap_mode="r")
-        self.states = np.load(self.folder / STATES_FILE, mmap_mode="r")
+        self.vectors = np.load(self.folder / VECTORS, mmap_mode="c")  # copy-on-write: set_new never writes the file
+        self.states = np.load(self.folder / STATES_FILE, mmap_mode="c")
 
     @property
     def map_id(self) -> str:
         return self.manifest["map_id"]
+
+    def counts(self) -> dict[str, int]:
+        """How many items are in each state."""
+        return {name: int((self.states == code).sum()) for name, code in STATES.items()}
+
+    def set_new(self, ids, vectors) -> None:
+        """Put the NEW model's vectors [m, d_new] of re-embedded items ``ids`` in place of their upgraded ones."""
+        ids, vectors = np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(ids), self.vectors.shape[1]):
+            raise XBTError(f"give one {self.vectors.shape[1]}-d new vector per id, got {vectors.shape} for {len(ids)}")
+        self.vectors[ids] = vectors
+        self.states[ids] = STATES["new"]
 
     def check_map(self, fmap: ForwardMap) -> None:
         """Refuse a map other than the one that upgraded these vectors (their space is that map's)."""
@@ -145,6 +163,6 @@ class UpgradedVectors:
             )
 
     def search(self, new_queries: torch.Tensor, fmap: ForwardMap, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) of the bare NEW model's queries [n_q, d_new] among the upgraded vectors."""
+        """Top-``k`` (scores, ids) of the bare NEW model's queries [n_q, d_new] among every item, one space."""
         self.check_map(fmap)
         return block_search(np.asarray(new_queries, dtype=np.float32), self.vectors, k)
