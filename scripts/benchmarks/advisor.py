@@ -12,8 +12,9 @@ verdict. Each world is written to ``--out``/worlds/<world>.json as it finishes, 
 
 The calibration is one rule per direction on one signal: backward compatible above a threshold, and
 R@1 change = slope x (signal - threshold) (``fit_rule``), on the signal whose rules fitted without each
-world in turn match the most left-out verdicts, then miss their R@1 change least; the stated error is the
-root mean square of those misses. The table shows each world's prediction from the rule fitted *without*
+world in turn match the most left-out verdicts, then miss their R@1 change least; the stated error (the
+advice's range) is the median of those misses: half the left-out worlds fall within it (the RMS and the
+largest miss are printed beside it). The table shows each world's prediction from the rule fitted *without*
 it, so the verdicts and errors shown are those on worlds the advisor was not calibrated on. Writes
 ``--out``/advisor.json.
 """
@@ -122,9 +123,9 @@ def calibrate(rows: list[dict]) -> tuple[dict, dict]:
             "feature": feature,
             "threshold": round(threshold, 4),
             "slope": round(slope, 2),
-            "error": round(float(np.sqrt(np.mean(miss**2))), 2),
+            "error": round(float(np.median(miss)), 2),  # the range: half the left-out worlds fall within it
+            "rms_error": round(float(np.sqrt(np.mean(miss**2))), 2),
             "largest_error": round(float(miss.max()), 2),
-            "median_error": round(float(np.median(miss)), 2),
         }
         for r, p in zip(rows, loo):
             held_out[r["world"]][d] = round(float(p), 2)
@@ -185,8 +186,8 @@ def main() -> int:
     for d, rule in cal["directions"].items():
         print(
             f"{d}: backward compatible where {rule['feature']} > {rule['threshold']:.4f}; R@1 change = "
-            f"{rule['slope']:.1f} x ({rule['feature']} - {rule['threshold']:.4f}); error on worlds left out: RMS "
-            f"{rule['error']:.2f}, median {rule['median_error']:.2f}, largest {rule['largest_error']:.2f} points"
+            f"{rule['slope']:.1f} x ({rule['feature']} - {rule['threshold']:.4f}); error on worlds left out: median "
+            f"{rule['error']:.2f} (the range), RMS {rule['rms_error']:.2f}, largest {rule['largest_error']:.2f} points"
         )
     slowest = max(r["advise_seconds"] for r in rows)
     print(f"verdicts matching on worlds left out: {sum(matches)}/{len(matches)}; slowest advise {slowest:.0f} s")

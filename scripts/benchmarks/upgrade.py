@@ -77,7 +77,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--batch-size", type=int, default=65_536)
-    p.add_argument("--kill-after", type=float, default=8.0, help="seconds before the second run is killed")
+    p.add_argument("--kill-after", type=float, default=30.0, help="seconds before the second run is killed")
     p.add_argument("--work", type=Path, default=Path("benchmarks/out/upgrade-work"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/out/upgrade")
@@ -105,7 +105,8 @@ def main() -> int:
     _, wall, peak, said = run(command(args, args.work / "full"), env)
     print(f"full run: {wall:.1f} s, peak RSS {peak:.2f} GB; {said}")
     code, killed_wall, _, _ = run(command(args, args.work / "killed"), env, kill_after=args.kill_after)
-    done = json.loads((args.work / "killed" / "upgrade.json").read_text())["done"]
+    manifest = args.work / "killed" / "upgrade.json"
+    done = json.loads(manifest.read_text())["done"] if manifest.is_file() else []  # killed before its first batch
     print(f"killed run: return code {code} after {killed_wall:.1f} s, {len(done)} batches recorded")
     _, resume_wall, _, said2 = run(command(args, args.work / "killed"), env)
     print(f"resumed: {resume_wall:.1f} s; {said2}")

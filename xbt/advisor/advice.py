@@ -80,7 +80,7 @@ class Advice:
         lines += ["  signals: " + ", ".join(f"{k} {v:.3f}" for k, v in self.signals.items())]
         lines += [
             f"  calibrated on {len(self.calibration.get('worlds', []))} toy worlds; each range is the prediction "
-            "+- its largest error on worlds left out of the fit"
+            "+- its median error on worlds left out of the fit (half of them miss by more)"
         ]
         return "\n".join(lines)
 

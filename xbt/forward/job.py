@@ -1,10 +1,10 @@
 """``UpgradeJob``: move a stored gallery's OLD vectors into the NEW space with a ``ForwardMap``, resumably.
 
-The gallery's vectors are read from a ``.npy`` file, memory-mapped (``numpy.load(mmap_mode="r")``), a
-batch at a time, so memory stays bounded whatever the gallery's size. The output folder holds:
+The gallery's vectors are read from a ``.npy`` file a batch at a time at their offsets (``NpyRows``, no
+memory map), so memory stays bounded whatever the gallery's size. The output folder holds:
 
 - ``upgraded.npy``: float32 [n, d_new], the upgraded vectors, written in place batch by batch into a
-  memory-mapped file made at the start;
+  ``.npy`` file made (sparse) at the start;
 - ``states.npy``: uint8 [n], each vector's state (``STATES``: 0 old, 1 upgraded, 2 new);
 - ``upgrade.json``: the manifest, written atomically after each batch is flushed to disk: the map's id,
   the models, the source file (size and a digest of its header and first rows), the batches done.
@@ -37,17 +37,47 @@ MANIFEST, VECTORS, STATES_FILE = "upgrade.json", "upgraded.npy", "states.npy"
 STATES = {"old": 0, "upgraded": 1, "new": 2}
 
 
-def _source(path: str | Path, width: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """The source vectors, memory-mapped, and how to recognise them again (size, digest of the first rows)."""
+class NpyRows:
+    """Rows of a ``.npy`` file read or written at their offsets with plain file calls.
+
+    Nothing is memory-mapped, so only the batch in hand is resident in the process (a mapped file's touched
+    pages would count in its memory until the end); the page cache does the rest. ``mode``: ``"rb"`` or ``"r+b"``.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "rb") -> None:
+        self.path, self.file = Path(path), open(path, mode)  # noqa: SIM115 (closed by close())
+        version = np.lib.format.read_magic(self.file)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        self.shape, fortran, self.dtype = read(self.file)
+        if fortran:
+            raise XBTError(f"{path} is stored in Fortran order; save it with numpy.save from a C-ordered array")
+        self.offset, self.row = self.file.tell(), int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        self.file.seek(self.offset + start * self.row * self.dtype.itemsize)
+        rows = np.fromfile(self.file, dtype=self.dtype, count=(stop - start) * self.row)
+        return rows.reshape((stop - start, *self.shape[1:]))
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        self.file.seek(self.offset + start * self.row * self.dtype.itemsize)
+        self.file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _source(path: str | Path, width: int) -> dict[str, Any]:
+    """How to recognise the source vectors again (file, shape, digest of the first rows), their shape checked."""
     path = Path(path)
     if path.suffix != ".npy" or not path.is_file():
         raise XBTError(f"{path} is not a .npy file; save the gallery's OLD vectors with numpy.save (float32 [n, d])")
-    vectors = np.load(path, mmap_mode="r")
-    if vectors.ndim != 2 or vectors.shape[1] != width:
-        raise XBTError(f"{path} holds {vectors.shape}; the map's old model needs [n, {width}]")
-    head = np.ascontiguousarray(vectors[:1024], dtype=np.float32)
+    rows = NpyRows(path)
+    if len(rows.shape) != 2 or rows.shape[1] != width:
+        raise XBTError(f"{path} holds {rows.shape}; the map's old model needs [n, {width}]")
+    head = np.ascontiguousarray(rows.read(0, min(1024, rows.shape[0])), dtype=np.float32)
+    rows.close()
     digest = hashlib.sha256(head.tobytes()).hexdigest()[:16]
-    return vectors, {"file": str(path.resolve()), "shape": list(vectors.shape), "head_digest": digest}
+    return {"file": str(path.resolve()), "shape": list(rows.shape), "head_digest": digest}
 
 
 class UpgradeJob:
@@ -61,7 +91,7 @@ class UpgradeJob:
         if batch_size < 1:
             raise XBTError(f"batch_size must be >= 1, got {batch_size}")
         self.folder, self.fmap, self.modality, self.batch_size = Path(folder), fmap, modality, int(batch_size)
-        self.vectors, self.source = _source(source, fmap.old_ref.embed_dim)
+        self.source = _source(source, fmap.old_ref.embed_dim)
 
     def _manifest(self) -> dict[str, Any]:
         path = self.folder / MANIFEST
@@ -89,34 +119,42 @@ class UpgradeJob:
         """Upgrade every batch not yet recorded; returns the manifest (with ``vectors_per_second`` of this run)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest = self._manifest()
-        n, d_new = len(self.vectors), self.fmap.new_ref.embed_dim
-        out, states = self._arrays(n, d_new, fresh=not manifest["done"])
+        n, d_new = self.source["shape"][0], self.fmap.new_ref.embed_dim
+        out, states = self._files(n, d_new, fresh=not manifest["done"])
+        src = NpyRows(self.source["file"])
         done = set(manifest["done"])
         todo = [b for b in range(0, n, self.batch_size) if b not in done]
         t0, moved = time.perf_counter(), 0
         for start in tqdm(todo, desc="upgrading gallery vectors", unit="batch", disable=not verbose):
             stop = min(start + self.batch_size, n)
-            x = torch.from_numpy(np.array(self.vectors[start:stop], dtype=np.float32))  # a copy: the map reads it
-            out[start:stop] = self.fmap.upgrade(x, self.modality).numpy()
-            states[start:stop] = STATES["upgraded"]
-            out.flush()
-            states.flush()  # on disk before the manifest says so
+            x = torch.from_numpy(src.read(start, stop).astype(np.float32))
+            out.write(start, self.fmap.upgrade(x, self.modality).numpy())
+            states.write(start, np.full(stop - start, STATES["upgraded"], np.uint8))
+            out.file.flush()
+            states.file.flush()  # in the page cache (what outlives a killed process) before the manifest says so
             manifest["done"] = sorted(done | {start})
             done.add(start)
             write_json(self.folder / MANIFEST, manifest)
             moved += stop - start
         seconds = time.perf_counter() - t0
+        for f in (out, states, src):
+            f.close()
         manifest["complete"] = len(done) == len(range(0, n, self.batch_size))
         write_json(self.folder / MANIFEST, manifest)
         return {**manifest, "vectors_per_second": moved / seconds if seconds > 0 and moved else None}
 
-    def _arrays(self, n: int, d_new: int, fresh: bool) -> tuple[np.memmap, np.memmap]:
+    def _files(self, n: int, d_new: int, fresh: bool) -> tuple[NpyRows, NpyRows]:
         paths = self.folder / VECTORS, self.folder / STATES_FILE
-        if fresh or not all(p.is_file() for p in paths):
-            vec = np.lib.format.open_memmap(paths[0], mode="w+", dtype=np.float32, shape=(n, d_new))
-            st = np.lib.format.open_memmap(paths[1], mode="w+", dtype=np.uint8, shape=(n,))
-            return vec, st
-        return np.load(paths[0], mmap_mode="r+"), np.load(paths[1], mmap_mode="r+")
+        if fresh or not all(p.is_file() for p in paths):  # headers written, the rest left sparse until filled
+            for path, dtype, shape in (
+                (paths[0], np.dtype(np.float32), (n, d_new)),
+                (paths[1], np.dtype(np.uint8), (n,)),
+            ):
+                with open(path, "wb") as f:
+                    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+                    np.lib.format.write_array_header_1_0(f, header)
+                    f.truncate(f.tell() + int(np.prod(shape)) * dtype.itemsize)
+        return NpyRows(paths[0], "r+b"), NpyRows(paths[1], "r+b")
 
 
 class UpgradedVectors:
