@@ -20,6 +20,7 @@ point to new->new. Prints the tables and writes JSON to ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def below_line(rows: list[dict]) -> dict:
     return out
 
 
-def run_world(name: str, seeds, n_texts: int, n_pairs: int) -> dict:
+def run_world(name: str, seeds, n_texts: int, n_pairs: int, config: dict | None = None) -> dict:
     world = WORLDS[name]
     old, new = world.load_clips()
     texts, pairs = world.text_memory(n_texts), world.pairs(n_pairs)
@@ -107,7 +108,7 @@ def run_world(name: str, seeds, n_texts: int, n_pairs: int) -> dict:
         t0 = time.perf_counter()
         adapter = xbt.fit(old, new, texts, pairs=pairs, seed=seed, verbose=False)
         t1 = time.perf_counter()
-        fmap = fit_forward(old, new, texts, pairs=pairs, seed=seed, verbose=False)
+        fmap = fit_forward(old, new, texts, pairs=pairs, seed=seed, config=config, verbose=False)
         t2 = time.perf_counter()
         ad_img = adapter.from_new_embeddings(test["new_img"], "image")
         ad_txt = adapter.from_new_embeddings(test["new_txt"], "text")
@@ -141,12 +142,13 @@ def main() -> int:
     p.add_argument("--texts", type=int, default=50_000)
     p.add_argument("--pairs", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 beside other work)")
+    p.add_argument("--config", type=json.loads, default=None, help="ForwardConfig fields as JSON")
     p.add_argument("--out", default="benchmarks/out/forward")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    results = {name: run_world(name, args.seeds, args.texts, args.pairs) for name in args.worlds}
+    results = {name: run_world(name, args.seeds, args.texts, args.pairs, args.config) for name in args.worlds}
     for name, r in results.items():
         for d in DIRS:
             print(f"\n{name} {d.upper()}, R@1 / R@5 / R@10")
@@ -171,7 +173,10 @@ def main() -> int:
                 )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "forward.json", {"results": results, "seconds": round(time.perf_counter() - t0, 1)})
+    write_json(
+        out / "forward.json",
+        {"results": results, "config": args.config, "seconds": round(time.perf_counter() - t0, 1)},
+    )
     print(f"\nwrote {out / 'forward.json'}")
     return 0
 

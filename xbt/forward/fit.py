@@ -44,6 +44,9 @@ class ForwardConfig(TrainingOptions):
     lr: float = option(3e-4, "AdamW learning rate of the heads")
     temperature: float = option(0.05, "InfoNCE temperature of the cross-modal loss")
     text_weight: float = option(1.0, "weight of stage 1's text loss kept beside the cross-modal loss")
+    align_weight: float = option(
+        1.0, "weight of the loss that puts each upgraded vector on the item's own NEW vector (so they mix)"
+    )
     val_fraction: float = option(0.2, "share of the pair images held out (by image) for the guard")
     patience: int = option(5, "epochs without a better held-out rank before stopping")
     seed: int = option(0, "seed of the split, batches and noise")
@@ -51,6 +54,7 @@ class ForwardConfig(TrainingOptions):
     def __post_init__(self) -> None:
         super().__post_init__()  # epochs, batch_size, lr, temperature, val_fraction, patience
         need(self.text_weight >= 0, f"text_weight must be >= 0, got {self.text_weight}")
+        need(self.align_weight >= 0, f"align_weight must be >= 0, got {self.align_weight}")
 
 
 def fit_forward(
@@ -129,17 +133,21 @@ def _train_head(start, modality: str, v: dict, owner: torch.Tensor, prior: tuple
     def loss_and_ranks(head, images: torch.Tensor, ranks: bool):
         rows = rows_of(owner, images)
         mine = torch.searchsorted(images.sort().values, owner[rows]) if ranks else None
+        if ranks:
+            if modality == "image":
+                return target_ranks(v["new_cap"][rows], head(v["old_img"][images.sort().values]), mine)
+            return owned_ranks(v["new_img"][images.sort().values], head(v["old_cap"][rows]), mine)
         if modality == "image":  # captions (queries) find their image among the batch's upgraded images
-            gallery, queries = head(v["old_img"][images]), v["new_cap"][rows]
-            if ranks:
-                return target_ranks(queries, head(v["old_img"][images.sort().values]), mine)
+            gallery, queries, own = head(v["old_img"][images]), v["new_cap"][rows], v["new_img"][images]
             positive = owner[rows][:, None] == images[None, :]
         else:  # images (queries) find any of their captions among the batch's upgraded captions
-            gallery, queries = head(v["old_cap"][rows]), v["new_img"][images]
-            if ranks:
-                return owned_ranks(v["new_img"][images.sort().values], head(v["old_cap"][rows]), mine)
+            gallery, queries, own = head(v["old_cap"][rows]), v["new_img"][images], v["new_cap"][rows]
             positive = images[:, None] == owner[rows][None, :]
-        return multi_positive_nce(queries, gallery, positive, cfg.temperature)
+        loss = multi_positive_nce(queries, gallery, positive, cfg.temperature)
+        if cfg.align_weight:  # each upgraded vector finds the item's own NEW vector: upgraded and new items mix
+            eye = torch.eye(len(gallery), dtype=torch.bool)
+            loss = loss + cfg.align_weight * multi_positive_nce(gallery, own, eye, cfg.temperature)
+        return loss
 
     def score(head) -> float:
         with torch.no_grad():
