@@ -186,8 +186,9 @@ def test_the_calibration_set_from_five_caption_pairs_is_shaped_like_each_gallery
         calibration_set(vec, ids, "audio")
 
 
-def test_faiss_and_qdrant_give_the_same_top10(world):
-    galleries = [image_gallery(world, store) for store in ("faiss", "qdrant")]
+@pytest.mark.parametrize("engine", ["qdrant", "lancedb"])
+def test_faiss_and_the_vector_databases_give_the_same_top10(world, engine):
+    galleries = [image_gallery(world, store) for store in ("faiss", engine)]
     chosen = plan_order(world["old_img"], "random", seed=1)[: int(0.4 * N)]
     for g in galleries:
         g.calibration = ScoreCalibration(scale=0.4, shift=0.35)

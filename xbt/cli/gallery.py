@@ -24,11 +24,12 @@ from ..data.sources import LazyImages
 from ..gallery.backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
 from ..gallery.calibration import MERGES, ScoreCalibration, calibration_set, fit_calibration
 from ..gallery.folder import KNOWN_HITS_FILE, glyphs, header_lines, read_known_hits, result_lines, write_known_hits
-from ..gallery.mixed import STORES, MixedGallery, read_meta, read_old_vectors
+from ..gallery.mixed import MixedGallery, read_meta, read_old_vectors
 from ..gallery.pair_vectors import known_hits, load_pairs, pair_vectors, query_key
 from ..gallery.planner import PLANS, DisagreementModel, plan_order
 from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
+from ..vectordb.registry import STORES
 from .common import items_spec, load_items, load_model, new_from_adapter_config
 from .upgrade import register_action
 

@@ -1,37 +1,32 @@
 """Galleries: a search page's frozen old gallery (``StaticGallery``) and a gallery in migration (``MixedGallery``).
 
 A gallery in migration holds OLD vectors for some items and NEW vectors for the re-embedded ones,
-in a vector store (FAISS, or embedded Qdrant), merged on a calibrated score; ``BackfillJob``
-re-embeds in planned order, resumably. May import ``core``, ``data``, ``models``, ``adapters`` and
+in a vector store (``xbt.vectordb``: FAISS, embedded Qdrant or LanceDB), merged on a calibrated score; ``BackfillJob``
+re-embeds in planned order, resumably. May import ``core``, ``data``, ``vectordb``, ``models``, ``adapters`` and
 ``evaluation``; knows nothing of the toy world or the CLI.
 """
 
 from .backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
 from .calibration import MERGES, ScoreCalibration, calibration_set, fit_calibration, merge_scores
-from .mixed import GALLERY_FORMAT, ITEM_MODALITIES, STORES, MixedGallery, make_store
+from .mixed import GALLERY_FORMAT, ITEM_MODALITIES, MixedGallery
 from .pair_vectors import pair_vectors
 from .planner import PLANS, DisagreementModel, budget_count, plan_order
 from .static import StaticGallery
-from .store import FaissStore, VectorStore
 
 __all__ = [
     "GALLERY_FORMAT",
     "ITEM_MODALITIES",
     "MERGES",
     "PLANS",
-    "STORES",
     "BackfillJob",
     "DisagreementModel",
-    "FaissStore",
     "MixedGallery",
     "ScoreCalibration",
     "StaticGallery",
-    "VectorStore",
     "budget_count",
     "calibration_set",
     "cutover",
     "fit_calibration",
-    "make_store",
     "merge_scores",
     "open_gallery",
     "pair_vectors",

@@ -35,37 +35,24 @@ from ..adapters.verdict import old_part_queries
 from ..core.errors import XBTError
 from ..core.files import save_tensors, write_json
 from ..core.names import GALLERY_FILE, MIXED_GALLERY, OLD_VECTORS_FILE, STATIC_GALLERY, gallery_kind
+from ..vectordb import VectorStore, as_vectors, make_store
 from .calibration import MERGES, ScoreCalibration, merge_scores
 from .folder import check_save_over_backfill, item_keys, read_meta, read_old_tensors, read_old_vectors
-from .qdrant import QdrantStore
-from .store import FaissStore, VectorStore, as_vectors
 
 __all__ = [
     "GALLERY_FORMAT",
     "ITEM_MODALITIES",
-    "STORES",
     "MixedGallery",
-    "make_store",
     "read_meta",
     "read_old_vectors",
 ]
 
 GALLERY_FORMAT = 1
-STORES = ("faiss", "qdrant")
 ITEM_MODALITIES = ("image", "text")
 
 
 #: what ``gallery.json`` must hold for ``MixedGallery.load``
 META_KEYS = ("modality", "size", "store", "old_model", "new_width", "calibration", "n_anchors", "items")
-
-
-def make_store(kind: str, d_old: int, d_new: int, path: str | None = None) -> VectorStore:
-    """A store by name: ``"faiss"`` (embedded default) or ``"qdrant"`` (in-process Qdrant; ``path`` persists it)."""
-    if kind == "faiss":
-        return FaissStore(d_old, d_new)
-    if kind == "qdrant":
-        return QdrantStore(d_old, d_new, path=path)
-    raise XBTError(f"unknown store {kind!r}; use one of {list(STORES)}")
 
 
 class MixedGallery:
@@ -75,7 +62,7 @@ class MixedGallery:
         old_ref: the old model the gallery vectors came from (its fingerprint guards searches).
         new_width: the new model's embedding width.
         modality: what the items are: ``"image"`` (text queries, T2I) or ``"text"`` (image queries, I2T).
-        store: ``"faiss"``, ``"qdrant"`` or a ``VectorStore``.
+        store: ``"faiss"``, ``"qdrant"``, ``"lancedb"`` (``xbt.vectordb``) or a ``VectorStore``.
         calibration: how old-space scores are put on the new scale (default: the identity, i.e. raw
             cosines, until one is fitted with ``calibration.fit_calibration``).
         new_ref: the new model, once known (the backfill records it).
@@ -102,7 +89,9 @@ class MixedGallery:
             raise XBTError(f"the old model reference {old_ref.label!r} needs its embed_dim")
         self.old_ref, self.new_ref, self.modality = old_ref, new_ref, modality
         self.store = (
-            store if isinstance(store, VectorStore) else make_store(store, old_ref.embed_dim, new_width, store_path)
+            store
+            if isinstance(store, VectorStore)
+            else make_store(store, old_ref.embed_dim, new_width, store_path, old_model=old_ref.fingerprint or "")
         )
         self.calibration = calibration or ScoreCalibration()
         self.n_anchors, self.items, self.seed = int(n_anchors), dict(items or {}), seed

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import XBTError
-from .store import SPACES, VectorStore, check_space
+from .interface import SPACES, VectorStore, check_space
 
 COLLECTION = "xbt_gallery"
 _BATCH = 1024

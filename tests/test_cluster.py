@@ -1,0 +1,177 @@
+"""The Ray engine on Ray's local mode: a toy gallery re-embedded into LanceDB, killed and resumed, rolled back."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xbt
+from xbt.adapters.config import ModelRef
+from xbt.cluster import RayBackfill, open_lance_gallery, rollback_table
+from xbt.gallery import MixedGallery
+from xbt.models.embedding import embed_texts
+from xbt.vectordb import LanceStore
+
+ray = pytest.importorskip("ray", reason="the cluster extra (pip install 'xbt[cluster]') is part of [dev]")
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+from ray_items import WatchedItems, reads  # noqa: E402
+
+N_IMAGES, BATCH = 24, 20  # 120 captions: 6 planned batches
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    old, new = xbt.toy.load_clips(device="cpu")
+    _, caps = xbt.toy.test_split(N_IMAGES)
+    texts = [c for cs in caps for c in cs]
+    folder = tmp_path_factory.mktemp("cluster") / "gallery"
+    g = MixedGallery(ModelRef.of(old), new.embed_dim, "text")
+    g.add_old(embed_texts(old, texts, verbose=False), items=texts)
+    g.save(folder)
+    order = np.random.default_rng(0).permutation(len(texts))
+    reference = folder.parent / "uninterrupted"
+    stats = RayBackfill(folder, new, texts, reference, order=order, batch_size=BATCH).run(verbose=False)
+    yield {"old": old, "new": new, "texts": texts, "folder": folder, "order": order, "reference": reference, **stats}
+    ray.shutdown()
+
+
+def opened(path) -> LanceStore:
+    """The table a test's backfill wrote (the toy OLD and NEW widths, 64 and 96)."""
+    return LanceStore.open(path, 64, 96)
+
+
+def table(path) -> dict:
+    """The table's rows by id: new vectors, spaces and stamps (what two runs must agree on)."""
+    import lancedb
+
+    t = lancedb.connect(str(path)).open_table("xbt_gallery").to_arrow().sort_by("id")
+    return {c: t.column(c).to_pylist() for c in t.column_names}
+
+
+def test_an_uninterrupted_run_commits_each_planned_batch_as_one_version(setup):
+    assert setup["embedded"] == len(setup["texts"]) and setup["batches"] == 6
+    store = LanceStore.open(setup["reference"], setup["old"].embed_dim, setup["new"].embed_dim)
+    assert store.in_new.all() and store.version == store.pre_backfill_version + 6
+    assert store.stamps == {"old_model": setup["old"].fingerprint, "new_model": setup["new"].fingerprint}
+    rows = table(setup["reference"])
+    assert set(rows["new_model"]) == {setup["new"].fingerprint} and set(rows["old_model"]) == {
+        setup["old"].fingerprint
+    }
+    want = embed_texts(setup["new"], setup["texts"], verbose=False).numpy()
+    np.testing.assert_allclose(np.asarray(rows["new"], np.float32), want, atol=1e-6)
+    again = RayBackfill(setup["folder"], setup["new"], setup["texts"], setup["reference"]).run(verbose=False)
+    assert again["embedded"] == 0 and again["version"] == store.version  # nothing left: nothing embedded
+
+
+def test_a_worker_killed_mid_batch_is_restarted_and_nothing_is_committed_twice(setup, tmp_path):
+    log = str(tmp_path / "reads")
+    victim = int(setup["order"][2 * BATCH + 3])  # in the third planned batch
+    items = WatchedItems(setup["texts"], log, die_at=victim)
+    stats = RayBackfill(
+        setup["folder"], setup["new"], items, tmp_path / "db", order=setup["order"], batch_size=BATCH
+    ).run(verbose=False)
+    assert Path(log + ".died").exists()  # the worker did die
+    assert stats["batches"] == 6 and stats["version"] == opened(tmp_path / "db").pre_backfill_version + 6
+    assert table(tmp_path / "db") == table(setup["reference"])
+    twice = {i for i, c in Counter(reads(log)).items() if c > 1}
+    assert twice <= set(setup["order"][2 * BATCH : 3 * BATCH].tolist())  # only the batch in flight ran again
+
+
+def test_a_killed_driver_resumes_to_the_same_table_without_embedding_a_committed_item(setup, tmp_path):
+    log, db = str(tmp_path / "reads"), tmp_path / "db"
+    np.save(tmp_path / "order.npy", setup["order"])
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, xbt
+        sys.path.insert(0, {str(TESTS)!r})
+        from ray_items import WatchedItems
+        from xbt.cluster import RayBackfill
+        _, new = xbt.toy.load_clips(device="cpu")
+        _, caps = xbt.toy.test_split({N_IMAGES})
+        items = WatchedItems([c for cs in caps for c in cs], {log!r}, delay=0.05)
+        order = np.load({str(tmp_path / "order.npy")!r})
+        job = RayBackfill({str(setup["folder"])!r}, new, items, {str(db)!r}, order=order, batch_size={BATCH})
+        job.run(verbose=False)
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        committed = 0
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                store = opened(db)
+            except xbt.XBTError:
+                continue
+            committed = int(store.in_new.sum())
+            if committed >= 2 * BATCH:
+                break
+        assert proc.poll() is None, "the driver finished before it could be killed; give its items a longer delay"
+        assert committed >= 2 * BATCH
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    before = opened(db)
+    done = set(np.flatnonzero(before.in_new).tolist())
+    assert 0 < len(done) < len(setup["texts"]) and len(done) % BATCH == 0  # whole batches only
+    resumed_log = str(tmp_path / "resumed")
+    items = WatchedItems(setup["texts"], resumed_log)
+    stats = RayBackfill(setup["folder"], setup["new"], items, db).run(verbose=False)  # the plan is the table's
+    assert stats["embedded"] == len(setup["texts"]) - len(done)
+    assert not done & set(reads(resumed_log))  # no committed item embedded again
+    assert table(db) == table(setup["reference"])
+
+
+def test_rollback_restores_the_pre_backfill_version_exactly(setup, tmp_path):
+    import lancedb
+
+    db = tmp_path / "db"
+    job = RayBackfill(setup["folder"], setup["new"], setup["texts"], db, order=setup["order"], batch_size=BATCH)
+    job.run(0.5, verbose=False)
+    store = opened(db)
+    pre = lancedb.connect(str(db)).open_table("xbt_gallery")
+    pre.checkout(store.pre_backfill_version)
+    expected = pre.to_arrow().sort_by("id")
+    assert int(store.in_new.sum()) == 60
+    assert rollback_table(db) == store.pre_backfill_version
+    after = lancedb.connect(str(db)).open_table("xbt_gallery").to_arrow().sort_by("id")
+    assert after.equals(expected) and set(after.column("space").to_pylist()) == {"old"}
+    gallery = open_lance_gallery(setup["folder"], db)
+    np.testing.assert_array_equal(
+        gallery.store.vectors("old", np.arange(gallery.size)),
+        MixedGallery.load(setup["folder"]).store.vectors("old", np.arange(gallery.size)),
+    )
+
+
+def test_a_table_of_another_new_model_or_order_is_refused(setup, tmp_path):
+    job = RayBackfill(
+        setup["folder"], setup["new"], setup["texts"], tmp_path / "db", order=setup["order"], batch_size=BATCH
+    )
+    job.run(BATCH, verbose=False)
+    with pytest.raises(xbt.XBTError, match="another order"):
+        RayBackfill(setup["folder"], setup["new"], setup["texts"], tmp_path / "db", order=np.arange(120)).run(
+            verbose=False
+        )
+    other = copy.deepcopy(setup["new"])
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.add_(0.01)
+    other.refresh_fingerprint()
+    with pytest.raises(xbt.XBTError, match="new model"):
+        RayBackfill(setup["folder"], other, setup["texts"], tmp_path / "db").run(verbose=False)
