@@ -175,3 +175,37 @@ def test_a_table_of_another_new_model_or_order_is_refused(setup, tmp_path):
     other.refresh_fingerprint()
     with pytest.raises(xbt.XBTError, match="new model"):
         RayBackfill(setup["folder"], other, setup["texts"], tmp_path / "db").run(verbose=False)
+
+
+def test_the_cli_backfills_on_ray_into_lancedb_searches_it_and_rolls_it_back(setup, tmp_path, capsys):
+    from xbt.cli import main
+
+    adapter = xbt.fit(setup["old"], setup["new"], xbt.toy.text_corpus(3000), epochs=3, verbose=False)
+    adapter_dir = adapter.save_pretrained(tmp_path / "adapter")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(setup["texts"][:40]) + "\n")
+    gallery = tmp_path / "g"
+    base = ["--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
+    assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--texts", str(captions)]) == 0
+    assert main(["gallery", "backfill", *base, "--address", "auto"]) == 2  # a ray option without the ray engine
+    assert "apply to --engine ray only" in capsys.readouterr().err
+    ray_args = ["--engine", "ray", "--store", "lancedb", "--batch-size", "8"]
+    assert main(["gallery", "backfill", *base, *ray_args, "--budget", "0.5"]) == 0
+    assert "20 of 40 items in the new space" in capsys.readouterr().out
+    store = opened(gallery / "lancedb")
+    assert int(store.in_new.sum()) == 20 and store.version == store.pre_backfill_version + 3  # 8 + 8 + 4
+    assert (
+        main(["gallery", "search", *base, "--store", "lancedb", "--query-image", str(_image(tmp_path)), "-k", "3"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("item ") == 3
+    assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
+    assert "restored to version" in capsys.readouterr().out
+    assert not opened(gallery / "lancedb").in_new.any()
+
+
+def _image(folder: Path) -> Path:
+    images, _ = xbt.toy.test_split(1)
+    images[0].save(folder / "q.png")
+    return folder / "q.png"

@@ -1,5 +1,5 @@
 """``xbt gallery build | backfill | search | upgrade | rollback | cutover``: a gallery in migration from the command
-line (``upgrade``, the forward map's, lives in ``cli.upgrade``).
+line (``upgrade`` and the Ray engine of ``backfill`` live in ``cli.migration``).
 
 Each action's ``description`` (``xbt gallery ACTION --help``) says what it does and writes; every input is checked
 before a model is loaded. ``search`` shows what each hit is and marks ``✓`` the right answers the gallery knows:
@@ -19,6 +19,7 @@ import torch
 
 from ..adapters.config import ModelRef
 from ..adapters.registry import load_adapter
+from ..cluster.engine import open_lance_gallery, rollback_table
 from ..core.errors import XBTError
 from ..data.sources import LazyImages
 from ..gallery.backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
@@ -31,7 +32,7 @@ from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
 from ..vectordb.registry import STORES
 from .common import items_spec, load_items, load_model, new_from_adapter_config
-from .upgrade import register_action
+from .migration import check_engine, engine_flags, lance_dir, ray_backfill, register_action
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -94,6 +95,7 @@ def register(p: argparse.ArgumentParser) -> None:
     f.add_argument("--pairs", default=None, metavar="DIR", help="save_to_disk pairs (--plan uncertainty/spread)")
     f.add_argument("--batch-size", type=int, default=256, metavar="N", help="items per batch file (default 256)")
     f.add_argument("--repair", action="store_true", help="re-embed committed batch files that fail their checksum")
+    engine_flags(f)
     f.set_defaults(func=_backfill)
 
     s = gsub.add_parser(
@@ -108,7 +110,8 @@ def register(p: argparse.ArgumentParser) -> None:
     s.add_argument("--query-image", action="append", default=[], metavar="FILE", help="an image query; repeatable")
     s.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     s.add_argument("--merge", choices=MERGES, default="calibrated", help="how the parts merge (default calibrated)")
-    s.add_argument("--store", choices=STORES, default=None, help="override the gallery's store")
+    s.add_argument("--store", choices=STORES, default=None, help="override the gallery's store (lancedb: the Ray's)")
+    s.add_argument("--store-path", default=None, metavar="DIR", help="the LanceDB folder (default GALLERY/lancedb)")
     s.add_argument("--explain", action="store_true", help="first say what each part is searched with, and why")
     s.set_defaults(func=_search)
 
@@ -134,11 +137,15 @@ CUTOVER = (
 
 
 def _rollback(args) -> int:
+    table = (lance_dir(args) / "plan.json").exists()  # a Ray backfill: its table goes back to before it
+    if table:
+        version = rollback_table(lance_dir(args))
+        print(f"rollback: the LanceDB table {lance_dir(args)} restored to version {version} (before its backfill)")
     aside = rollback(args.gallery)
-    if aside is None:
-        print(f"rollback: {args.gallery} has no backfill to roll back; nothing was done")
-    else:
+    if aside is not None:
         print(f"rollback: set the backfill of {args.gallery} aside in {aside}; every item is searched as old again")
+    elif not table:
+        print(f"rollback: {args.gallery} has no backfill to roll back; nothing was done")
     return 0
 
 
@@ -266,10 +273,11 @@ def _backfill(args) -> int:
     budget = _budget(args.budget)
     if args.batch_size < 1:
         raise XBTError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_engine(args)
     _check_device(args.device)
     gallery = MixedGallery.load(args.gallery)
     modality, items = load_items(gallery.items)
-    fresh = read_manifest(args.gallery) is None
+    fresh = read_manifest(args.gallery) is None and not (lance_dir(args) / "plan.json").exists()
     pairs = load_pairs(args.pairs) if args.pairs and fresh and args.plan in ("uncertainty", "spread") else None
     if fresh and pairs is None and args.plan in ("uncertainty", "spread"):
         raise XBTError(f"--plan {args.plan} learns the adapter's disagreement from pairs: give --pairs DIR")
@@ -284,6 +292,8 @@ def _backfill(args) -> int:
             key = "img" if modality == "image" else "txt"
             model = DisagreementModel.fit(v[f"old_{key}"], v[f"ad_{key}"])
         order = plan_order(gallery.store.vectors("old", np.arange(gallery.size)), args.plan, model=model)
+    if args.engine == "ray":
+        return ray_backfill(args, adapter.new, items, order, budget)
     job = BackfillJob(args.gallery, adapter.new, items, order=order, batch_size=args.batch_size, plan=args.plan)
     stats = job.run(budget, repair=args.repair, verbose=not args.quiet)
     print(
@@ -352,7 +362,10 @@ def _search(args) -> int:
     if args.k < 1:
         raise XBTError(f"-k must be >= 1, got {args.k}")
     _check_device(args.device)
-    gallery = open_gallery(args.gallery, store=args.store)
+    if args.store == "lancedb":  # what the Ray engine wrote
+        gallery = open_lance_gallery(args.gallery, lance_dir(args))
+    else:
+        gallery = open_gallery(args.gallery, store=args.store)
     if gallery.query_modality == "text":
         if not args.query or args.query_image:
             raise XBTError("this is an image gallery: give text queries with --query")

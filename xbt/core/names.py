@@ -9,6 +9,8 @@ GALLERY_FILE = "gallery.json"
 STATIC_GALLERY, MIXED_GALLERY = "static", "mixed"
 #: a gallery in migration's old vectors, and the folder its backfill writes
 OLD_VECTORS_FILE, BACKFILL_DIR = "old.safetensors", "backfill"
+#: the LanceDB folder the Ray engine backfills into, inside a gallery folder (unless given elsewhere)
+LANCE_DIR = "lancedb"
 
 #: column names read as captions, in order of preference (a table with several: the first wins)
 CAPTION_COLUMNS = ("caption", "text", "captions", "sentence", "txt")

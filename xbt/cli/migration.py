@@ -1,0 +1,121 @@
+"""What ``xbt gallery`` does beyond its folder: ``upgrade`` (a forward map over stored vectors) and the Ray engine.
+
+``upgrade`` moves a gallery's stored OLD vectors into the NEW space with a forward map, resumably: the vectors
+are a ``.npy`` file read in batches, so a gallery of any size upgrades in bounded memory
+(``forward.job.UpgradeJob``). ``backfill --engine ray`` re-embeds on Ray Data into a LanceDB table
+(``cluster.RayBackfill``; ``engine_flags`` adds its options, ``ray_backfill`` runs it); ``rollback`` and
+``search`` follow the table when the gallery has one (``lance_dir``). ``gallery.register`` calls
+``register_action``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core.errors import XBTError
+from ..core.names import LANCE_DIR
+from ..forward.job import UpgradeJob
+from ..forward.map import MODALITIES, ForwardMap
+
+
+def register_action(gsub) -> None:
+    """Add the ``upgrade`` action to the ``xbt gallery`` sub-parsers."""
+    u = gsub.add_parser(
+        "upgrade",
+        help="move the stored OLD vectors into the NEW space with a forward map (resumable, no image needed)",
+        description="Upgrade the OLD vectors in --vectors (a .npy file, float32 [n, d_old], read memory-mapped) "
+        "with the forward map in --map (xbt.fit_forward(...).save) into --out: upgraded.npy, states.npy (each "
+        "vector's state) and upgrade.json (the map's id, the batches done). An interrupted run resumes where it "
+        "stopped; another map or other vectors are refused there.",
+    )
+    u.add_argument("--vectors", required=True, metavar="FILE.npy", help="the gallery's OLD vectors (numpy.save)")
+    u.add_argument("--modality", required=True, choices=MODALITIES, help="what the vectors embed: text or image")
+    u.add_argument("--map", required=True, metavar="DIR", help="forward map folder (ForwardMap.save)")
+    u.add_argument("--out", required=True, metavar="DIR", help="folder to write the upgraded vectors to")
+    u.add_argument("--batch-size", type=int, default=65_536, metavar="N", help="vectors per batch (default 65536)")
+    u.add_argument("--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(func=_upgrade)
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    if Path(args.out).is_file():
+        raise XBTError(f"--out {args.out} is a file; give a folder (new, or one an earlier upgrade wrote)")
+    fmap = ForwardMap.load(args.map)
+    result = UpgradeJob(args.out, args.vectors, fmap, args.modality, args.batch_size).run(verbose=not args.quiet)
+    rate = result["vectors_per_second"]
+    print(
+        f"upgraded {result['source']['shape'][0]} {args.modality} vectors with forward map {result['map_id']} into "
+        f"{args.out}" + (f" ({rate:,.0f} vectors/s this run)" if rate else " (nothing left to do)")
+    )
+    return 0
+
+
+ENGINES = ("local", "ray")
+
+
+def engine_flags(f: argparse.ArgumentParser) -> None:
+    """The backfill's engine options: where it embeds and which store records it."""
+    f.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local (default): this process, batch files in DIR/backfill; ray: Ray Data workers (a local Ray, or "
+        "the cluster at --address) committing each batch as a version of a LanceDB table",
+    )
+    f.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://head:10001); --engine ray only")
+    f.add_argument("--workers", type=int, default=1, metavar="N", help="embedding actors (--engine ray; default 1)")
+    f.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per actor (--engine ray)")
+    f.add_argument("--store", choices=("lancedb",), default=None, help="the ray engine's store (lancedb, its default)")
+    f.add_argument(
+        "--store-path", default=None, metavar="DIR", help=f"the LanceDB folder (default GALLERY/{LANCE_DIR})"
+    )
+
+
+def lance_dir(args) -> Path:
+    """The LanceDB folder of the gallery in ``args`` (``--store-path``, else ``GALLERY/lancedb``)."""
+    return Path(getattr(args, "store_path", None) or Path(args.gallery) / LANCE_DIR)
+
+
+def check_engine(args) -> None:
+    """Refuse the engine options that do not apply to the engine chosen, before any model is loaded."""
+    if args.engine == "local":
+        given = [
+            f
+            for f, v in (("--address", args.address), ("--store", args.store), ("--store-path", args.store_path))
+            if v
+        ]
+        given += ["--workers"] * (args.workers != 1) + ["--gpus-per-worker"] * bool(args.gpus_per_worker)
+        if given:
+            raise XBTError(f"{', '.join(given)} apply to --engine ray only; add --engine ray, or leave them out")
+        return
+    if args.repair:
+        raise XBTError("--repair re-embeds damaged batch files of the local engine; the ray engine has none")
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        raise XBTError(
+            f"--workers must be >= 1 and --gpus-per-worker >= 0, got {args.workers}, {args.gpus_per_worker}"
+        )
+
+
+def ray_backfill(args, new, items, order, budget) -> int:
+    """``xbt gallery backfill --engine ray``: ``cluster.RayBackfill`` into the gallery's LanceDB table."""
+    from ..cluster.engine import RayBackfill
+
+    job = RayBackfill(
+        args.gallery,
+        new,
+        items,
+        lance_dir(args),
+        order=order,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        address=args.address,
+    )
+    stats = job.run(budget, verbose=not args.quiet)
+    rate = f", {stats['items_per_second']:,.1f} items/s" if stats["items_per_second"] else ""
+    print(
+        f"backfill (ray): {stats['done']} of {len(items)} items in the new space (this run: {stats['embedded']} "
+        f"embedded in {stats['batches']} batches{rate}); LanceDB table {lance_dir(args)} at version {stats['version']}"
+    )
+    return 0
