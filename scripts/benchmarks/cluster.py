@@ -3,7 +3,7 @@
     python -m scripts.benchmarks.cluster                       # 2,000 toy images, batches of 256, 3 rounds
     python -m scripts.benchmarks.cluster --items 1000 --rounds 1
 
-Builds a toy image gallery with the OLD model, then backfills all of it with the NEW model, in rounds whose
+Builds a toy image gallery (the 2,000 pair images, repeated past that) with the OLD model, then backfills all of it with the NEW model, in rounds whose
 order alternates: ``gallery.BackfillJob`` (one process, batch files in the folder) and ``cluster.RayBackfill``
 on a local Ray (``--workers`` actors, one CPU each; a LanceDB table version per batch). Each run starts from
 nothing; the Ray figures are given with the start of Ray itself (``ray.init``, once per process, the first
@@ -44,7 +44,8 @@ def main() -> int:
 
     torch.set_num_threads(1)  # each engine embeds on one thread per process: the Ray workers get one core each
     old, new = load_clips(device="cpu")
-    images = [row["image"] for row in toy_pairs(args.items)]
+    base = [row["image"] for row in toy_pairs(min(args.items, 2000))]  # the toy pair set holds 2,000 images
+    images = [base[i % len(base)] for i in range(args.items)]  # larger galleries repeat them
     work = Path(tempfile.mkdtemp(prefix="xbt-cluster-bench-"))
     g = MixedGallery(ModelRef.of(old), new.embed_dim, "image")
     g.add_old(embed_images(old, images, verbose=False), items=images)
