@@ -3,7 +3,8 @@
     python -m scripts.benchmarks.cluster                       # 2,000 toy images, batches of 256, 3 rounds
     python -m scripts.benchmarks.cluster --items 1000 --rounds 1
 
-Builds a toy image gallery (the 2,000 pair images, repeated past that) with the OLD model, then backfills all of it with the NEW model, in rounds whose
+Builds a toy image gallery (the 2,000 pair images, repeated past that) with the OLD model, then backfills all
+of it with the NEW model, in rounds whose
 order alternates: ``gallery.BackfillJob`` (one process, batch files in the folder) and ``cluster.RayBackfill``
 on a local Ray (``--workers`` actors, one CPU each; a LanceDB table version per batch). Each run starts from
 nothing; the Ray figures are given with the start of Ray itself (``ray.init``, once per process, the first

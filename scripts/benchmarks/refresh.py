@@ -1,0 +1,165 @@
+"""The adapter refreshed from what a backfill re-embedded, against the adapter as trained, by fraction backfilled.
+
+    python -m scripts.benchmarks.refresh                        # shapes and patterns-wide, 3 random orders
+    python -m scripts.benchmarks.refresh --worlds shapes --orders 1
+
+For each compatible world, the default adapter (``xbt.fit(old, new, world.text_memory(50_000),
+pairs=world.pairs(2000))``, saved under ``--adapters`` and reused), and both directions of the test split
+(T2I: captions query a mixed image gallery; I2T: images query a mixed caption gallery), at 0, 10, 25, 50, 75
+and 100 % re-embedded in a random order (mean of ``--orders``):
+
+- **without refresh**: the calibrated merge with the adapter as trained (``scripts.benchmarks.backfill``'s row);
+- **with refresh**: at each fraction, ``cluster.refresh_adapter`` on the items re-embedded so far (their OLD and
+  NEW vectors) with query examples of the other modality that are not test queries (10,000 texts of the world's
+  corpus less the test captions for an image gallery; the 2,000 pair images for a caption gallery); the score
+  calibration is fitted again for the refreshed queries on the same pair set; the guard may keep the adapter;
+- **the part not re-embedded yet**: new->old R@1 of the queries whose right item is still old, searching only
+  the old part, with the adapter and with its refreshed form.
+
+R@1 and R@10; the check: with refresh at or above without, at every fraction, both directions, both K.
+Prints the tables and writes JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import xbt
+from scripts.benchmarks.backfill import FRACTIONS, KS, recall
+from xbt.adapters.config import ModelRef
+from xbt.cluster.refresh import QUERY_OF, refresh_adapter
+from xbt.core.files import write_json
+from xbt.gallery.calibration import calibration_set, fit_calibration
+from xbt.gallery.mixed import MixedGallery
+from xbt.gallery.pair_vectors import pair_vectors
+from xbt.gallery.planner import plan_order
+from xbt.models.embedding import embed_texts
+from xbt.toy.worlds import get_world
+
+
+def adapted(adapter, vectors: np.ndarray, modality: str) -> np.ndarray:
+    return adapter.from_new_embeddings(torch.from_numpy(np.asarray(vectors)), modality).numpy()
+
+
+def old_part_r1(q_ad, g_old, old_ids, g_owner, q_owner) -> float:
+    """R@1 of the queries whose right item is still old, searching the old part alone (adapter queries)."""
+    still = np.isin(q_owner, g_owner[old_ids])
+    if not still.any():
+        return float("nan")
+    best = old_ids[(q_ad[still] @ g_old[old_ids].T).argmax(1)]
+    return float((g_owner[best] == q_owner[still]).mean() * 100)
+
+
+def run_world(name: str, orders: int, adapters: Path) -> dict:
+    world = get_world(name)
+    old, new = world.load_clips()
+    folder = adapters / f"{name}-stage12"
+    if not (folder / "xbt_config.json").is_file():
+        print(f"[{name}] fitting the adapter (stage 1+2), saved to {folder}", flush=True)
+        xbt.fit(old, new, world.text_memory(50_000), pairs=world.pairs(2000), verbose=False).save_pretrained(folder)
+    adapter = xbt.load_adapter(folder, new=new, old=old)
+    images, caps = world.test_split()
+    flat = [c for cs in caps for c in cs]
+    cap_owner = np.repeat(np.arange(len(images)), [len(cs) for cs in caps])
+    test, _ = pair_vectors(adapter, old, (images, flat))
+    pairs = world.pair_list(2000)
+    pv, _ = pair_vectors(adapter, old, ([im for im, _ in pairs], [c for _, c in pairs]))
+    cal_pairs = world.pair_list(1000, captions_per_image=5)
+    cv, cal_ids = pair_vectors(adapter, old, ([im for im, _ in cal_pairs], [c for _, c in cal_pairs]))
+    texts = world.text_memory(10_000)
+    query_examples = {"text": embed_texts(new, texts, verbose=False).numpy(), "image": pv["new_img"]}
+    out: dict = {}
+    for direction, items in (("t2i", "image"), ("i2t", "text")):
+        qm = QUERY_OF[items]  # the query modality
+        key_q, key_g = ("txt", "img") if items == "image" else ("img", "txt")
+        g_owner = np.arange(len(images)) if items == "image" else cap_owner
+        q_owner = cap_owner if items == "image" else np.arange(len(images))
+        g_old, g_new = test[f"old_{key_g}"], test[f"new_{key_g}"]
+        gallery = MixedGallery(ModelRef.of(old), new.embed_dim, items)
+        gallery.add_old(g_old)
+        gallery.use_old_queries(adapter)
+        if gallery.old_queries == "old model":
+            out[direction] = {"skipped": f"the old part is searched with {gallery.old_queries_reason}"}
+            continue
+        base_cal = fit_calibration(*calibration_set(cv, cal_ids, items))
+        rows = {"without refresh": [], "with refresh": []}
+        old_part = {"without refresh": [], "with refresh": []}
+        kept = []
+        for f in FRACTIONS:
+            runs = {k: [] for k in rows}
+            parts = {k: [] for k in rows}
+            for seed in range(orders):
+                order = plan_order(g_old, "random", seed=seed)
+                chosen, rest = order[: round(f * len(order))], order[round(f * len(order)) :]
+                gallery.rollback()
+                if len(chosen):
+                    gallery.set_new(chosen, g_new[chosen])
+                variants = {"without refresh": (adapter, base_cal)}
+                if 0 < f < 1:
+                    refreshed, record = refresh_adapter(
+                        adapter, items, g_old[chosen], g_new[chosen], query_examples[qm], {"seed": seed}, verbose=False
+                    )
+                    kept.append({"fraction": f, "order": seed, "kept": record["kept"]})
+                    rcv = {**cv, f"ad_{key_q}": adapted(refreshed, cv[f"new_{key_q}"], qm)}
+                    variants["with refresh"] = (refreshed, fit_calibration(*calibration_set(rcv, cal_ids, items)))
+                else:
+                    variants["with refresh"] = variants["without refresh"]
+                for label, (ad, cal) in variants.items():
+                    q_ad = adapted(ad, test[f"new_{key_q}"], qm)
+                    gallery.calibration = cal
+                    _, ids = gallery.search(test[f"new_{key_q}"], q_ad, k=max(KS), merge="calibrated")
+                    runs[label].append(recall(ids, g_owner, q_owner))
+                    if len(rest):
+                        parts[label].append(old_part_r1(q_ad, g_old, rest, g_owner, q_owner))
+            for label in rows:
+                rows[label].append({k: round(float(np.mean([r[k] for r in runs[label]])), 2) for k in KS})
+                old_part[label].append(round(float(np.mean(parts[label])), 2) if parts[label] else None)
+        below = {
+            f"{int(f * 100)}%/R@{k}": round(w[k] - wo[k], 2)
+            for f, w, wo in zip(FRACTIONS, rows["with refresh"], rows["without refresh"])
+            for k in KS
+            if w[k] < wo[k] - 1e-9
+        }
+        out[direction] = {"rows": rows, "old_part_r1": old_part, "kept": kept, "below_without": below}
+        print(f"\n[{name}] {direction.upper()} (R@1 / R@10; mean of {orders} random orders)")
+        print("| row | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " |")
+        print("|---" * (len(FRACTIONS) + 1) + "|")
+        for label, vals in rows.items():
+            print(f"| {label} | " + " | ".join(f"{v[1]:.2f} / {v[10]:.2f}" for v in vals) + " |")
+        for label, vals in old_part.items():
+            print(
+                f"| old part alone, R@1, {label} | "
+                + " | ".join("-" if v is None else f"{v:.2f}" for v in vals)
+                + " |"
+            )
+        n_kept = sum(k["kept"].startswith("refreshed") for k in kept)
+        print(
+            f"refreshes kept by the guard: {n_kept} of {len(kept)}; with refresh below without: {below or 'nowhere'}"
+        )
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worlds", nargs="+", default=["shapes", "patterns-wide"])
+    p.add_argument("--orders", type=int, default=3)
+    p.add_argument("--adapters", default="benchmarks/out/adapters")
+    p.add_argument("--out", default="benchmarks/out/refresh")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    results = {name: run_world(name, args.orders, Path(args.adapters)) for name in args.worlds}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "refresh.json", {"results": results, "seconds": round(time.perf_counter() - t0, 1)})
+    print(f"\nwrote {out / 'refresh.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

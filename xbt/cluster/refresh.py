@@ -1,0 +1,174 @@
+"""``refresh_adapter``: the adapter learns from what a backfill re-embedded, for the part not re-embedded yet.
+
+Each re-embedded item has its OLD vector (what the rest of the gallery still is) and its NEW one side by
+side: exactly what the adapter's query path is short of. A refresh teaches the query head that searches
+this gallery to rank the re-embedded items' OLD vectors the way the bare new model ranks their NEW ones
+(``method.heads.distill_text_head``'s ranking distillation, the same head, the gallery's items as the
+bank), for query examples of the other modality: texts for an image gallery, images for a caption gallery.
+The items are the training signal, so they need no caption.
+
+The guard: a share of the re-embedded items and of the queries is held out. For a held-out query, the right
+item is the one the new model ranks first among the held-out items (in the NEW space); a head's score is
+the geometric-mean rank of that item when the query, through the head, searches the held-out items' OLD
+vectors. A refreshed head (its best epoch) replaces the current one only if its paired per-query log-rank
+gain over it exceeds one standard error; otherwise the adapter is returned unchanged. The record says which.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..adapters.adapter import Adapter
+from ..core.errors import XBTError, need
+from ..core.options import option
+from ..method.config import Stage2Config, TrainingOptions
+from ..method.guard import paired_gain, target_ranks
+from ..method.heads import distill_text_head
+from ..vectordb.interface import as_vectors
+
+#: the query modality whose head searches a gallery of these items
+QUERY_OF = {"image": "text", "text": "image"}
+
+
+@dataclass
+class RefreshConfig(TrainingOptions):
+    """A refresh's options: the distillation of the query head on the re-embedded items."""
+
+    what: ClassVar[str] = "refresh"
+
+    epochs: int = option(3, "epochs over the query examples")
+    batch_size: int = option(512, "query examples per batch")
+    lr: float = option(1e-3, "learning rate of the query head")
+    temperature: float = option(0.05, "temperature of the student's ranking of the items' OLD vectors")
+    anchor_weight: float = option(1.0, "the refreshed queries stay near the current head's")
+    val_fraction: float = option(0.2, "share of the re-embedded items and of the queries held out for the guard")
+    patience: int = option(3, "unused: every epoch is scored and the best kept")
+    max_items: int = option(20_000, "at most this many re-embedded items (a random sample) form the bank")
+    seed: int = option(0, "seed of the split, the sample and the batches")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(self.anchor_weight >= 0, f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        need(self.max_items >= 10, f"max_items must be >= 10, got {self.max_items}")
+
+
+def refresh_adapter(
+    adapter: Adapter,
+    items: str,
+    old_vectors: Any,
+    new_vectors: Any,
+    queries_new: Any,
+    config: RefreshConfig | dict | None = None,
+    verbose: bool = True,
+) -> tuple[Adapter, dict[str, Any]]:
+    """Refresh the head that searches a gallery of ``items`` from its re-embedded items (module docstring).
+
+    Args:
+        adapter: the adapter serving the gallery's old part; its query path for the gallery must start from
+            the bare NEW model's embeddings (a head on the frozen tower; a LoRA path is refused).
+        items: what the gallery holds, ``"image"`` or ``"text"``: its queries are the other modality.
+        old_vectors, new_vectors: the re-embedded items under both models, float32 [m, d_old] / [m, d_new]
+            unit rows, row ``j`` one item (``store.vectors("old", ids)`` and ``("new", ids)``).
+        queries_new: the bare NEW model's embeddings of query examples [q, d_new] (captions like the users'
+            for an image gallery, images for a caption gallery): ``embed_texts(adapter.new, texts)``.
+        config: ``RefreshConfig`` fields.
+
+    Returns ``(adapter, record)``: a new ``Adapter`` with the refreshed head (its ``training["refreshes"]``
+    extended), or the same adapter where the guard kept the current head; ``record`` holds the scores.
+    """
+    if items not in QUERY_OF:
+        raise XBTError(f"items must be 'image' or 'text', got {items!r}")
+    cfg = config if isinstance(config, RefreshConfig) else RefreshConfig.from_kwargs(**(config or {}))
+    modality = QUERY_OF[items]
+    old = torch.from_numpy(as_vectors(old_vectors, adapter.embed_dim, "the re-embedded items' old vectors"))
+    new = torch.from_numpy(as_vectors(new_vectors, adapter.new.embed_dim, "the re-embedded items' new vectors"))
+    queries = torch.from_numpy(as_vectors(queries_new, adapter.new.embed_dim, "the query examples' new vectors"))
+    if len(old) != len(new):
+        raise XBTError(f"{len(old)} old vectors but {len(new)} new ones; give both vectors of each re-embedded item")
+    if adapter.from_new_embeddings(queries[:1], modality) is None:
+        raise XBTError(
+            f"this adapter's {modality} queries do not start from the bare new model's embeddings (LoRA, or fusion "
+            "with the old model): only a head on the frozen tower can be refreshed from vectors"
+        )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if len(old) > cfg.max_items:
+        keep = torch.randperm(len(old), generator=gen)[: cfg.max_items]
+        old, new = old[keep], new[keep]
+    n_val_items, n_val_q = round(cfg.val_fraction * len(old)), round(cfg.val_fraction * len(queries))
+    if n_val_items < 5 or len(old) - n_val_items < 5 or n_val_q < 5 or len(queries) - n_val_q < 5:
+        raise XBTError(
+            f"a refresh needs at least 5 items and 5 queries on each side of its held-out split; got {len(old)} "
+            f"re-embedded items and {len(queries)} queries at val_fraction {cfg.val_fraction}: backfill further first"
+        )
+    items_order, q_order = torch.randperm(len(old), generator=gen), torch.randperm(len(queries), generator=gen)
+    val_items, train_items = items_order[:n_val_items], items_order[n_val_items:]
+    val_q, train_q = queries[q_order[:n_val_q]], queries[q_order[n_val_q:]]
+    right = (val_q @ new[val_items].T).argmax(1)  # the new model's first choice among the held-out items
+
+    def log_ranks(head) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log(target_ranks(head.in_chunks(val_q), old[val_items], right))
+
+    current = adapter.heads[modality]
+    base = log_ranks(current)
+    states: list[tuple[torch.Tensor, dict]] = []
+    teacher_t = 1.0 / float(adapter.new.logit_scale)
+    s2 = dataclasses.replace(
+        Stage2Config(),
+        text_epochs=cfg.epochs,
+        text_lr=cfg.lr,
+        text_batch_size=cfg.batch_size,
+        distill_temperature=cfg.temperature,
+        text_anchor_weight=cfg.anchor_weight,
+        guard=False,
+        seed=cfg.seed,
+    )
+    distill_text_head(
+        current,
+        train_q,
+        new[train_items],
+        old[train_items],
+        teacher_t,
+        s2,
+        verbose=verbose,
+        on_state=lambda h: states.append((log_ranks(h), copy.deepcopy(h.state_dict()))),
+    )
+    gains = [paired_gain(base, logs) for logs, _ in states[1:]]  # states[0] is the current head
+    best = max(range(len(gains)), key=lambda i: gains[i][0] - gains[i][1], default=None)
+    record = {
+        "items": items,
+        "query_modality": modality,
+        "n_items": len(old),
+        "n_queries": len(queries),
+        "held_out": {"items": n_val_items, "queries": n_val_q},
+        "measure": "held-out queries search the held-out items' OLD vectors for the item the new model ranks first",
+        "current_geo_mean_rank": math.exp(float(base.mean())),
+        "epochs_geo_mean_rank": [math.exp(float(logs.mean())) for logs, _ in states[1:]],
+        "gain_and_se": [[round(g, 4), round(s, 4)] for g, s in gains],
+        "config": cfg.to_dict(),
+    }
+    if best is None or not gains[best][0] > gains[best][1]:
+        record["kept"] = "current head (no refreshed epoch gains more than one standard error)"
+        return adapter, record
+    record["kept"] = f"refreshed head (epoch {best + 1})"
+    head = copy.deepcopy(current)
+    head.load_state_dict(states[best + 1][1])
+    heads = {m: (head if m == modality else h) for m, h in adapter.heads.items()}
+    training = {**adapter.training, "refreshes": [*adapter.training.get("refreshes", []), record]}
+    refreshed = Adapter(
+        adapter.new,
+        heads=heads,
+        method=adapter.method,
+        old=adapter.old_ref,
+        training=training,
+        lora=adapter.lora,
+        lora_modalities=adapter.lora_modalities,
+        new_ref=adapter.new_ref,
+    )
+    return refreshed, record
