@@ -200,6 +200,21 @@ def test_the_cli_backfills_on_ray_into_lancedb_searches_it_and_rolls_it_back(set
     )
     out = capsys.readouterr().out
     assert out.count("item ") == 3
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for i, image in enumerate(xbt.toy.pairs(30)["image"]):
+        image.save(queries / f"{i}.png")
+    refresh = ["gallery", "refresh", "--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
+    assert main([*refresh, "--queries", str(captions), "--out", str(tmp_path / "r")]) == 2
+    assert "give a folder of images" in capsys.readouterr().err  # a caption gallery is searched by images
+    assert main([*refresh, "--queries", str(queries), "--out", str(tmp_path / "r")]) == 2
+    assert "backfill further first" in capsys.readouterr().err  # 20 items: 4 held out
+    assert main(["gallery", "backfill", *base, *ray_args]) == 0
+    assert "40 of 40 items" in capsys.readouterr().out
+    assert main([*refresh, "--queries", str(queries), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "40 re-embedded items, 30 query examples" in out
+    assert ("saved to" in out) == (tmp_path / "r" / "xbt_config.json").exists()
     assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
     assert "restored to version" in capsys.readouterr().out
     assert not opened(gallery / "lancedb").in_new.any()

@@ -1,4 +1,4 @@
-"""``xbt gallery build | backfill | search | upgrade | rollback | cutover``: a gallery in migration from the command
+"""``xbt gallery build | backfill | search | upgrade | refresh | rollback | cutover``: a gallery in migration from the
 line (``upgrade`` and the Ray engine of ``backfill`` live in ``cli.migration``).
 
 Each action's ``description`` (``xbt gallery ACTION --help``) says what it does and writes; every input is checked

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ..core.errors import XBTError
 from ..core.names import LANCE_DIR
 from ..forward.job import UpgradeJob
@@ -20,7 +22,28 @@ from ..forward.map import MODALITIES, ForwardMap
 
 
 def register_action(gsub) -> None:
-    """Add the ``upgrade`` action to the ``xbt gallery`` sub-parsers."""
+    """Add the ``upgrade`` and ``refresh`` actions to the ``xbt gallery`` sub-parsers."""
+    r = gsub.add_parser(
+        "refresh",
+        help="teach the adapter from the items re-embedded so far (their old and new vectors); guarded",
+        description="Refresh the query head of --adapter that searches this gallery from its re-embedded items "
+        "(cluster.refresh_adapter): the head learns to rank their OLD vectors as the new model ranks their NEW ones, "
+        "for the --queries given (a text file, one caption a line, for an image gallery; a folder of images for a "
+        "caption gallery). Held-out items decide: the refreshed adapter is written to --out only if it searches "
+        "them better; otherwise nothing is written and it says so. Reads the LanceDB table of a Ray backfill when "
+        "the gallery has one, else the folder's own backfill.",
+    )
+    r.add_argument("--gallery", required=True, metavar="DIR", help="the gallery folder (xbt gallery build)")
+    r.add_argument("--adapter", required=True, metavar="DIR", help="the adapter serving the gallery's old part")
+    r.add_argument("--queries", required=True, metavar="PATH", help="query examples: texts file or images folder")
+    r.add_argument("--out", required=True, metavar="DIR", help="where the refreshed adapter is saved")
+    r.add_argument(
+        "--store-path", default=None, metavar="DIR", help=f"the LanceDB folder (default GALLERY/{LANCE_DIR})"
+    )
+    r.add_argument("--device", default=None, help="torch device of the new model (default cpu)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_refresh)
+
     u = gsub.add_parser(
         "upgrade",
         help="move the stored OLD vectors into the NEW space with a forward map (resumable, no image needed)",
@@ -118,4 +141,49 @@ def ray_backfill(args, new, items, order, budget) -> int:
         f"backfill (ray): {stats['done']} of {len(items)} items in the new space (this run: {stats['embedded']} "
         f"embedded in {stats['batches']} batches{rate}); LanceDB table {lance_dir(args)} at version {stats['version']}"
     )
+    return 0
+
+
+def _refresh(args) -> int:
+    from ..adapters.registry import load_adapter
+    from ..cluster.engine import open_lance_gallery
+    from ..cluster.refresh import QUERY_OF, refresh_adapter
+    from ..data.sources import LazyImages
+    from ..gallery.backfill import open_gallery
+    from ..models.embedding import embed_images, embed_texts
+    from .common import new_from_adapter_config
+
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise XBTError(f"--out {args.out} is not empty; give a new folder for the refreshed adapter")
+    table = lance_dir(args)
+    gallery = open_lance_gallery(args.gallery, table) if (table / "plan.json").exists() else open_gallery(args.gallery)
+    ids = np.flatnonzero(gallery.in_new)
+    queries = Path(args.queries)
+    want = "a text file" if gallery.modality == "image" else "a folder of images"
+    if (gallery.modality == "image") != queries.is_file():
+        raise XBTError(
+            f"--queries {queries}: a {gallery.modality} gallery is searched by {QUERY_OF[gallery.modality]} "
+            f"queries; give {want}"
+        )
+    if gallery.modality == "image":
+        examples = [line.strip() for line in queries.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        examples = LazyImages(sorted(f for f in queries.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")))
+    new = new_from_adapter_config(args.adapter, args.device)
+    adapter = load_adapter(args.adapter, new)
+    gallery.check_adapter(adapter)
+    embed = embed_texts if gallery.modality == "image" else embed_images
+    q = embed(new, examples, verbose=not args.quiet)
+    old_v, new_v = gallery.store.vectors("old", ids), gallery.store.vectors("new", ids)
+    refreshed, record = refresh_adapter(adapter, gallery.modality, old_v, new_v, q, verbose=not args.quiet)
+    gain = record["gain_and_se"]
+    print(
+        f"refresh: {len(ids)} re-embedded items, {len(examples)} query examples; held-out geometric-mean rank "
+        f"{record['current_geo_mean_rank']:.3f} now, by epoch {[round(x, 3) for x in record['epochs_geo_mean_rank']]}"
+    )
+    if refreshed is adapter:
+        print(f"refresh: kept the {record['kept']}; nothing written (gain and standard error by epoch: {gain})")
+        return 0
+    refreshed.save_pretrained(args.out)
+    print(f"refresh: {record['kept']} saved to {args.out}; serve it with xbt gallery search --adapter {args.out}")
     return 0

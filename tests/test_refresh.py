@@ -1,0 +1,67 @@
+"""The adapter refreshed from re-embedded items: it learns where the items teach, and the guard keeps it otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xbt
+from xbt.cluster.refresh import RefreshConfig, refresh_adapter
+from xbt.models.embedding import embed_images, embed_texts
+
+N = 400  # test images: 240 re-embedded, 160 still old
+
+
+@pytest.fixture(scope="module")
+def world():
+    old, new = xbt.toy.load_clips(device="cpu")
+    adapter = xbt.fit(old, new, xbt.toy.text_corpus(3000), epochs=3, verbose=False)  # stage 1, a weak start
+    images, caps = xbt.toy.test_split(N)
+    first = [c[0] for c in caps]
+    return {
+        "old": old,
+        "new": new,
+        "adapter": adapter,
+        "old_img": embed_images(old, images, verbose=False).numpy(),
+        "new_img": embed_images(new, images, verbose=False).numpy(),
+        "captions_new": embed_texts(new, first, verbose=False),
+        "texts_new": embed_texts(new, xbt.toy.text_corpus(3000, seed=7), verbose=False).numpy(),
+    }
+
+
+def r1_on_the_old_part(adapter, w, rest) -> float:
+    """R@1 of the captions of the images not re-embedded, searching those images' OLD vectors."""
+    q = adapter.from_new_embeddings(w["captions_new"][rest], "text").numpy()
+    return float(((q @ w["old_img"][rest].T).argmax(1) == np.arange(len(rest))).mean() * 100)
+
+
+def test_a_refresh_from_re_embedded_images_lifts_the_part_not_re_embedded(world):
+    done, rest = np.arange(240), np.arange(240, N)
+    refreshed, record = refresh_adapter(
+        world["adapter"], "image", world["old_img"][done], world["new_img"][done], world["texts_new"], verbose=False
+    )
+    assert record["kept"].startswith("refreshed") and refreshed is not world["adapter"]
+    assert refreshed.heads["image"] is world["adapter"].heads["image"]  # only the head searching images changed
+    assert refreshed.training["refreshes"][-1]["n_items"] == 240
+    before, after = r1_on_the_old_part(world["adapter"], world, rest), r1_on_the_old_part(refreshed, world, rest)
+    assert after > before, (before, after)
+
+
+def test_items_whose_two_vectors_do_not_match_teach_nothing_and_the_guard_keeps_the_adapter(world):
+    done = np.arange(240)
+    shuffled = world["new_img"][np.random.default_rng(0).permutation(done)]  # each item's NEW vector is another's
+    kept, record = refresh_adapter(
+        world["adapter"], "image", world["old_img"][done], shuffled, world["texts_new"], verbose=False
+    )
+    assert kept is world["adapter"] and record["kept"].startswith("current head")
+
+
+def test_a_refresh_refuses_what_cannot_be_refreshed(world):
+    with pytest.raises(xbt.XBTError, match="at least 5 items"):
+        refresh_adapter(world["adapter"], "image", world["old_img"][:8], world["new_img"][:8], world["texts_new"])
+    with pytest.raises(xbt.XBTError, match="'image' or 'text'"):
+        refresh_adapter(world["adapter"], "audio", world["old_img"], world["new_img"], world["texts_new"])
+    with pytest.raises(xbt.XBTError, match="old vectors but"):
+        refresh_adapter(world["adapter"], "image", world["old_img"][:50], world["new_img"][:60], world["texts_new"])
+    with pytest.raises(ValueError, match="anchor_weight"):
+        RefreshConfig(anchor_weight=-1)
