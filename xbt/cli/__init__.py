@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "push": "upload a saved adapter folder (with its model card) to the Hugging Face Hub",
     "export": "write an adapter's query encoders (LoRA merged) as ONNX, served by onnxruntime alone",
     "app": "the search page (Gradio, pip install 'xbt[app]'): old→old vs new→old vs new→new, report",
-    "gallery": "a gallery in migration: build, backfill (resumable; on Ray), search, upgrade, refresh, rollback, cutover",
+    "gallery": "a gallery in migration: build, backfill (resumable, or on Ray), search, upgrade, refresh, rollback",
 }
 
 
