@@ -224,3 +224,30 @@ def _image(folder: Path) -> Path:
     images, _ = xbt.toy.test_split(1)
     images[0].save(folder / "q.png")
     return folder / "q.png"
+
+
+def test_the_lancedb_store_refuses_items_mid_backfill_and_cuts_over_by_dropping_the_old_column(tmp_path):
+    rng = np.random.default_rng(0)
+    old, new = rng.standard_normal((30, 8)).astype(np.float32), rng.standard_normal((30, 12)).astype(np.float32)
+    store = LanceStore(8, 12, path=tmp_path / "db", old_model="o", new_model="n")
+    store.add_old(old[:20])
+    store.add_old(old[20:])  # before the backfill: welcome
+    assert store.pre_backfill_version is None
+    store.set_new(np.arange(10), new[:10])
+    tagged = store.pre_backfill_version
+    assert tagged is not None and store.version == tagged + 1
+    with pytest.raises(xbt.XBTError, match="while its backfill runs"):
+        store.add_old(old[:1])
+    again = LanceStore.open(tmp_path / "db", 8, 12)  # what another process sees
+    assert again.in_new.sum() == 10 and again.stamps == {"old_model": "o", "new_model": "n"}
+    np.testing.assert_array_equal(again.vectors("new", np.arange(10)), new[:10])
+    with pytest.raises(xbt.XBTError, match="no 'new' vector"):
+        again.vectors("new", [12])
+    with pytest.raises(xbt.XBTError, match="holds 8-d old and 12-d new"):
+        LanceStore.open(tmp_path / "db", 8, 16)
+    store.set_new(np.arange(10, 30), new[10:])
+    store.cutover()
+    assert not store.has_old and "old" not in store.table.schema.names
+    with pytest.raises(xbt.XBTError, match="cut over"):
+        store.rollback()
+    np.testing.assert_array_equal(store.search("new", new[:3], 1)[1][:, 0], [0, 1, 2])

@@ -158,15 +158,19 @@ class LanceStore(VectorStore):
             self._cache = (*key, np.asarray(t.column("id")), values)
         return self._cache[2], self._cache[3]
 
+    def add_old(self, vectors) -> np.ndarray:
+        """``VectorStore.add_old``, refused while a backfill runs (its rollback would lose the new items)."""
+        if self.in_new.any() and self.pre_backfill_version is not None:
+            raise XBTError(
+                "items cannot join a LanceDB gallery while its backfill runs: rollback restores the pre-backfill "
+                "version, which would lose them; add them before the backfill starts, or roll it back first"
+            )
+        return super().add_old(vectors)
+
     def _put(self, space: str, ids: np.ndarray, vectors: np.ndarray) -> None:
         pa = self._pa
         if space == "old":  # new items: appended, active in the old space
             tag = self.pre_backfill_version
-            if tag is not None and self.in_new.any():
-                raise XBTError(
-                    "items cannot join a LanceDB gallery while its backfill runs: rollback restores the pre-backfill "
-                    "version, which would lose them; add them before the backfill starts or after cutover"
-                )
             self.table.add(
                 pa.table(
                     {
