@@ -204,7 +204,10 @@ def test_the_cli_backfills_on_ray_into_lancedb_searches_it_and_rolls_it_back(set
     queries.mkdir()
     for i, image in enumerate(xbt.toy.pairs(30)["image"]):
         image.save(queries / f"{i}.png")
+    guard = tmp_path / "guard"
+    xbt.toy.pairs(20, seed=1).save_to_disk(str(guard))
     refresh = ["gallery", "refresh", "--gallery", str(gallery), "--adapter", str(adapter_dir), "--quiet"]
+    refresh += ["--pairs", str(guard)]
     assert main([*refresh, "--queries", str(captions), "--out", str(tmp_path / "r")]) == 2
     assert "give a folder of images" in capsys.readouterr().err  # a caption gallery is searched by images
     assert main([*refresh, "--queries", str(queries), "--out", str(tmp_path / "r")]) == 2

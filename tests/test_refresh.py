@@ -15,9 +15,10 @@ N = 400  # test images: 240 re-embedded, 160 still old
 @pytest.fixture(scope="module")
 def world():
     old, new = xbt.toy.load_clips(device="cpu")
-    adapter = xbt.fit(old, new, xbt.toy.text_corpus(3000), epochs=3, verbose=False)  # stage 1, a weak start
+    adapter = xbt.fit(old, new, xbt.toy.text_corpus(300), epochs=1, verbose=False)  # stage 1, barely: room to learn
     images, caps = xbt.toy.test_split(N)
     first = [c[0] for c in caps]
+    guard_images, guard_caps = map(list, zip(*xbt.toy.pair_list(300, seed=1)))
     return {
         "old": old,
         "new": new,
@@ -26,6 +27,8 @@ def world():
         "new_img": embed_images(new, images, verbose=False).numpy(),
         "captions_new": embed_texts(new, first, verbose=False),
         "texts_new": embed_texts(new, xbt.toy.text_corpus(3000, seed=7), verbose=False).numpy(),
+        # the guard's labelled pairs, never trained on: captions and the OLD vectors of their images
+        "guard": (embed_texts(new, guard_caps, verbose=False).numpy(), embed_images(old, guard_images, verbose=False)),
     }
 
 
@@ -36,9 +39,16 @@ def r1_on_the_old_part(adapter, w, rest) -> float:
 
 
 def test_a_refresh_from_re_embedded_images_lifts_the_part_not_re_embedded(world):
+    # measured on this setup: 71.25 -> 75.00 R@1 (a well-trained start gains nothing and is kept: BENCHMARKS.md)
     done, rest = np.arange(240), np.arange(240, N)
     refreshed, record = refresh_adapter(
-        world["adapter"], "image", world["old_img"][done], world["new_img"][done], world["texts_new"], verbose=False
+        world["adapter"],
+        "image",
+        world["old_img"][done],
+        world["new_img"][done],
+        world["texts_new"],
+        *world["guard"],
+        verbose=False,
     )
     assert record["kept"].startswith("refreshed") and refreshed is not world["adapter"]
     assert refreshed.heads["image"] is world["adapter"].heads["image"]  # only the head searching images changed
@@ -51,17 +61,28 @@ def test_items_whose_two_vectors_do_not_match_teach_nothing_and_the_guard_keeps_
     done = np.arange(240)
     shuffled = world["new_img"][np.random.default_rng(0).permutation(done)]  # each item's NEW vector is another's
     kept, record = refresh_adapter(
-        world["adapter"], "image", world["old_img"][done], shuffled, world["texts_new"], verbose=False
+        world["adapter"], "image", world["old_img"][done], shuffled, world["texts_new"], *world["guard"], verbose=False
     )
     assert kept is world["adapter"] and record["kept"].startswith("current head")
 
 
 def test_a_refresh_refuses_what_cannot_be_refreshed(world):
     with pytest.raises(xbt.XBTError, match="at least 5 items"):
-        refresh_adapter(world["adapter"], "image", world["old_img"][:8], world["new_img"][:8], world["texts_new"])
+        refresh_adapter(
+            world["adapter"], "image", world["old_img"][:8], world["new_img"][:8], world["texts_new"], *world["guard"]
+        )
     with pytest.raises(xbt.XBTError, match="'image' or 'text'"):
-        refresh_adapter(world["adapter"], "audio", world["old_img"], world["new_img"], world["texts_new"])
+        refresh_adapter(
+            world["adapter"], "audio", world["old_img"], world["new_img"], world["texts_new"], *world["guard"]
+        )
     with pytest.raises(xbt.XBTError, match="old vectors but"):
-        refresh_adapter(world["adapter"], "image", world["old_img"][:50], world["new_img"][:60], world["texts_new"])
+        refresh_adapter(
+            world["adapter"],
+            "image",
+            world["old_img"][:50],
+            world["new_img"][:60],
+            world["texts_new"],
+            *world["guard"],
+        )
     with pytest.raises(ValueError, match="anchor_weight"):
         RefreshConfig(anchor_weight=-1)

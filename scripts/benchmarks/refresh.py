@@ -12,7 +12,8 @@ and 100 % re-embedded in a random order (mean of ``--orders``):
 - **with refresh**: at each fraction, ``cluster.refresh_adapter`` on the items re-embedded so far (their OLD and
   NEW vectors) with query examples of the other modality that are not test queries (10,000 texts of the world's
   corpus less the test captions for an image gallery; the 2,000 pair images for a caption gallery); the score
-  calibration is fitted again for the refreshed queries on the same pair set; the guard may keep the adapter;
+  calibration is fitted again for the refreshed queries on the same pair set; the guard (500 other pairs,
+  ``world.pair_list(500, seed=1)``, never trained on) may keep the adapter;
 - **the part not re-embedded yet**: new->old R@1 of the queries whose right item is still old, searching only
   the old part, with the adapter and with its refreshed form.
 
@@ -71,6 +72,8 @@ def run_world(name: str, orders: int, adapters: Path) -> dict:
     pv, _ = pair_vectors(adapter, old, ([im for im, _ in pairs], [c for _, c in pairs]))
     cal_pairs = world.pair_list(1000, captions_per_image=5)
     cv, cal_ids = pair_vectors(adapter, old, ([im for im, _ in cal_pairs], [c for _, c in cal_pairs]))
+    guard_pairs = world.pair_list(500, seed=1)
+    gv, _ = pair_vectors(adapter, old, ([im for im, _ in guard_pairs], [c for _, c in guard_pairs]))
     texts = world.text_memory(10_000)
     query_examples = {"text": embed_texts(new, texts, verbose=False).numpy(), "image": pv["new_img"]}
     out: dict = {}
@@ -102,7 +105,15 @@ def run_world(name: str, orders: int, adapters: Path) -> dict:
                 variants = {"without refresh": (adapter, base_cal)}
                 if 0 < f < 1:
                     refreshed, record = refresh_adapter(
-                        adapter, items, g_old[chosen], g_new[chosen], query_examples[qm], {"seed": seed}, verbose=False
+                        adapter,
+                        items,
+                        g_old[chosen],
+                        g_new[chosen],
+                        query_examples[qm],
+                        gv[f"new_{key_q}"],
+                        gv[f"old_{key_g}"],
+                        {"seed": seed},
+                        verbose=False,
                     )
                     kept.append({"fraction": f, "order": seed, "kept": record["kept"]})
                     rcv = {**cv, f"ad_{key_q}": adapted(refreshed, cv[f"new_{key_q}"], qm)}

@@ -29,13 +29,14 @@ def register_action(gsub) -> None:
         description="Refresh the query head of --adapter that searches this gallery from its re-embedded items "
         "(cluster.refresh_adapter): the head learns to rank their OLD vectors as the new model ranks their NEW ones, "
         "for the --queries given (a text file, one caption a line, for an image gallery; a folder of images for a "
-        "caption gallery). Held-out items decide: the refreshed adapter is written to --out only if it searches "
-        "them better; otherwise nothing is written and it says so. Reads the LanceDB table of a Ray backfill when "
-        "the gallery has one, else the folder's own backfill.",
+        "caption gallery). The --pairs decide (pairs the adapter did not train on): the refreshed adapter is "
+        "written to --out only if they find their right items better through it; otherwise nothing is written and "
+        "it says so. Reads the LanceDB table of a Ray backfill when the gallery has one, else the folder's own.",
     )
     r.add_argument("--gallery", required=True, metavar="DIR", help="the gallery folder (xbt gallery build)")
     r.add_argument("--adapter", required=True, metavar="DIR", help="the adapter serving the gallery's old part")
     r.add_argument("--queries", required=True, metavar="PATH", help="query examples: texts file or images folder")
+    r.add_argument("--pairs", required=True, metavar="DIR", help="the guard's pairs (save_to_disk; not trained on)")
     r.add_argument("--out", required=True, metavar="DIR", help="where the refreshed adapter is saved")
     r.add_argument(
         "--store-path", default=None, metavar="DIR", help=f"the LanceDB folder (default GALLERY/{LANCE_DIR})"
@@ -150,8 +151,9 @@ def _refresh(args) -> int:
     from ..cluster.refresh import QUERY_OF, refresh_adapter
     from ..data.sources import LazyImages
     from ..gallery.backfill import open_gallery
+    from ..gallery.pair_vectors import load_pairs
     from ..models.embedding import embed_images, embed_texts
-    from .common import new_from_adapter_config
+    from .common import load_model, new_from_adapter_config
 
     if Path(args.out).exists() and any(Path(args.out).iterdir()):
         raise XBTError(f"--out {args.out} is not empty; give a new folder for the refreshed adapter")
@@ -169,13 +171,20 @@ def _refresh(args) -> int:
         examples = [line.strip() for line in queries.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         examples = LazyImages(sorted(f for f in queries.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")))
+    pair_images, pair_captions = load_pairs(args.pairs)
     new = new_from_adapter_config(args.adapter, args.device)
     adapter = load_adapter(args.adapter, new)
     gallery.check_adapter(adapter)
-    embed = embed_texts if gallery.modality == "image" else embed_images
-    q = embed(new, examples, verbose=not args.quiet)
+    old = load_model(gallery.old_ref.name, gallery.old_ref.pretrained, args.device, gallery.old_ref.revision)
+    quiet = args.quiet
+    if gallery.modality == "image":  # captions search images: the guard's right items are the pair images
+        q = embed_texts(new, examples, verbose=not quiet)
+        guard = (embed_texts(new, pair_captions, verbose=not quiet), embed_images(old, pair_images, verbose=not quiet))
+    else:
+        q = embed_images(new, examples, verbose=not quiet)
+        guard = (embed_images(new, pair_images, verbose=not quiet), embed_texts(old, pair_captions, verbose=not quiet))
     old_v, new_v = gallery.store.vectors("old", ids), gallery.store.vectors("new", ids)
-    refreshed, record = refresh_adapter(adapter, gallery.modality, old_v, new_v, q, verbose=not args.quiet)
+    refreshed, record = refresh_adapter(adapter, gallery.modality, old_v, new_v, q, *guard, verbose=not quiet)
     gain = record["gain_and_se"]
     print(
         f"refresh: {len(ids)} re-embedded items, {len(examples)} query examples; held-out geometric-mean rank "

@@ -7,11 +7,15 @@ this gallery to rank the re-embedded items' OLD vectors the way the bare new mod
 bank), for query examples of the other modality: texts for an image gallery, images for a caption gallery.
 The items are the training signal, so they need no caption.
 
-The guard: a share of the re-embedded items and of the queries is held out. For a held-out query, the right
-item is the one the new model ranks first among the held-out items (in the NEW space); a head's score is
-the geometric-mean rank of that item when the query, through the head, searches the held-out items' OLD
-vectors. A refreshed head (its best epoch) replaces the current one only if its paired per-query log-rank
+The guard reads labelled pairs the refresh never trains on (``val_queries_new`` and the OLD vectors of their
+right items, ``val_targets_old``: held-out pair captions and their images for an image gallery, pair images
+and their captions for a caption gallery): each query searches its right item among the OLD vectors of a
+held-out share of the re-embedded items, through the head; a head's score is the geometric-mean rank of the
+right item. A refreshed head (its best epoch) replaces the current one only if its paired per-query log-rank
 gain over it exceeds one standard error; otherwise the adapter is returned unchanged. The record says which.
+(A guard without labels, the item the new model ranks first as each query's right answer, was measured and
+dropped: on shapes' caption gallery it kept refreshes that took the old part's image queries from 54 to 20
+R@1; BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def refresh_adapter(
     old_vectors: Any,
     new_vectors: Any,
     queries_new: Any,
+    val_queries_new: Any,
+    val_targets_old: Any,
     config: RefreshConfig | dict | None = None,
     verbose: bool = True,
 ) -> tuple[Adapter, dict[str, Any]]:
@@ -77,6 +83,8 @@ def refresh_adapter(
             unit rows, row ``j`` one item (``store.vectors("old", ids)`` and ``("new", ids)``).
         queries_new: the bare NEW model's embeddings of query examples [q, d_new] (captions like the users'
             for an image gallery, images for a caption gallery): ``embed_texts(adapter.new, texts)``.
+        val_queries_new, val_targets_old: the guard's labelled pairs: queries [v, d_new] (bare NEW model) and the
+            OLD vectors of their right items [v, d_old], row ``i`` query ``i``'s (module docstring).
         config: ``RefreshConfig`` fields.
 
     Returns ``(adapter, record)``: a new ``Adapter`` with the refreshed head (its ``training["refreshes"]``
@@ -89,6 +97,13 @@ def refresh_adapter(
     old = torch.from_numpy(as_vectors(old_vectors, adapter.embed_dim, "the re-embedded items' old vectors"))
     new = torch.from_numpy(as_vectors(new_vectors, adapter.new.embed_dim, "the re-embedded items' new vectors"))
     queries = torch.from_numpy(as_vectors(queries_new, adapter.new.embed_dim, "the query examples' new vectors"))
+    val_q = torch.from_numpy(as_vectors(val_queries_new, adapter.new.embed_dim, "the guard's queries"))
+    val_t = torch.from_numpy(as_vectors(val_targets_old, adapter.embed_dim, "the guard's right items"))
+    if len(val_q) != len(val_t) or len(val_q) < 5:
+        raise XBTError(
+            f"the guard needs at least 5 labelled queries, one right item each; got {len(val_q)} queries and "
+            f"{len(val_t)} items"
+        )
     if len(old) != len(new):
         raise XBTError(f"{len(old)} old vectors but {len(new)} new ones; give both vectors of each re-embedded item")
     if adapter.from_new_embeddings(queries[:1], modality) is None:
@@ -100,20 +115,21 @@ def refresh_adapter(
     if len(old) > cfg.max_items:
         keep = torch.randperm(len(old), generator=gen)[: cfg.max_items]
         old, new = old[keep], new[keep]
-    n_val_items, n_val_q = round(cfg.val_fraction * len(old)), round(cfg.val_fraction * len(queries))
-    if n_val_items < 5 or len(old) - n_val_items < 5 or n_val_q < 5 or len(queries) - n_val_q < 5:
+    n_val_items = round(cfg.val_fraction * len(old))
+    if n_val_items < 5 or len(old) - n_val_items < 5 or len(queries) < 5:
         raise XBTError(
-            f"a refresh needs at least 5 items and 5 queries on each side of its held-out split; got {len(old)} "
-            f"re-embedded items and {len(queries)} queries at val_fraction {cfg.val_fraction}: backfill further first"
+            f"a refresh needs at least 5 items on each side of its held-out split and 5 query examples; got "
+            f"{len(old)} re-embedded items at val_fraction {cfg.val_fraction} and {len(queries)} queries: backfill "
+            "further first"
         )
-    items_order, q_order = torch.randperm(len(old), generator=gen), torch.randperm(len(queries), generator=gen)
+    items_order = torch.randperm(len(old), generator=gen)
     val_items, train_items = items_order[:n_val_items], items_order[n_val_items:]
-    val_q, train_q = queries[q_order[:n_val_q]], queries[q_order[n_val_q:]]
-    right = (val_q @ new[val_items].T).argmax(1)  # the new model's first choice among the held-out items
+    gallery = torch.cat([val_t, old[val_items]])  # each query's right item among held-out re-embedded items
+    right = torch.arange(len(val_q))
 
     def log_ranks(head) -> torch.Tensor:
         with torch.no_grad():
-            return torch.log(target_ranks(head.in_chunks(val_q), old[val_items], right))
+            return torch.log(target_ranks(head.in_chunks(val_q), gallery, right))
 
     current = adapter.heads[modality]
     base = log_ranks(current)
@@ -131,7 +147,7 @@ def refresh_adapter(
     )
     distill_text_head(
         current,
-        train_q,
+        queries,
         new[train_items],
         old[train_items],
         teacher_t,
@@ -146,8 +162,8 @@ def refresh_adapter(
         "query_modality": modality,
         "n_items": len(old),
         "n_queries": len(queries),
-        "held_out": {"items": n_val_items, "queries": n_val_q},
-        "measure": "held-out queries search the held-out items' OLD vectors for the item the new model ranks first",
+        "held_out": {"items": n_val_items, "labelled_queries": len(val_q)},
+        "measure": "labelled queries search their right item's OLD vector among the held-out items' OLD vectors",
         "current_geo_mean_rank": math.exp(float(base.mean())),
         "epochs_geo_mean_rank": [math.exp(float(logs.mean())) for logs, _ in states[1:]],
         "gain_and_se": [[round(g, 4), round(s, 4)] for g, s in gains],
