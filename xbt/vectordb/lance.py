@@ -236,7 +236,7 @@ class LanceStore(VectorStore):
                 .metric("dot")
                 .where(f"space = '{space}'", prefilter=True)
                 .limit(k)
-                .select(["id"])
+                .select(["id", "_distance"])
                 .to_arrow()
             )
             found = np.asarray(hits.column("id"), np.int64)
