@@ -13,9 +13,8 @@ and their captions for a caption gallery): each query searches its right item am
 held-out share of the re-embedded items, through the head; a head's score is the geometric-mean rank of the
 right item. A refreshed head (its best epoch) replaces the current one only if its paired per-query log-rank
 gain over it exceeds one standard error; otherwise the adapter is returned unchanged. The record says which.
-(A guard without labels, the item the new model ranks first as each query's right answer, was measured and
-dropped: on shapes' caption gallery it kept refreshes that took the old part's image queries from 54 to 20
-R@1; BENCHMARKS.md.)
+Why labelled pairs and not the new model's own first choice as each query's right answer: BENCHMARKS.md,
+"Backfill past one machine".
 """
 
 from __future__ import annotations
