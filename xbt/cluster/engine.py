@@ -34,7 +34,7 @@ import numpy as np
 from ..adapters.config import ModelRef
 from ..core.errors import XBTError
 from ..core.files import write_json
-from ..gallery.backfill import job_lock
+from ..gallery.backfill import check_backfill_inputs, job_lock
 from ..gallery.folder import first_difference, item_keys, read_item_keys, read_old_vectors
 from ..gallery.mixed import MixedGallery, read_meta
 from ..gallery.planner import budget_count
@@ -128,25 +128,9 @@ class RayBackfill:
         self.meta = read_meta(self.gallery_dir)
         self.new = as_encoder(new)
         self.items, self.n = items, int(self.meta["size"])
-        if len(items) != self.n:
-            raise XBTError(
-                f"the gallery has {self.n} items but {len(items)} were given; pass the items it was built from"
-            )
-        if self.new.embed_dim != self.meta["new_width"]:
-            raise XBTError(
-                f"the gallery expects {self.meta['new_width']}-d new vectors but {self.new.name} gives "
-                f"{self.new.embed_dim}-d; backfill with the new model the gallery was built for"
-            )
-        for name, value, low in (
-            ("batch_size", batch_size, 1),
-            ("workers", workers, 1),
-            ("gpus_per_worker", gpus_per_worker, 0),
-        ):
-            if value < low:
-                raise XBTError(f"{name} must be >= {low}, got {value}")
-        self.order = None if order is None else np.asarray(order, np.int64)
-        if self.order is not None and sorted(self.order.tolist()) != list(range(self.n)):
-            raise XBTError(f"order must be a permutation of the gallery's {self.n} item ids (planner.plan_order)")
+        self.order = check_backfill_inputs(self.meta, self.new, items, order, batch_size)
+        if workers < 1 or gpus_per_worker < 0:
+            raise XBTError(f"workers must be >= 1 and gpus_per_worker >= 0, got {workers} and {gpus_per_worker}")
         self.batch_size, self.workers, self.gpus = int(batch_size), int(workers), float(gpus_per_worker)
         self.address, self.model_factory = address, model_factory
         self.old_ref = ModelRef.from_dict(self.meta["old_model"])

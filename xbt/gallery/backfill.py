@@ -90,6 +90,28 @@ def job_lock(folder: Path):
         os.close(fd)  # closing releases the flock
 
 
+def check_backfill_inputs(meta: dict, new: Any, items: Sequence[Any], order, batch_size: int) -> np.ndarray | None:
+    """Refuse what a backfill of the gallery ``meta`` describes cannot take; the order as int64 [n] (or ``None``).
+
+    The items must be the gallery's (as many), the NEW encoder must give the gallery's new width, the order a
+    permutation of its item ids (``planner.plan_order``), the batch size at least 1. Both engines call it.
+    """
+    n = meta["size"]
+    if len(items) != n:
+        raise XBTError(f"the gallery has {n} items but {len(items)} were given; pass the items it was built from")
+    if new.embed_dim != meta["new_width"]:
+        raise XBTError(
+            f"the gallery expects {meta['new_width']}-d new vectors but {new.name} gives {new.embed_dim}-d; backfill "
+            "with the new model the gallery was built for"
+        )
+    if batch_size < 1:
+        raise XBTError(f"batch_size must be >= 1, got {batch_size}")
+    order = None if order is None else np.asarray(order, np.int64)
+    if order is not None and sorted(order.tolist()) != list(range(n)):
+        raise XBTError(f"order must be a permutation of the gallery's {n} item ids (planner.plan_order gives one)")
+    return order
+
+
 class ManifestUnreadable(XBTError):
     """A backfill manifest that is cut short or damaged (``rollback`` can still set its backfill aside)."""
 
@@ -147,20 +169,7 @@ class BackfillJob:
         self.new = as_encoder(new)
         self.items, self.folder = items, self.gallery_dir / BACKFILL_DIR
         n = self.meta["size"]
-        if len(items) != n:
-            raise XBTError(
-                f"the gallery has {n} items but {len(items)} were given; pass the items the gallery was built from"
-            )
-        if self.new.embed_dim != self.meta["new_width"]:
-            raise XBTError(
-                f"the gallery expects {self.meta['new_width']}-d new vectors but {self.new.name} gives "
-                f"{self.new.embed_dim}-d; backfill with the new model the gallery was built for"
-            )
-        if batch_size < 1:
-            raise XBTError(f"batch_size must be >= 1, got {batch_size}")
-        self.order = None if order is None else np.asarray(order, np.int64)
-        if self.order is not None and (sorted(self.order.tolist()) != list(range(n))):
-            raise XBTError(f"order must be a permutation of the gallery's {n} item ids (planner.plan_order gives one)")
+        self.order = check_backfill_inputs(self.meta, self.new, items, order, batch_size)
         self.batch_size, self.plan = int(batch_size), plan
         #: uint8 [n, 12]: the content hashes recorded at build time (``None``: a gallery saved before them)
         self.recorded = read_item_keys(self.gallery_dir)
