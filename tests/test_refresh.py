@@ -86,3 +86,40 @@ def test_a_refresh_refuses_what_cannot_be_refreshed(world):
         )
     with pytest.raises(ValueError, match="anchor_weight"):
         RefreshConfig(anchor_weight=-1)
+
+
+def test_the_items_own_captions_teach_the_head_more_than_their_vectors_alone(world):
+    images, caps = xbt.toy.test_split(N)
+    done, rest = np.arange(240), np.arange(240, N)
+    flat = [c for cs in caps[:240] for c in cs]
+    own = embed_texts(world["new"], flat, verbose=False).numpy()
+    refreshed, record = refresh_adapter(
+        world["adapter"],
+        "image",
+        world["old_img"][done],
+        world["new_img"][done],
+        world["texts_new"],
+        *world["guard"],
+        verbose=False,
+        item_queries_new=own,
+        item_of_query=np.repeat(np.arange(240), 5),
+    )
+    assert record["supervised_epochs"] == 3 and record["kept"].startswith("refreshed")
+    unseen = [i for i, c in zip(rest, caps[240:]) if c[0] not in set(flat)]  # no caption text trained on
+    assert len(unseen) > 50
+    q = world["captions_new"][unseen]
+    before = world["adapter"].from_new_embeddings(q, "text").numpy() @ world["old_img"][rest].T
+    after = refreshed.from_new_embeddings(q, "text").numpy() @ world["old_img"][rest].T
+    right = np.searchsorted(rest, unseen)
+    assert (after.argmax(1) == right).mean() > (before.argmax(1) == right).mean()
+    with pytest.raises(xbt.XBTError, match="a row of old_vectors"):
+        refresh_adapter(
+            world["adapter"],
+            "image",
+            world["old_img"][done],
+            world["new_img"][done],
+            world["texts_new"],
+            *world["guard"],
+            item_queries_new=own,
+            item_of_query=np.full(len(own), 240),
+        )

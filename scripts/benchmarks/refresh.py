@@ -14,6 +14,9 @@ and 100 % re-embedded in a random order (mean of ``--orders``):
   corpus less the test captions for an image gallery; the 2,000 pair images for a caption gallery); the score
   calibration is fitted again for the refreshed queries on the same pair set; the guard (500 other pairs,
   ``world.pair_list(500, seed=1)``, never trained on) may keep the adapter;
+- **with refresh + captions** (T2I only): the re-embedded images' own captions join the refresh (each finds its
+  image's OLD vector); as those are test captions, this row and the ``without refresh`` row beside it
+  (``unseen``) are measured only on the query captions whose text is not among them;
 - **the part not re-embedded yet**: new->old R@1 of the queries whose right item is still old, searching only
   the old part, with the adapter and with its refreshed form.
 
@@ -90,8 +93,13 @@ def run_world(name: str, orders: int, adapters: Path) -> dict:
             out[direction] = {"skipped": f"the old part is searched with {gallery.old_queries_reason}"}
             continue
         base_cal = fit_calibration(*calibration_set(cv, cal_ids, items))
-        rows = {"without refresh": [], "with refresh": []}
-        old_part = {"without refresh": [], "with refresh": []}
+        labels = ["without refresh", "with refresh"] + (["with refresh + captions"] if items == "image" else [])
+        rows = {
+            k: []
+            for k in labels
+            + (["without refresh, unseen", "with refresh + captions, unseen"] if items == "image" else [])
+        }
+        old_part = {k: [] for k in rows}
         kept = []
         for f in FRACTIONS:
             runs = {k: [] for k in rows}
@@ -103,7 +111,22 @@ def run_world(name: str, orders: int, adapters: Path) -> dict:
                 if len(chosen):
                     gallery.set_new(chosen, g_new[chosen])
                 variants = {"without refresh": (adapter, base_cal)}
-                if 0 < f < 1:
+                seen = np.zeros(len(q_owner), bool)  # query captions whose text a refresh trained on
+                for label in labels[1:]:
+                    extra = {}
+                    if label.endswith("captions") and 0 < f < 1:
+                        rows_of_chosen = np.flatnonzero(np.isin(cap_owner, chosen))
+                        where = np.full(len(images), -1)
+                        where[chosen] = np.arange(len(chosen))
+                        extra = {
+                            "item_queries_new": test["new_txt"][rows_of_chosen],
+                            "item_of_query": where[cap_owner[rows_of_chosen]],
+                        }
+                        trained = {flat[i] for i in rows_of_chosen}
+                        seen = np.array([c in trained for c in flat])
+                    if not 0 < f < 1:
+                        variants[label] = variants["without refresh"]
+                        continue
                     refreshed, record = refresh_adapter(
                         adapter,
                         items,
@@ -114,25 +137,32 @@ def run_world(name: str, orders: int, adapters: Path) -> dict:
                         gv[f"old_{key_g}"],
                         {"seed": seed},
                         verbose=False,
+                        **extra,
                     )
-                    kept.append({"fraction": f, "order": seed, "kept": record["kept"]})
+                    kept.append({"row": label, "fraction": f, "order": seed, "kept": record["kept"]})
                     rcv = {**cv, f"ad_{key_q}": adapted(refreshed, cv[f"new_{key_q}"], qm)}
-                    variants["with refresh"] = (refreshed, fit_calibration(*calibration_set(rcv, cal_ids, items)))
-                else:
-                    variants["with refresh"] = variants["without refresh"]
+                    variants[label] = (refreshed, fit_calibration(*calibration_set(rcv, cal_ids, items)))
                 for label, (ad, cal) in variants.items():
                     q_ad = adapted(ad, test[f"new_{key_q}"], qm)
                     gallery.calibration = cal
                     _, ids = gallery.search(test[f"new_{key_q}"], q_ad, k=max(KS), merge="calibrated")
-                    runs[label].append(recall(ids, g_owner, q_owner))
-                    if len(rest):
-                        parts[label].append(old_part_r1(q_ad, g_old, rest, g_owner, q_owner))
+                    subsets = [(label, np.ones(len(q_owner), bool))]
+                    if items == "image" and label in ("without refresh", "with refresh + captions"):
+                        subsets.append((label + ", unseen", ~seen))
+                    for name, mask in subsets:
+                        runs[name].append(recall(ids[mask], g_owner, q_owner[mask]))
+                        if len(rest):
+                            parts[name].append(old_part_r1(q_ad[mask], g_old, rest, g_owner, q_owner[mask]))
             for label in rows:
                 rows[label].append({k: round(float(np.mean([r[k] for r in runs[label]])), 2) for k in KS})
                 old_part[label].append(round(float(np.mean(parts[label])), 2) if parts[label] else None)
+        pairs_compared = [("with refresh", "without refresh")] + (
+            [("with refresh + captions, unseen", "without refresh, unseen")] if items == "image" else []
+        )
         below = {
-            f"{int(f * 100)}%/R@{k}": round(w[k] - wo[k], 2)
-            for f, w, wo in zip(FRACTIONS, rows["with refresh"], rows["without refresh"])
+            f"{a}: {int(f * 100)}%/R@{k}": round(w[k] - wo[k], 2)
+            for a, b in pairs_compared
+            for f, w, wo in zip(FRACTIONS, rows[a], rows[b])
             for k in KS
             if w[k] < wo[k] - 1e-9
         }

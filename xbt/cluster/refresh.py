@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..adapters.adapter import Adapter
@@ -33,6 +34,7 @@ from ..core.options import option
 from ..method.config import Stage2Config, TrainingOptions
 from ..method.guard import paired_gain, target_ranks
 from ..method.heads import distill_text_head
+from ..method.losses import cosine_gap, multi_positive_nce
 from ..vectordb.interface import as_vectors
 
 #: the query modality whose head searches a gallery of these items
@@ -71,6 +73,8 @@ def refresh_adapter(
     val_targets_old: Any,
     config: RefreshConfig | dict | None = None,
     verbose: bool = True,
+    item_queries_new: Any = None,
+    item_of_query: Any = None,
 ) -> tuple[Adapter, dict[str, Any]]:
     """Refresh the head that searches a gallery of ``items`` from its re-embedded items (module docstring).
 
@@ -85,6 +89,10 @@ def refresh_adapter(
         val_queries_new, val_targets_old: the guard's labelled pairs: queries [v, d_new] (bare NEW model) and the
             OLD vectors of their right items [v, d_old], row ``i`` query ``i``'s (module docstring).
         config: ``RefreshConfig`` fields.
+        item_queries_new, item_of_query: where the re-embedded items come with their own queries (an image
+            gallery's captions): their NEW vectors [c, d_new] and the row of ``old_vectors`` each belongs to
+            (int [c]). The head then also learns from them directly, each caption finding its item's OLD
+            vector among the batch's (InfoNCE), beside the distillation: the supervision stage 2 has on its pairs.
 
     Returns ``(adapter, record)``: a new ``Adapter`` with the refreshed head (its ``training["refreshes"]``
     extended), or the same adapter where the guard kept the current head; ``record`` holds the scores.
@@ -111,9 +119,12 @@ def refresh_adapter(
             "with the old model): only a head on the frozen tower can be refreshed from vectors"
         )
     gen = torch.Generator().manual_seed(cfg.seed)
+    row = torch.arange(len(old))  # where each given item sits in the bank (-1: left out of the sample)
     if len(old) > cfg.max_items:
         keep = torch.randperm(len(old), generator=gen)[: cfg.max_items]
         old, new = old[keep], new[keep]
+        row = torch.full((len(row),), -1, dtype=torch.int64)
+        row[keep] = torch.arange(len(keep))
     n_val_items = round(cfg.val_fraction * len(old))
     if n_val_items < 5 or len(old) - n_val_items < 5 or len(queries) < 5:
         raise XBTError(
@@ -154,6 +165,14 @@ def refresh_adapter(
         verbose=verbose,
         on_state=lambda h: states.append((log_ranks(h), copy.deepcopy(h.state_dict()))),
     )
+    if item_queries_new is not None:
+        caps = torch.from_numpy(as_vectors(item_queries_new, adapter.new.embed_dim, "the items' own queries"))
+        given = torch.as_tensor(np.asarray(item_of_query), dtype=torch.int64)
+        if len(given) != len(caps) or (len(given) and (given.min() < 0 or given.max() >= len(row))):
+            raise XBTError("item_of_query must give, for each of the items' own queries, a row of old_vectors")
+        owner = row[given]
+        in_train = torch.isin(owner, train_items)  # a held-out (or unsampled) item's captions are never trained on
+        states += _supervised(current, caps[in_train], old, owner[in_train], cfg, log_ranks)
     gains = [paired_gain(base, logs) for logs, _ in states[1:]]  # states[0] is the current head
     best = max(range(len(gains)), key=lambda i: gains[i][0] - gains[i][1], default=None)
     record = {
@@ -165,13 +184,14 @@ def refresh_adapter(
         "measure": "labelled queries search their right item's OLD vector among the held-out items' OLD vectors",
         "current_geo_mean_rank": math.exp(float(base.mean())),
         "epochs_geo_mean_rank": [math.exp(float(logs.mean())) for logs, _ in states[1:]],
+        "supervised_epochs": cfg.epochs if item_queries_new is not None else 0,
         "gain_and_se": [[round(g, 4), round(s, 4)] for g, s in gains],
         "config": cfg.to_dict(),
     }
     if best is None or not gains[best][0] > gains[best][1]:
         record["kept"] = "current head (no refreshed epoch gains more than one standard error)"
         return adapter, record
-    record["kept"] = f"refreshed head (epoch {best + 1})"
+    record["kept"] = f"refreshed head (candidate {best + 1} of {len(gains)})"
     head = copy.deepcopy(current)
     head.load_state_dict(states[best + 1][1])
     heads = {m: (head if m == modality else h) for m, h in adapter.heads.items()}
@@ -187,3 +207,30 @@ def refresh_adapter(
         new_ref=adapter.new_ref,
     )
     return refreshed, record
+
+
+def _supervised(current, caps: torch.Tensor, old: torch.Tensor, owner: torch.Tensor, cfg: RefreshConfig, log_ranks):
+    """States ``[(held-out log ranks, state_dict)]`` of the head trained on the items' own queries, per epoch.
+
+    Each query (a caption, NEW vector) must find its item's OLD vector among the batch's items (multi-positive
+    InfoNCE at ``cfg.temperature``), the head kept near the current one (``anchor_weight`` x cosine gap).
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    head = copy.deepcopy(current).train().requires_grad_(True)
+    anchors = current.eval().in_chunks(caps)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    out = []
+    for _ in range(cfg.epochs):
+        head.train()
+        for b in torch.randperm(len(caps), generator=gen).split(cfg.batch_size):
+            items, slot = torch.unique(owner[b], return_inverse=True)
+            positive = slot[:, None] == torch.arange(len(items))[None, :]
+            z = head(caps[b])
+            loss = multi_positive_nce(z, old[items], positive, cfg.temperature)
+            loss = loss + cfg.anchor_weight * cosine_gap(z, anchors[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        head.eval()
+        out.append((log_ranks(head), copy.deepcopy(head.state_dict())))
+    return out
