@@ -2,12 +2,14 @@
 
 ``RayBackfill`` (``engine``) runs the re-embedding as Ray Data batches on worker actors and commits each batch
 as a LanceDB table version (``vectordb.LanceStore``); ``open_lance_gallery`` searches what it wrote and
-``rollback_table`` restores the pre-backfill version. May import ``core``, ``vectordb``, ``models``,
+``rollback_table`` restores the pre-backfill version. ``refresh_adapter`` (``refresh``) teaches the adapter's
+query head from the re-embedded items, for the part not re-embedded yet. May import ``core``, ``vectordb``, ``models``,
 ``adapters``, ``method`` and ``gallery``; knows nothing of the toy world or the CLI. Ray and LanceDB are the
 ``cluster`` extra (``pip install "xbt[cluster]"``); without them the single-process ``gallery.BackfillJob``
 is the path.
 """
 
 from .engine import RayBackfill, open_lance_gallery, rollback_table
+from .refresh import RefreshConfig, refresh_adapter
 
-__all__ = ["RayBackfill", "open_lance_gallery", "rollback_table"]
+__all__ = ["RayBackfill", "RefreshConfig", "open_lance_gallery", "refresh_adapter", "rollback_table"]
