@@ -123,3 +123,20 @@ def test_the_items_own_captions_teach_the_head_more_than_their_vectors_alone(wor
             item_queries_new=own,
             item_of_query=np.full(len(own), 240),
         )
+
+
+def test_the_mixed_gallery_records_which_adapter_version_served_each_search(world):
+    from xbt.adapters.config import ModelRef
+    from xbt.gallery import MixedGallery
+
+    done = np.arange(240)
+    refreshed, _ = refresh_adapter(
+        world["adapter"], "image", world["old_img"][done], world["new_img"][done], world["texts_new"], *world["guard"]
+    )
+    g = MixedGallery(ModelRef.of(world["old"]), world["new"].embed_dim, "image")
+    g.add_old(world["old_img"])
+    g.set_new(done[:100], world["new_img"][:100])
+    g.search_with(world["adapter"], ["a red circle", "a blue square"], k=3)
+    g.search_with(refreshed, ["a red circle"], k=3)
+    assert [s["queries"] for s in g.served] == [2, 1] and g.served[0]["fraction_new"] == 0.25
+    assert g.served[0]["adapter"] == world["adapter"].adapter_id() != g.served[1]["adapter"] == refreshed.adapter_id()

@@ -39,13 +39,7 @@ from ..vectordb import VectorStore, as_vectors, make_store
 from .calibration import MERGES, ScoreCalibration, merge_scores
 from .folder import check_save_over_backfill, item_keys, read_meta, read_old_tensors, read_old_vectors
 
-__all__ = [
-    "GALLERY_FORMAT",
-    "ITEM_MODALITIES",
-    "MixedGallery",
-    "read_meta",
-    "read_old_vectors",
-]
+__all__ = ["GALLERY_FORMAT", "ITEM_MODALITIES", "MixedGallery", "read_meta", "read_old_vectors"]
 
 GALLERY_FORMAT = 1
 ITEM_MODALITIES = ("image", "text")
@@ -100,6 +94,8 @@ class MixedGallery:
         self.old_queries, self.old_queries_reason = "adapter", "the adapter's queries (the default)"
         #: uint8 [n, 12]: each item's content hash (``folder.item_keys``), ``None`` when not known
         self.item_keys: np.ndarray | None = None
+        #: which adapter served each ``search_with``: its ``adapter_id``, the queries, the share backfilled then
+        self.served: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
         return (
@@ -300,6 +296,7 @@ class MixedGallery:
         """
         self.check_adapter(adapter, check_fingerprint)
         new, adapted = self.encode_queries(adapter, queries, old)
+        self.served.append({"adapter": adapter.adapter_id(), "queries": len(new), "fraction_new": self.fraction_new})
         return self.search(new, adapted, k, merge)
 
     # ------------------------------------------------------------------ files
