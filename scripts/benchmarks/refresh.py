@@ -140,6 +140,9 @@ def run_world(name: str, orders: int, adapters: Path) -> dict:
                         **extra,
                     )
                     kept.append({"row": label, "fraction": f, "order": seed, "kept": record["kept"]})
+                    if refreshed is adapter:  # the guard kept the adapter: its calibration stands
+                        variants[label] = variants["without refresh"]
+                        continue
                     rcv = {**cv, f"ad_{key_q}": adapted(refreshed, cv[f"new_{key_q}"], qm)}
                     variants[label] = (refreshed, fit_calibration(*calibration_set(rcv, cal_ids, items)))
                 for label, (ad, cal) in variants.items():
