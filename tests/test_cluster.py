@@ -194,6 +194,13 @@ def test_the_cli_backfills_on_ray_into_lancedb_searches_it_and_rolls_it_back(set
     assert "20 of 40 items in the new space" in capsys.readouterr().out
     store = opened(gallery / "lancedb")
     assert int(store.in_new.sum()) == 20 and store.version == store.pre_backfill_version + 3  # 8 + 8 + 4
+    assert main(["gallery", "cutover", "--gallery", str(gallery)]) == 2  # half backfilled: refused
+    assert "20 of 40 items are not backfilled yet" in capsys.readouterr().err
+    assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
+    assert "restored to version" in capsys.readouterr().out
+    assert not opened(gallery / "lancedb").in_new.any()
+    assert main(["gallery", "backfill", *base, *ray_args, "--budget", "0.5"]) == 0  # the same plan, again
+    assert opened(gallery / "lancedb").in_new.sum() == 20 and "20 of 40" in capsys.readouterr().out
     assert (
         main(["gallery", "search", *base, "--store", "lancedb", "--query-image", str(_image(tmp_path)), "-k", "3"])
         == 0
@@ -218,9 +225,11 @@ def test_the_cli_backfills_on_ray_into_lancedb_searches_it_and_rolls_it_back(set
     out = capsys.readouterr().out
     assert "40 re-embedded items, 30 query examples" in out
     assert ("saved to" in out) == (tmp_path / "r" / "xbt_config.json").exists()
-    assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
-    assert "restored to version" in capsys.readouterr().out
-    assert not opened(gallery / "lancedb").in_new.any()
+    assert main(["gallery", "cutover", "--gallery", str(gallery)]) == 0
+    assert "now searches its new vectors only" in capsys.readouterr().out
+    assert not opened(gallery / "lancedb").has_old
+    assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 2
+    assert "cut over" in capsys.readouterr().err
 
 
 def _image(folder: Path) -> Path:

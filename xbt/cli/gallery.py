@@ -32,7 +32,7 @@ from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
 from ..vectordb.registry import STORES
 from .common import items_spec, load_items, load_model, new_from_adapter_config
-from .migration import check_engine, engine_flags, lance_dir, ray_backfill, register_action
+from .migration import check_engine, cutover_table, engine_flags, lance_dir, ray_backfill, register_action
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -130,9 +130,11 @@ ROLLBACK = (
     "Set the gallery's backfill aside (DIR/backfill is renamed backfill.rolled-back-<time>): every item is searched "
     "with its old vector again. Refused after cutover; says so when there is nothing to roll back."
 )
+CUT_ALREADY = "was already cut over; nothing was done"
 CUTOVER = (
-    "After a full backfill, mark it cut over (in DIR/backfill/manifest.json): searches use the new vectors only, "
-    "and rollback is refused from then on. Refused before every item is backfilled."
+    "After a full backfill, mark it cut over (in DIR/backfill/manifest.json; a Ray backfill's LanceDB table drops its "
+    "old column): searches use the new vectors only, and rollback is refused from then on. Refused before every "
+    "item is backfilled."
 )
 
 
@@ -150,10 +152,8 @@ def _rollback(args) -> int:
 
 
 def _cutover(args) -> int:
-    if cutover(args.gallery):
-        print(f"cutover: {args.gallery} now searches its new vectors only")
-    else:
-        print(f"cutover: {args.gallery} was already cut over; nothing was done")
+    done = cutover_table(args) if (lance_dir(args) / "plan.json").exists() else cutover(args.gallery)  # Ray's or not
+    print(f"cutover: {args.gallery} {'now searches its new vectors only' if done else CUT_ALREADY}")
     return 0
 
 

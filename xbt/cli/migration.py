@@ -196,3 +196,14 @@ def _refresh(args) -> int:
     refreshed.save_pretrained(args.out)
     print(f"refresh: {record['kept']} saved to {args.out}; serve it with xbt gallery search --adapter {args.out}")
     return 0
+
+
+def cutover_table(args) -> bool:
+    """``xbt gallery cutover`` of a Ray backfill: the LanceDB table drops its old vectors (``False``: already done)."""
+    from ..cluster.engine import open_lance_gallery
+
+    gallery = open_lance_gallery(args.gallery, lance_dir(args))
+    if not gallery.store.has_old:
+        return False
+    gallery.store.cutover()  # refused, naming how many items are left, before every item is backfilled
+    return True
