@@ -32,6 +32,13 @@ def world():
     }
 
 
+def refresh(w, n: int = 240, items: str = "image", old=None, new=None, **kwargs):
+    """``refresh_adapter`` of the world's adapter from the first ``n`` test images (or the ``old``/``new`` given)."""
+    old = w["old_img"][:n] if old is None else old
+    new = w["new_img"][:n] if new is None else new
+    return refresh_adapter(w["adapter"], items, old, new, w["texts_new"], *w["guard"], verbose=False, **kwargs)
+
+
 def r1_on_the_old_part(adapter, w, rest) -> float:
     """R@1 of the captions of the images not re-embedded, searching those images' OLD vectors."""
     q = adapter.from_new_embeddings(w["captions_new"][rest], "text").numpy()
@@ -40,16 +47,8 @@ def r1_on_the_old_part(adapter, w, rest) -> float:
 
 def test_a_refresh_from_re_embedded_images_lifts_the_part_not_re_embedded(world):
     # measured on this setup: 71.25 -> 75.00 R@1 (a well-trained start gains nothing and is kept: BENCHMARKS.md)
-    done, rest = np.arange(240), np.arange(240, N)
-    refreshed, record = refresh_adapter(
-        world["adapter"],
-        "image",
-        world["old_img"][done],
-        world["new_img"][done],
-        world["texts_new"],
-        *world["guard"],
-        verbose=False,
-    )
+    rest = np.arange(240, N)
+    refreshed, record = refresh(world)
     assert record["kept"].startswith("refreshed") and refreshed is not world["adapter"]
     assert refreshed.heads["image"] is world["adapter"].heads["image"]  # only the head searching images changed
     assert refreshed.training["refreshes"][-1]["n_items"] == 240
@@ -60,50 +59,27 @@ def test_a_refresh_from_re_embedded_images_lifts_the_part_not_re_embedded(world)
 def test_items_whose_two_vectors_do_not_match_teach_nothing_and_the_guard_keeps_the_adapter(world):
     done = np.arange(240)
     shuffled = world["new_img"][np.random.default_rng(0).permutation(done)]  # each item's NEW vector is another's
-    kept, record = refresh_adapter(
-        world["adapter"], "image", world["old_img"][done], shuffled, world["texts_new"], *world["guard"], verbose=False
-    )
+    kept, record = refresh(world, new=shuffled)
     assert kept is world["adapter"] and record["kept"].startswith("current head")
 
 
 def test_a_refresh_refuses_what_cannot_be_refreshed(world):
     with pytest.raises(xbt.XBTError, match="at least 5 items"):
-        refresh_adapter(
-            world["adapter"], "image", world["old_img"][:8], world["new_img"][:8], world["texts_new"], *world["guard"]
-        )
+        refresh(world, 8)
     with pytest.raises(xbt.XBTError, match="'image' or 'text'"):
-        refresh_adapter(
-            world["adapter"], "audio", world["old_img"], world["new_img"], world["texts_new"], *world["guard"]
-        )
+        refresh(world, items="audio")
     with pytest.raises(xbt.XBTError, match="old vectors but"):
-        refresh_adapter(
-            world["adapter"],
-            "image",
-            world["old_img"][:50],
-            world["new_img"][:60],
-            world["texts_new"],
-            *world["guard"],
-        )
+        refresh(world, old=world["old_img"][:50], new=world["new_img"][:60])
     with pytest.raises(ValueError, match="anchor_weight"):
         RefreshConfig(anchor_weight=-1)
 
 
 def test_the_items_own_captions_teach_the_head_more_than_their_vectors_alone(world):
     images, caps = xbt.toy.test_split(N)
-    done, rest = np.arange(240), np.arange(240, N)
+    rest = np.arange(240, N)
     flat = [c for cs in caps[:240] for c in cs]
     own = embed_texts(world["new"], flat, verbose=False).numpy()
-    refreshed, record = refresh_adapter(
-        world["adapter"],
-        "image",
-        world["old_img"][done],
-        world["new_img"][done],
-        world["texts_new"],
-        *world["guard"],
-        verbose=False,
-        item_queries_new=own,
-        item_of_query=np.repeat(np.arange(240), 5),
-    )
+    refreshed, record = refresh(world, item_queries_new=own, item_of_query=np.repeat(np.arange(240), 5))
     assert record["supervised_epochs"] == 3 and record["kept"].startswith("refreshed")
     unseen = [i for i, c in zip(rest, caps[240:]) if c[0] not in set(flat)]  # no caption text trained on
     assert len(unseen) > 50
@@ -113,29 +89,17 @@ def test_the_items_own_captions_teach_the_head_more_than_their_vectors_alone(wor
     right = np.searchsorted(rest, unseen)
     assert (after.argmax(1) == right).mean() > (before.argmax(1) == right).mean()
     with pytest.raises(xbt.XBTError, match="a row of old_vectors"):
-        refresh_adapter(
-            world["adapter"],
-            "image",
-            world["old_img"][done],
-            world["new_img"][done],
-            world["texts_new"],
-            *world["guard"],
-            item_queries_new=own,
-            item_of_query=np.full(len(own), 240),
-        )
+        refresh(world, item_queries_new=own, item_of_query=np.full(len(own), 240))
 
 
 def test_the_mixed_gallery_records_which_adapter_version_served_each_search(world):
     from xbt.adapters.config import ModelRef
     from xbt.gallery import MixedGallery
 
-    done = np.arange(240)
-    refreshed, _ = refresh_adapter(
-        world["adapter"], "image", world["old_img"][done], world["new_img"][done], world["texts_new"], *world["guard"]
-    )
+    refreshed, _ = refresh(world)
     g = MixedGallery(ModelRef.of(world["old"]), world["new"].embed_dim, "image")
     g.add_old(world["old_img"])
-    g.set_new(done[:100], world["new_img"][:100])
+    g.set_new(np.arange(100), world["new_img"][:100])
     g.search_with(world["adapter"], ["a red circle", "a blue square"], k=3)
     g.search_with(refreshed, ["a red circle"], k=3)
     assert [s["queries"] for s in g.served] == [2, 1] and g.served[0]["fraction_new"] == 0.25
