@@ -186,7 +186,8 @@ class RayBackfill:
             order, size = np.asarray(plan["order"], np.int64), int(plan["batch_size"])
             target = budget_count(budget, self.n)
             batches = [order[s : min(s + size, target)] for s in range(0, target, size)]
-            todo = [b for b in batches if not store.in_new[b].all()]
+            # what each planned batch still lacks (a run to a smaller budget may have ended inside a batch)
+            todo = [b[~store.in_new[b]] for b in batches if not store.in_new[b].all()]
             stats = {"embedded": 0, "batches": 0, "target": target, "commit_seconds": 0.0}
             t0 = time.perf_counter()
             if todo:
