@@ -258,6 +258,8 @@ def test_the_lancedb_store_refuses_items_mid_backfill_and_cuts_over_by_dropping_
         again.vectors("new", [12])
     with pytest.raises(xbt.XBTError, match="holds 8-d old and 12-d new"):
         LanceStore.open(tmp_path / "db", 8, 16)
+    with pytest.raises(xbt.XBTError, match="holds a backfill"):
+        LanceStore(8, 12, path=tmp_path / "db")  # a new store over it would drop the backfill
     store.set_new(np.arange(10, 30), new[10:])
     store.cutover()
     assert not store.has_old and "old" not in store.table.schema.names

@@ -59,8 +59,8 @@ class LanceStore(VectorStore):
         d_old, d_new: the widths of the two spaces.
         path: the LanceDB database folder (``lancedb.connect``); ``None`` uses a temporary one.
         old_model, new_model: fingerprints stamped on each row's vectors and in the table metadata.
-        reset: drop a table already in ``path`` (a gallery rebuilt from its folder); ``LanceStore.open``
-            reads one instead.
+        reset: drop a table already in ``path`` (a gallery rebuilt from its folder), refused where the table
+            holds a backfill; ``LanceStore.open`` reads one instead.
     """
 
     kind = "lancedb"
@@ -96,7 +96,12 @@ class LanceStore(VectorStore):
             self.in_new = np.asarray(space) == "new"
             self.has_old = "old" in self.table.schema.names
             return
-        if has_table(self.db):
+        if has_table(self.db):  # a gallery rebuilt from its folder; a table holding a backfill is never dropped
+            if PRE_BACKFILL in self.db.open_table(TABLE).tags.list():
+                raise XBTError(
+                    f"the LanceDB table in {self.path} holds a backfill; open it (LanceStore.open, "
+                    "xbt.cluster.open_lance_gallery, xbt gallery search --store lancedb) or give another path"
+                )
             self.db.drop_table(TABLE)
         pa = self._pa
         schema = pa.schema(
