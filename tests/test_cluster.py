@@ -266,3 +266,41 @@ def test_the_lancedb_store_refuses_items_mid_backfill_and_cuts_over_by_dropping_
     with pytest.raises(xbt.XBTError, match="cut over"):
         store.rollback()
     np.testing.assert_array_equal(store.search("new", new[:3], 1)[1][:, 0], [0, 1, 2])
+
+
+def _toy_new():
+    """The toy NEW model, built on the worker that calls it (``RayBackfill(model_factory=...)``)."""
+    return xbt.toy.load_clips(device="cpu")[1]
+
+
+def test_workers_can_load_the_model_themselves_and_write_the_same_table(setup, tmp_path):
+    job = RayBackfill(
+        setup["folder"],
+        setup["new"],
+        setup["texts"],
+        tmp_path / "db",
+        order=setup["order"],
+        batch_size=BATCH,
+        model_factory=_toy_new,
+    )
+    assert job.run(verbose=False)["batches"] == 6
+    assert table(tmp_path / "db") == table(setup["reference"])
+
+
+def _other_new():
+    """A NEW model other than the one the backfill stamps (its weights moved)."""
+    import torch as t
+
+    model = xbt.toy.load_clips(device="cpu")[1]
+    with t.no_grad():
+        for p in model.model.parameters():
+            p.add_(0.01)
+    model.refresh_fingerprint()
+    return model
+
+
+def test_a_worker_building_another_model_than_the_stamped_one_stops_the_backfill(setup, tmp_path):
+    job = RayBackfill(setup["folder"], setup["new"], setup["texts"], tmp_path / "db", model_factory=_other_new)
+    with pytest.raises(Exception, match="not the one the backfill stamps"):
+        job.run(verbose=False)
+    assert not opened(tmp_path / "db").in_new.any()  # nothing was committed

@@ -67,15 +67,23 @@ class Opaque:
 class Embedder:
     """A Ray Data actor: embeds one planned batch of item ids a call (``{"ids": [1, m]}`` -> ids and vectors).
 
-    Built once per worker: the NEW model (or ``model_factory()``, to load it from storage on the worker) moves
-    to the worker's GPU when it has one. ``recorded`` is the gallery's content hash per item (uint8 [n, 12], or
-    ``None``): an item that changed since the build stops the job before its batch is embedded.
+    Built once per worker: the NEW model (or ``model_factory()``, to load it from storage on the worker; it must
+    have the driver's model's ``fingerprint``) moves to the worker's GPU when it has one. ``recorded`` is the
+    gallery's content hash per item (uint8 [n, 12], or ``None``): an item that changed since the build stops the
+    job before its batch is embedded.
     """
 
-    def __init__(self, model: Any, items: Opaque, modality: str, recorded: np.ndarray | None) -> None:
+    def __init__(
+        self, model: Any, items: Opaque, modality: str, recorded: np.ndarray | None, fingerprint: str
+    ) -> None:
         import torch
 
         encoder = as_encoder(model() if callable(model) and not hasattr(model, "encode_text") else model)
+        if str(encoder.fingerprint) != fingerprint:  # the table stamps every vector with the driver's model
+            raise XBTError(
+                f"this worker's new model ({encoder.name}, fingerprint {encoder.fingerprint}) is not the one the "
+                f"backfill stamps its vectors with ({fingerprint}); make model_factory build that model"
+            )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.encoder = encoder.to(self.device) if self.device != "cpu" else encoder
         self.items, self.modality, self.recorded = items.value, modality, recorded
@@ -205,6 +213,7 @@ class RayBackfill:
                         "items": Opaque(self.items),
                         "modality": self.meta["modality"],
                         "recorded": read_item_keys(self.gallery_dir),
+                        "fingerprint": str(self.new.fingerprint),
                     },
                     compute=ray.data.ActorPoolStrategy(size=self.workers),
                     num_gpus=self.gpus or None,
