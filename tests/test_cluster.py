@@ -304,3 +304,21 @@ def test_a_worker_building_another_model_than_the_stamped_one_stops_the_backfill
     with pytest.raises(Exception, match="not the one the backfill stamps"):
         job.run(verbose=False)
     assert not opened(tmp_path / "db").in_new.any()  # nothing was committed
+
+
+def test_the_backfill_stops_at_each_refresh_point_with_every_item_new_so_far(setup, tmp_path):
+    seen = []
+
+    def on_refresh(store, ids):
+        seen.append(len(ids))
+        np.testing.assert_array_equal(ids, np.flatnonzero(store.in_new))
+        return len(ids)
+
+    job = RayBackfill(
+        setup["folder"], setup["new"], setup["texts"], tmp_path / "db", order=setup["order"], batch_size=BATCH
+    )
+    with pytest.raises(xbt.XBTError, match="together"):
+        job.run(verbose=False, refresh_every=0.25)
+    stats = job.run(verbose=False, refresh_every=0.25, on_refresh=on_refresh)
+    # batches of 20 of 120 items: the shares 1/6, 2/6, ... pass 25 % at 40, 50 % at 60, 75 % at 100, 100 % at 120
+    assert seen == [40, 60, 100, 120] and [r["result"] for r in stats["refreshes"]] == seen

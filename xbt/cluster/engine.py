@@ -24,6 +24,7 @@ folder (``gallery.backfill.job_lock``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -180,13 +181,28 @@ class RayBackfill:
         return plan
 
     # -- the run
-    def run(self, budget: float | int = 1.0, verbose: bool = True) -> dict[str, Any]:
+    def run(
+        self,
+        budget: float | int = 1.0,
+        verbose: bool = True,
+        refresh_every: float | None = None,
+        on_refresh: Callable[[LanceStore, np.ndarray], Any] | None = None,
+    ) -> dict[str, Any]:
         """Backfill until ``budget`` items (fraction or count) of the plan are in the new space.
+
+        ``on_refresh(store, ids)`` is called each time the share of the gallery in the new space passes a
+        multiple of ``refresh_every`` (0.05: every 5 %), with the ids of every item new so far: the point to
+        refresh the adapter from them (``cluster.refresh_adapter``) for the part still old. The backfill waits
+        for it; what it returns is kept in ``refreshes``.
 
         Returns ``embedded`` (items embedded and committed by this run), ``batches`` (committed this run),
         ``done`` (items in the new space now), ``target``, ``version`` (the table's), ``seconds`` and
         ``items_per_second`` of this run, and ``commit_seconds`` (of those, the driver's LanceDB commits).
         """
+        if (refresh_every is None) != (on_refresh is None):
+            raise XBTError("give refresh_every and on_refresh together (the points, and what to do at them)")
+        if refresh_every is not None and not 0 < refresh_every <= 1:
+            raise XBTError(f"refresh_every is a share of the gallery in (0, 1], got {refresh_every}")
         ray = _ray()
         self.table_dir.mkdir(parents=True, exist_ok=True)
         with job_lock(self.table_dir):
@@ -196,7 +212,9 @@ class RayBackfill:
             batches = [order[s : min(s + size, target)] for s in range(0, target, size)]
             # what each planned batch still lacks (a run to a smaller budget may have ended inside a batch)
             todo = [b[~store.in_new[b]] for b in batches if not store.in_new[b].all()]
-            stats = {"embedded": 0, "batches": 0, "target": target, "commit_seconds": 0.0}
+            stats = {"embedded": 0, "batches": 0, "target": target, "commit_seconds": 0.0, "refreshes": []}
+            step = refresh_every or 1.0
+            mark = (math.floor(store.in_new.mean() / step + 1e-9) + 1) * step  # the next point to refresh at
             t0 = time.perf_counter()
             if todo:
                 if not ray.is_initialized():
@@ -225,6 +243,11 @@ class RayBackfill:
                     stats["commit_seconds"] += time.perf_counter() - t
                     stats["embedded"] += len(ids)
                     stats["batches"] += 1
+                    share = float(store.in_new.mean())
+                    if on_refresh is not None and share >= mark - 1e-9:
+                        done = np.flatnonzero(store.in_new)
+                        stats["refreshes"].append({"share": share, "result": on_refresh(store, done)})
+                        mark = (math.floor(share / step + 1e-9) + 1) * step
             seconds = time.perf_counter() - t0
             return {
                 **stats,
