@@ -30,8 +30,8 @@ import torch
 
 from ..adapters.adapter import Adapter
 from ..core.errors import XBTError, need
-from ..core.options import option
-from ..method.config import Stage2Config, TrainingOptions
+from ..core.options import Options, option
+from ..method.config import Stage2Config
 from ..method.guard import paired_gain, target_ranks
 from ..method.heads import distill_text_head
 from ..method.losses import cosine_gap, multi_positive_nce
@@ -42,7 +42,7 @@ QUERY_OF = {"image": "text", "text": "image"}
 
 
 @dataclass
-class RefreshConfig(TrainingOptions):
+class RefreshConfig(Options):
     """A refresh's options: the distillation of the query head on the re-embedded items."""
 
     what: ClassVar[str] = "refresh"
@@ -52,13 +52,18 @@ class RefreshConfig(TrainingOptions):
     lr: float = option(1e-3, "learning rate of the query head")
     temperature: float = option(0.05, "temperature of the student's ranking of the items' OLD vectors")
     anchor_weight: float = option(1.0, "the refreshed queries stay near the current head's")
-    val_fraction: float = option(0.2, "share of the re-embedded items and of the queries held out for the guard")
-    patience: int = option(3, "unused: every epoch is scored and the best kept")
+    val_fraction: float = option(0.2, "share of the re-embedded items held out as the guard's distractors")
     max_items: int = option(20_000, "at most this many re-embedded items (a random sample) form the bank")
     seed: int = option(0, "seed of the split, the sample and the batches")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # the types, before the ranges
+        need(
+            self.epochs >= 1 and self.batch_size >= 2 and self.lr > 0 and self.temperature > 0,
+            f"epochs >= 1, batch_size >= 2, lr > 0 and temperature > 0 are needed, got {self.epochs}, "
+            f"{self.batch_size}, {self.lr} and {self.temperature}",
+        )
+        need(0 < self.val_fraction < 1, f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         need(self.anchor_weight >= 0, f"anchor_weight must be >= 0, got {self.anchor_weight}")
         need(self.max_items >= 10, f"max_items must be >= 10, got {self.max_items}")
 
@@ -113,6 +118,11 @@ def refresh_adapter(
         )
     if len(old) != len(new):
         raise XBTError(f"{len(old)} old vectors but {len(new)} new ones; give both vectors of each re-embedded item")
+    if item_queries_new is not None:
+        caps = torch.from_numpy(as_vectors(item_queries_new, adapter.new.embed_dim, "the items' own queries"))
+        given = torch.as_tensor(np.asarray(item_of_query), dtype=torch.int64)
+        if len(given) != len(caps) or (len(given) and (given.min() < 0 or given.max() >= len(old))):
+            raise XBTError("item_of_query must give, for each of the items' own queries, a row of old_vectors")
     if adapter.from_new_embeddings(queries[:1], modality) is None:
         raise XBTError(
             f"this adapter's {modality} queries do not start from the bare new model's embeddings (LoRA, or fusion "
@@ -142,7 +152,6 @@ def refresh_adapter(
             return torch.log(target_ranks(head.in_chunks(val_q), gallery, right))
 
     current = adapter.heads[modality]
-    base = log_ranks(current)
     states: list[tuple[torch.Tensor, dict]] = []
     teacher_t = 1.0 / float(adapter.new.logit_scale)
     s2 = dataclasses.replace(
@@ -166,14 +175,11 @@ def refresh_adapter(
         on_state=lambda h: states.append((log_ranks(h), copy.deepcopy(h.state_dict()))),
     )
     if item_queries_new is not None:
-        caps = torch.from_numpy(as_vectors(item_queries_new, adapter.new.embed_dim, "the items' own queries"))
-        given = torch.as_tensor(np.asarray(item_of_query), dtype=torch.int64)
-        if len(given) != len(caps) or (len(given) and (given.min() < 0 or given.max() >= len(row))):
-            raise XBTError("item_of_query must give, for each of the items' own queries, a row of old_vectors")
         owner = row[given]
         in_train = torch.isin(owner, train_items)  # a held-out (or unsampled) item's captions are never trained on
         states += _supervised(current, caps[in_train], old, owner[in_train], cfg, log_ranks)
-    gains = [paired_gain(base, logs) for logs, _ in states[1:]]  # states[0] is the current head
+    base = states[0][0]  # the distillation's first state is the current head
+    gains = [paired_gain(base, logs) for logs, _ in states[1:]]
     first = [int((logs < math.log(1.5)).sum()) for logs, _ in states]  # right items ranked first
     eligible = [i for i, (g, se) in enumerate(gains) if g > se and first[i + 1] >= first[0]]
     best = max(eligible, key=lambda i: gains[i][0] - gains[i][1], default=None)
@@ -188,9 +194,9 @@ def refresh_adapter(
         "epochs_geo_mean_rank": [math.exp(float(logs.mean())) for logs, _ in states[1:]],
         "supervised_epochs": cfg.epochs if item_queries_new is not None else 0,
         "gain_and_se": [[round(g, 4), round(s, 4)] for g, s in gains],
+        "right_first": first,
         "config": cfg.to_dict(),
     }
-    record["right_first"] = first
     if best is None:
         record["kept"] = (
             "current head (no refreshed state gains more than one standard error in log rank while putting as "
