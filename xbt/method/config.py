@@ -201,7 +201,14 @@ class Stage2Config(TrainingOptions):
     text_batch_size: int = option(512, "captions per text-head batch")
     distill_texts: int = option(50_000, "stage-1 captions the text head is distilled on (a seeded sample)")
     distill_temperature: float = option(0.05, "temperature of the student's ranking of OLD image vectors")
-    text_anchor_weight: float = option(1.0, "projected text stays near its stage-1 value")
+    text_anchor_weight: float = option(0.1, "projected text stays near its stage-1 value")
+    text_pair_weight: float = option(
+        1.0, "weight of the training pair captions finding their own image's OLD vector (0: distillation alone)"
+    )
+    text_pair_temperature: float | None = option(
+        None,
+        "temperature of that search (None: HEAD_TEMPERATURE_FACTOR x the spread of the OLD image vectors' cosines)",
+    )
     text_folds: int | None = option(
         None,
         "folds of pairs that choose the text head's epoch, replacing stage 1 only on a gain over one "
@@ -277,6 +284,11 @@ class Stage2Config(TrainingOptions):
             self.text_epochs >= 1 and self.text_batch_size >= 2 and self.text_lr > 0,
             f"text_epochs >= 1, text_batch_size >= 2 and text_lr > 0 are needed, got {self.text_epochs}, "
             f"{self.text_batch_size}, {self.text_lr}",
+        )
+        need(
+            self.text_pair_weight >= 0 and (self.text_pair_temperature is None or self.text_pair_temperature > 0),
+            f"text_pair_weight must be >= 0 and text_pair_temperature None or > 0, got {self.text_pair_weight} and "
+            f"{self.text_pair_temperature}",
         )
         need(
             self.distill_texts >= 2 and self.distill_temperature > 0,

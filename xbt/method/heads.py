@@ -2,8 +2,10 @@
 
 **The text head** (``distill_text_head``): a copy of the stage-1 head taught to rank the OLD vectors of the
 pair images the way the new model ranks their new embeddings (a KL between the two softmaxes over the
-stage-1 captions, the teacher at the new model's own temperature, plus an anchor to stage 1's place);
-its best held-out epoch is kept, stage 1 included. The loss and why: docs/method.md.
+stage-1 captions, the teacher at the new model's own temperature), to find each training pair caption's own
+image among them (cross-entropy at a temperature read from the OLD image vectors' spread), and kept near stage
+1's place by a light anchor; its best held-out epoch is kept, stage 1 included. The loss and why:
+docs/method.md.
 
 **The image head** (``train_image_head``): a copy of the stage-1 head trained on frozen NEW image
 features against the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, every
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.errors import XBTError
@@ -45,6 +48,8 @@ def distill_text_head(
     verbose: bool = True,
     other_folds: list[list[torch.Tensor]] | None = None,
     on_state: Callable[[Projection], None] | None = None,
+    pair_texts_new: torch.Tensor | None = None,
+    pair_owner: torch.Tensor | None = None,
 ) -> tuple[Projection, PathChoice | None, dict]:
     """Train the text head (a copy of ``stage1_head``) by distillation; keep its best held-out state.
 
@@ -63,6 +68,10 @@ def distill_text_head(
             one's included, and replaces stage 1 only if its paired per-query log-rank gain over stage 1 exceeds
             one standard error.
         on_state: called with the head (eval mode) at stage 1 and after every epoch.
+        pair_texts_new, pair_owner: the training pair captions' NEW embeddings [r, d_new] and, per caption, the row
+            of ``images_old`` that is its image (int64 [r]); with ``config.text_pair_weight`` each batch also draws
+            as many captions and asks each to find its own image's OLD vector among all of ``images_old``. Without
+            them the head learns from the distillation alone (as a refresh does).
 
     Returns ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None without
     validation) and per-epoch losses and held-out scores.
@@ -82,6 +91,10 @@ def distill_text_head(
     steps = cfg.text_epochs * math.ceil(len(texts_new) / cfg.text_batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     validate = val_texts_new is not None and val_images_old is not None and len(val_texts_new) > 0
+    paired = pair_texts_new is not None and len(pair_texts_new) > 0 and cfg.text_pair_weight > 0
+    if paired and (pair_owner is None or len(pair_owner) != len(pair_texts_new)):
+        raise XBTError("pair_owner must give one image row per pair caption")
+    pair_temperature = (cfg.text_pair_temperature or head_temperature(images_old)) if paired else None
 
     def log_ranks(h: Projection, state: int) -> torch.Tensor:
         """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage
@@ -106,7 +119,7 @@ def distill_text_head(
     )
     choice = PathChoice("text", measure) if validate else None
     best = copy.deepcopy(head.state_dict())
-    history: dict = {"train_loss": []}
+    history: dict = {"train_loss": [], "pair_temperature": pair_temperature}
     if other_folds:
         history.update(
             own_geo_mean_rank=[],
@@ -131,6 +144,12 @@ def distill_text_head(
             loss = ranking_distillation(z, images_old, cfg.distill_temperature, x, images_new, teacher_temperature)
             if cfg.text_anchor_weight:
                 loss = loss + cfg.text_anchor_weight * cosine_gap(z, anchors[idx])
+            if paired:  # as many pair captions, each finding its own image's OLD vector among all of them
+                j = torch.randint(len(pair_texts_new), (min(len(idx), len(pair_texts_new)),), generator=gen)
+                zp = head(pair_texts_new[j])
+                loss = loss + cfg.text_pair_weight * F.cross_entropy(
+                    zp @ images_old.T / pair_temperature, pair_owner[j]
+                )
             if not torch.isfinite(loss):  # diverged: stop here, the best earlier state is kept
                 history["diverged_at_epoch"] = epoch
                 break
@@ -200,6 +219,8 @@ def fold_scores(
             blind,
             verbose=False,
             on_state=lambda h: logs.append(torch.log(t2i_ranks(h.in_chunks(captions_new[fold]), images_old[fold]))),
+            pair_texts_new=captions_new[train],
+            pair_owner=torch.arange(len(train)),  # the galleries are per row here: row i's image is row i
         )
         out.append(logs)
     return out

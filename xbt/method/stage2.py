@@ -224,6 +224,8 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
             val_images_old=data.old_images[val] if n_val else None,
             verbose=verbose,
             other_folds=others,
+            pair_texts_new=new_txt[train],
+            pair_owner=_positions(train_imgs, n_img)[owner[train]],
         )
         record["text"] = {
             "choice": choice.to_dict() if choice else None,
@@ -371,6 +373,13 @@ def _versus_old(
         # (stage-1 stand-ins for the distractors would favour the adapter's own space)
         out["image"] = versus_old_model("image", image_ranks, old_image_ranks, i2t_measure, val_weights)
     return out
+
+
+def _positions(chosen: torch.Tensor, n: int) -> torch.Tensor:
+    """int64 [n]: where each of ``range(n)`` sits in ``chosen`` (-1 where it is not chosen)."""
+    pos = torch.full((n,), -1, dtype=torch.long)
+    pos[chosen] = torch.arange(len(chosen))
+    return pos
 
 
 def _sample(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
