@@ -8,8 +8,7 @@ import xbt
 from xbt import XBTError
 from xbt.method.config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from xbt.method.guard import owned_ranks, target_ranks
-from xbt.method.heads import head_temperature
-from xbt.method.losses import multi_positive_nce, pseudo_captions
+from xbt.method.losses import multi_positive_nce, pseudo_captions, spread_temperature
 from xbt.toy import load_clips, pair_list
 
 
@@ -65,9 +64,12 @@ def test_options_of_the_other_tower_are_refused_and_defaults_follow_the_tower():
         Stage2Config(image_losses=("pixels",))
     x = F.normalize(torch.randn(300, 16), dim=-1)
     sims = (x @ x.T)[torch.triu_indices(300, 300, 1).unbind()]
-    assert head_temperature(x) == pytest.approx(HEAD_TEMPERATURE_FACTOR * float(sims.std()), rel=1e-5)
+    assert spread_temperature(x, HEAD_TEMPERATURE_FACTOR) == pytest.approx(
+        HEAD_TEMPERATURE_FACTOR * float(sims.std()), rel=1e-5
+    )
     # closer captions (a smaller spread) need a sharper softmax
-    assert head_temperature(F.normalize(x + 3 * torch.ones(16), dim=-1)) < head_temperature(x)
+    closer = F.normalize(x + 3 * torch.ones(16), dim=-1)
+    assert spread_temperature(closer, HEAD_TEMPERATURE_FACTOR) < spread_temperature(x, HEAD_TEMPERATURE_FACTOR)
 
 
 def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_head(toy_clips, rows_5x40):
@@ -79,7 +81,9 @@ def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_h
     assert record["n_val"] == 40 and record["n_train"] == 160  # every caption of a held-out image is held out
     assert record["image_tower"] == "frozen" and adapter.lora is None
     stage1_texts = list(dict.fromkeys(texts))
-    assert record["image"]["temperature"] == pytest.approx(head_temperature(old.encode_text(stage1_texts)), rel=1e-3)
+    assert record["image"]["temperature"] == pytest.approx(
+        spread_temperature(old.encode_text(stage1_texts), HEAD_TEMPERATURE_FACTOR), rel=1e-3
+    )
     runs = record["image"]["history"]
     assert set(runs) == {"captions", "old_images"} and all(len(r["val_geo_mean_rank"]) >= 1 for r in runs.values())
     assert "pseudo_captions" not in runs["captions"]  # five captions per image: no pseudo-captions join them

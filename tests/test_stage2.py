@@ -569,3 +569,57 @@ def test_every_lora_layer_of_a_resnet_tower_is_on_the_image_path():
     (out * torch.randn_like(out)).sum().backward()
     grads = {n: p.grad for n, p in enc.model.named_parameters() if "lora_B" in n}
     assert grads and all(g is not None and g.abs().max() > 0 for g in grads.values())
+
+
+def test_the_text_head_learns_from_the_pair_captions_where_the_teacher_knows_nothing():
+    """Captions whose NEW vectors hold their image's OLD vector (a fixed linear map), a teacher that ranks
+    nothing (random NEW image vectors): only the pair captions' own search can teach the head which image each
+    held-out caption names."""
+    from xbt.method.config import HEAD_TEMPERATURE_FACTOR, Stage2Config
+    from xbt.method.heads import distill_text_head
+    from xbt.method.losses import spread_temperature
+    from xbt.models.head import Projection
+
+    gen = torch.Generator().manual_seed(0)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    d_new, d_old, n = 24, 16, 300
+    mix = torch.randn(d_old, d_new, generator=gen)
+    old_img = unit(torch.randn(n, d_old, generator=gen))
+    captions = unit(old_img @ mix + 0.3 * torch.randn(n, d_new, generator=gen))  # one caption per image
+    corpus = unit(torch.randn(2000, d_new, generator=gen))
+    teacher_images = unit(torch.randn(240, d_new, generator=gen))
+    stage1 = Projection(d_new, d_old, hidden=64)
+    train, val = torch.arange(240), torch.arange(240, n)
+    cfg = dict(text_epochs=4, text_batch_size=128, guard=False, seed=0)
+    ranks = {}
+    for weight in (0.0, 1.0):
+        head, _, history = distill_text_head(
+            stage1,
+            corpus,
+            teacher_images,
+            old_img[train],
+            0.05,
+            Stage2Config(text_pair_weight=weight, **cfg),
+            val_texts_new=captions[val],
+            val_images_old=old_img[val],
+            verbose=False,
+            pair_texts_new=captions[train],
+            pair_owner=torch.arange(240),
+        )
+        ranks[weight] = history["val_geo_mean_rank"][-1]
+    assert history["pair_temperature"] == pytest.approx(spread_temperature(old_img[train], HEAD_TEMPERATURE_FACTOR))
+    assert ranks[1.0] < 0.5 * ranks[0.0], ranks  # 60 held-out images: found far better with the pair captions
+    with pytest.raises(XBTError, match="pair_owner must give one image row per pair caption"):
+        distill_text_head(
+            stage1,
+            corpus,
+            teacher_images,
+            old_img[train],
+            0.05,
+            Stage2Config(**cfg),
+            verbose=False,
+            pair_texts_new=captions[train],
+            pair_owner=torch.arange(10),
+        )
+    with pytest.raises(XBTError, match="text_pair_weight must be >= 0"):
+        Stage2Config(text_pair_weight=-1.0)

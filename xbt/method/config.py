@@ -121,7 +121,7 @@ def noise_for(new_logit_scale: float) -> float:
 
 
 #: the frozen image head's temperature, as a multiple of the spread (standard deviation) of the cosine similarities
-#: between OLD caption vectors: the captions its softmax must tell apart (see ``xbt.method.heads.head_temperature``)
+#: between OLD caption vectors: the captions its softmax must tell apart (see ``xbt.method.losses.spread_temperature``)
 HEAD_TEMPERATURE_FACTOR = 0.06
 
 

@@ -1,11 +1,8 @@
 """Stage 2's heads on the frozen NEW towers: the text head (distilled) and the image head (trained on the pairs).
 
-**The text head** (``distill_text_head``): a copy of the stage-1 head taught to rank the OLD vectors of the
-pair images the way the new model ranks their new embeddings (a KL between the two softmaxes over the
-stage-1 captions, the teacher at the new model's own temperature), to find each training pair caption's own
-image among them (cross-entropy at a temperature read from the OLD image vectors' spread), and kept near stage
-1's place by a light anchor; its best held-out epoch is kept, stage 1 included. The loss and why:
-docs/method.md.
+**The text head** (``distill_text_head``): a copy of the stage-1 head that ranks the pair images' OLD vectors as
+the new model ranks their new ones and finds each pair caption's own image among them; its best held-out epoch is
+kept, stage 1 included. The losses and why: docs/method.md.
 
 **The image head** (``train_image_head``): a copy of the stage-1 head trained on frozen NEW image
 features against the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, every
@@ -30,7 +27,15 @@ from ..data.pairs import rows_of
 from ..models.head import Projection
 from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from .guard import PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
-from .losses import agreed_texts, cosine_gap, multi_positive_nce, pseudo_captions, ranking_distillation, stage1_loss
+from .losses import (
+    agreed_texts,
+    cosine_gap,
+    multi_positive_nce,
+    pseudo_captions,
+    ranking_distillation,
+    spread_temperature,
+    stage1_loss,
+)
 from .stage1 import add_noise
 
 T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
@@ -59,8 +64,7 @@ def distill_text_head(
         images_new, images_old: the training pair images under the NEW model [m, d_new] and the OLD model
             [m, d_old] (row ``j`` is one image in both): the teacher ranks the first, the student the second.
         teacher_temperature: the new model's own temperature (``1 / logit_scale``).
-        config: ``text_epochs``, ``text_lr``, ``text_batch_size``, ``distill_temperature``, ``text_anchor_weight``,
-            ``guard`` and ``seed`` are read.
+        config: the ``text_*`` options, ``distill_temperature``, ``guard`` and ``seed`` are read.
         val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of their images
             [v, d_old]; without them every epoch is kept blind and the last one wins.
         other_folds: the held-out log ranks of the same run on other folds of the pairs (``fold_scores``:
@@ -94,7 +98,7 @@ def distill_text_head(
     paired = pair_texts_new is not None and len(pair_texts_new) > 0 and cfg.text_pair_weight > 0
     if paired and (pair_owner is None or len(pair_owner) != len(pair_texts_new)):
         raise XBTError("pair_owner must give one image row per pair caption")
-    pair_temperature = (cfg.text_pair_temperature or head_temperature(images_old)) if paired else None
+    pair_temperature = cfg.text_pair_temperature or spread_temperature(images_old, HEAD_TEMPERATURE_FACTOR)
 
     def log_ranks(h: Projection, state: int) -> torch.Tensor:
         """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage
@@ -119,7 +123,7 @@ def distill_text_head(
     )
     choice = PathChoice("text", measure) if validate else None
     best = copy.deepcopy(head.state_dict())
-    history: dict = {"train_loss": [], "pair_temperature": pair_temperature}
+    history: dict = {"train_loss": [], "pair_temperature": pair_temperature if paired else None}
     if other_folds:
         history.update(
             own_geo_mean_rank=[],
@@ -271,20 +275,6 @@ class ImageHeadInputs:
     unlabeled_new: torch.Tensor | None = None
     unlabeled_old: torch.Tensor | None = None
     text_temperature: float = 0.05
-
-
-def head_temperature(old_texts: torch.Tensor | None, sample: int = 2000) -> float:
-    """The frozen image head's InfoNCE temperature: ``HEAD_TEMPERATURE_FACTOR`` x the standard deviation of the
-    cosine similarities between OLD caption vectors (float32 [n, d_old] unit rows; the first ``sample`` of them;
-    ``None`` or fewer than two: 0.02).
-
-    The head's softmax ranks OLD captions: its sharpness follows how far apart the old model puts them.
-    """
-    if old_texts is None or len(old_texts) < 2:  # no OLD captions to measure: the value both toy worlds get
-        return 0.02
-    x = old_texts[:sample].float()
-    upper = torch.triu_indices(len(x), len(x), offset=1)
-    return HEAD_TEMPERATURE_FACTOR * float((x @ x.T)[upper[0], upper[1]].std())
 
 
 def train_image_head(

@@ -12,7 +12,8 @@
   weighted per pair; ``pair_confidence`` gives stage 2's weights (how sure a model is of a pair);
 - ``ranking_distillation``: KL from a teacher's ranking of a gallery to a student's ranking of the
   same items elsewhere (stage 2 copies the new model's own ranking into the old space);
-- ``pseudo_captions``: the extra positives of the image head's ``captions`` loss.
+- ``pseudo_captions``: the extra positives of the image head's ``captions`` loss;
+- ``spread_temperature``: a softmax temperature read from how far apart the vectors it ranks lie (both heads).
 """
 
 from __future__ import annotations
@@ -147,3 +148,19 @@ def agreed_texts(
         owner.append(image + s)
     ids, owner = torch.cat(rows), torch.cat(owner)
     return texts_old[ids], owner
+
+
+def spread_temperature(vectors: torch.Tensor | None, factor: float, sample: int = 2000) -> float:
+    """``factor`` x the standard deviation of the cosine similarities between ``vectors`` (float32 [n, d] unit rows;
+    the first ``sample`` of them), or 0.02 where fewer than two are given (the value both toy worlds get).
+
+    A softmax over these vectors should be as sharp as they are spread: the same temperature would be too soft
+    for a model that packs its vectors close (a real CLIP, logit scale 100) and too sharp for one that spreads
+    them (the toy shapes CLIP, 19). Stage 2 reads the OLD caption vectors for the image head and the OLD image
+    vectors for the text head's pair-caption search.
+    """
+    if vectors is None or len(vectors) < 2:
+        return 0.02
+    x = vectors[:sample].float()
+    upper = torch.triu_indices(len(x), len(x), offset=1)
+    return factor * float((x @ x.T)[upper[0], upper[1]].std())

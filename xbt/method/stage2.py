@@ -36,7 +36,7 @@ from ..data.pairs import group_images
 from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, best_device
 from ..models.head import Projection
-from .config import Stage2Config
+from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
 from .guard import i2t_ranks, say_versus_old, t2i_ranks, versus_old_model
 from .heads import (
     I2T_HEAD_MEASURE,
@@ -44,11 +44,10 @@ from .heads import (
     ImageHeadInputs,
     distill_text_head,
     fold_scores,
-    head_temperature,
     train_image_head,
 )
 from .image_path import I2T_MEASURE, ImagePathInputs, train_image_path
-from .losses import pair_confidence
+from .losses import pair_confidence, spread_temperature
 
 #: distractor captions (stage-1 texts no path trains on) in the held-out image->caption search
 VAL_DISTRACTORS = 5_000
@@ -225,7 +224,9 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
             verbose=verbose,
             other_folds=others,
             pair_texts_new=new_txt[train],
-            pair_owner=_positions(train_imgs, n_img)[owner[train]],
+            pair_owner=torch.empty(n_img, dtype=torch.long).index_put_((train_imgs,), torch.arange(len(train_imgs)))[
+                owner[train]
+            ],  # each training caption's image, as a row of the training images
         )
         record["text"] = {
             "choice": choice.to_dict() if choice else None,
@@ -338,7 +339,7 @@ def _frozen_image_path(
         val_owner,
         texts_new[free_ids] if prior else None,
         data.texts_old[free_ids] if prior else None,
-        cfg.temperature or head_temperature(spread_of),
+        cfg.temperature or spread_temperature(spread_of, HEAD_TEMPERATURE_FACTOR),
         data.unlabeled_new,
         data.unlabeled_old,
         data.stage1_temperature,
@@ -373,13 +374,6 @@ def _versus_old(
         # (stage-1 stand-ins for the distractors would favour the adapter's own space)
         out["image"] = versus_old_model("image", image_ranks, old_image_ranks, i2t_measure, val_weights)
     return out
-
-
-def _positions(chosen: torch.Tensor, n: int) -> torch.Tensor:
-    """int64 [n]: where each of ``range(n)`` sits in ``chosen`` (-1 where it is not chosen)."""
-    pos = torch.full((n,), -1, dtype=torch.long)
-    pos[chosen] = torch.arange(len(chosen))
-    return pos
 
 
 def _sample(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
