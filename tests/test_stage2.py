@@ -575,7 +575,7 @@ def test_the_text_head_learns_from_the_pair_captions_where_the_teacher_knows_not
     """Captions whose NEW vectors hold their image's OLD vector (a fixed linear map), a teacher that ranks
     nothing (random NEW image vectors): only the pair captions' own search can teach the head which image each
     held-out caption names."""
-    from xbt.method.config import HEAD_TEMPERATURE_FACTOR, Stage2Config
+    from xbt.method.config import TEXT_PAIR_TEMPERATURE_FACTOR, Stage2Config
     from xbt.method.heads import distill_text_head
     from xbt.method.losses import spread_temperature
     from xbt.models.head import Projection
@@ -607,7 +607,9 @@ def test_the_text_head_learns_from_the_pair_captions_where_the_teacher_knows_not
             pair_owner=torch.arange(240),
         )
         ranks[weight] = history["val_geo_mean_rank"][-1]
-    assert history["pair_temperature"] == pytest.approx(spread_temperature(old_img[train], HEAD_TEMPERATURE_FACTOR))
+    assert history["pair_temperature"] == pytest.approx(
+        spread_temperature(old_img[train], TEXT_PAIR_TEMPERATURE_FACTOR)
+    )
     assert ranks[1.0] < 0.5 * ranks[0.0], ranks  # 60 held-out images: found far better with the pair captions
     with pytest.raises(XBTError, match="pair_owner must give one image row per pair caption"):
         distill_text_head(

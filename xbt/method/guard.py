@@ -68,6 +68,10 @@ def geometric_mean_rank(ranks: torch.Tensor, weights: torch.Tensor | None = None
     return math.exp(float((w * logs).sum() / w.sum()))
 
 
+#: what the text path's guard reads
+T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
+
+
 def t2i_ranks(text_queries: torch.Tensor, old_images: torch.Tensor) -> torch.Tensor:
     """Ranks of held-out caption ``i`` [n, d_old] searching the old vectors of held-out images [n, d_old]: its own
     image is row ``i``."""

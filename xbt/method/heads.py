@@ -4,10 +4,9 @@
 the new model ranks their new ones and finds each pair caption's own image among them; its best held-out epoch is
 kept, stage 1 included. The losses and why: docs/method.md.
 
-**The image head** (``train_image_head``): a copy of the stage-1 head trained on frozen NEW image
-features against the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, every
-epoch of every run a candidate of the guard. Both heads run on frozen towers: merged, a query costs
-what the bare new model's does.
+**The image head** (``train_image_head``): a copy of the stage-1 head trained on frozen NEW image features against
+the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, every epoch of every run a candidate of
+the guard. Both heads run on frozen towers: merged, a query costs what the bare new model's does.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from tqdm.auto import tqdm
 from ..core.errors import XBTError
 from ..data.pairs import rows_of
 from ..models.head import Projection
-from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
-from .guard import PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
+from .config import TEXT_PAIR_TEMPERATURE_FACTOR, Stage2Config
+from .guard import T2I_MEASURE, PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
 from .losses import (
     agreed_texts,
     cosine_gap,
@@ -37,8 +36,6 @@ from .losses import (
     stage1_loss,
 )
 from .stage1 import add_noise
-
-T2I_MEASURE = "T2I: held-out pair captions search the OLD vectors of the held-out pair images; geometric-mean rank"
 
 
 def distill_text_head(
@@ -61,21 +58,18 @@ def distill_text_head(
     Args:
         stage1_head: the stage-1 projection (copied, never changed).
         texts_new: NEW-model embeddings of the distillation captions, float32 [n, d_new], unit rows.
-        images_new, images_old: the training pair images under the NEW model [m, d_new] and the OLD model
-            [m, d_old] (row ``j`` is one image in both): the teacher ranks the first, the student the second.
+        images_new, images_old: the training pair images, NEW [m, d_new] and OLD [m, d_old] (row ``j`` is one image
+            in both): the teacher ranks the first, the student the second.
         teacher_temperature: the new model's own temperature (``1 / logit_scale``).
         config: the ``text_*`` options, ``distill_temperature``, ``guard`` and ``seed`` are read.
         val_texts_new, val_images_old: held-out pair captions [v, d_new] and the OLD vectors of their images
             [v, d_old]; without them every epoch is kept blind and the last one wins.
-        other_folds: the held-out log ranks of the same run on other folds of the pairs (``fold_scores``:
-            [fold][stage 1, epoch 1, ...] of [fold size]); each state is then scored over all folds' queries, this
-            one's included, and replaces stage 1 only if its paired per-query log-rank gain over stage 1 exceeds
-            one standard error.
+        other_folds: held-out log ranks of the same run on other folds (``fold_scores``); each state is then scored
+            over all folds' queries and replaces stage 1 only on a paired log-rank gain above one standard error.
         on_state: called with the head (eval mode) at stage 1 and after every epoch.
-        pair_texts_new, pair_owner: the training pair captions' NEW embeddings [r, d_new] and, per caption, the row
-            of ``images_old`` that is its image (int64 [r]); with ``config.text_pair_weight`` each batch also draws
-            as many captions and asks each to find its own image's OLD vector among all of ``images_old``. Without
-            them the head learns from the distillation alone (as a refresh does).
+        pair_texts_new, pair_owner: training pair captions [r, d_new] and each one's row of ``images_old`` (int64
+            [r]): each batch also draws as many, each to find its own image's OLD vector among all of
+            ``images_old`` (``text_pair_weight``). Without them, distillation alone (as a refresh does).
 
     Returns ``(head, choice, history)``: the kept head (eval mode, no grad), the ``PathChoice`` (None without
     validation) and per-epoch losses and held-out scores.
@@ -98,7 +92,7 @@ def distill_text_head(
     paired = pair_texts_new is not None and len(pair_texts_new) > 0 and cfg.text_pair_weight > 0
     if paired and (pair_owner is None or len(pair_owner) != len(pair_texts_new)):
         raise XBTError("pair_owner must give one image row per pair caption")
-    pair_temperature = cfg.text_pair_temperature or spread_temperature(images_old, HEAD_TEMPERATURE_FACTOR)
+    pair_temperature = cfg.text_pair_temperature or spread_temperature(images_old, TEXT_PAIR_TEMPERATURE_FACTOR)
 
     def log_ranks(h: Projection, state: int) -> torch.Tensor:
         """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage
@@ -148,12 +142,10 @@ def distill_text_head(
             loss = ranking_distillation(z, images_old, cfg.distill_temperature, x, images_new, teacher_temperature)
             if cfg.text_anchor_weight:
                 loss = loss + cfg.text_anchor_weight * cosine_gap(z, anchors[idx])
-            if paired:  # as many pair captions, each finding its own image's OLD vector among all of them
-                j = torch.randint(len(pair_texts_new), (min(len(idx), len(pair_texts_new)),), generator=gen)
-                zp = head(pair_texts_new[j])
-                loss = loss + cfg.text_pair_weight * F.cross_entropy(
-                    zp @ images_old.T / pair_temperature, pair_owner[j]
-                )
+            if paired:  # as many pair captions, each to find its own image's OLD vector among all of them
+                j = torch.randint(len(pair_owner), (min(len(idx), len(pair_owner)),), generator=gen)
+                logits = head(pair_texts_new[j]) @ images_old.T / pair_temperature
+                loss = loss + cfg.text_pair_weight * F.cross_entropy(logits, pair_owner[j])
             if not torch.isfinite(loss):  # diverged: stop here, the best earlier state is kept
                 history["diverged_at_epoch"] = epoch
                 break
@@ -202,11 +194,10 @@ def fold_scores(
     """The text head's held-out log ranks on each fold but the first: [fold][stage 1, epoch 1, ...] of float64
     [fold size].
 
-    ``images_new`` / ``images_old`` / ``captions_new`` hold ALL pairs ([n, d]); ``folds`` are
-    disjoint index sets of them. For each fold after the first, a head is distilled on the pairs
-    outside it, every epoch kept and scored on the fold (so the first fold, the caller's held-out
-    split, can choose its epoch by all folds' scores: ``distill_text_head(other_folds=...)``).
-    A few hundred pairs hold out too few to tell a real gain from noise; folds use every pair.
+    ``images_new`` / ``images_old`` / ``captions_new`` hold ALL pairs, one row each ([n, d]); ``folds`` are disjoint
+    index sets of them. For each fold after the first, a head is trained on the pairs outside it, every epoch
+    scored on the fold, so the first fold (the caller's held-out split) can choose its epoch by all folds' scores
+    (``distill_text_head(other_folds=...)``): a few hundred held-out pairs cannot tell a real gain from noise.
     """
     blind = dataclasses.replace(config, guard=False)
     out = []

@@ -37,10 +37,9 @@ from ..models.embedding import embed_images, embed_texts
 from ..models.encoders import CLIPEncoder, best_device
 from ..models.head import Projection
 from .config import HEAD_TEMPERATURE_FACTOR, Stage2Config
-from .guard import i2t_ranks, say_versus_old, t2i_ranks, versus_old_model
+from .guard import T2I_MEASURE, i2t_ranks, say_versus_old, t2i_ranks, versus_old_model
 from .heads import (
     I2T_HEAD_MEASURE,
-    T2I_MEASURE,
     ImageHeadInputs,
     distill_text_head,
     fold_scores,
