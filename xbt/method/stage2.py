@@ -223,7 +223,7 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
             verbose=verbose,
             other_folds=others,
             pair_texts_new=new_txt[train],
-            pair_owner=torch.empty(n_img, dtype=torch.long).index_put_((train_imgs,), torch.arange(len(train_imgs)))[
+            pair_owner=torch.full((n_img,), -1).index_put_((train_imgs,), torch.arange(len(train_imgs)))[
                 owner[train]
             ],  # each training caption's image, as a row of the training images
         )
