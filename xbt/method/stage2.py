@@ -211,6 +211,8 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
             if n_folds > 1
             else None
         )
+        slot = torch.full((n_img,), -1)  # each image's row among the training images (-1: not trained on)
+        slot[train_imgs] = torch.arange(len(train_imgs))
         heads["text"], choice, history = distill_text_head(
             stage1_head,
             corpus,
@@ -223,9 +225,7 @@ def _train(new, stage1_head, data, cfg, dev, checkpoint_dir, on_epoch_end, verbo
             verbose=verbose,
             other_folds=others,
             pair_texts_new=new_txt[train],
-            pair_owner=torch.full((n_img,), -1).index_put_((train_imgs,), torch.arange(len(train_imgs)))[
-                owner[train]
-            ],  # each training caption's image, as a row of the training images
+            pair_owner=slot[owner[train]],
         )
         record["text"] = {
             "choice": choice.to_dict() if choice else None,
