@@ -55,7 +55,10 @@ def test_options_of_the_other_tower_are_refused_and_defaults_follow_the_tower():
     frozen, lora = Stage2Config(), Stage2Config(image_tower="lora")
     assert (frozen.epochs, frozen.batch_size, frozen.temperature) == (40, 256, None)
     assert (lora.epochs, lora.batch_size, lora.temperature) == (5, 64, 0.05)
+    assert (frozen.patience, lora.patience) == (None, 3)  # the frozen head runs its whole schedule
     assert Stage2Config(epochs=3).epochs == 3
+    with pytest.raises(XBTError, match=r"\['patience'\] only apply to image_tower='lora'"):
+        Stage2Config(patience=5)
     with pytest.raises(XBTError, match=r"\['rank'\] only apply to image_tower='lora'.*pass image_tower='lora'"):
         Stage2Config(rank=4)
     with pytest.raises(XBTError, match=r"\['image_losses'\] only apply to image_tower='frozen'"):
@@ -85,11 +88,11 @@ def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_h
         spread_temperature(old.encode_text(stage1_texts), HEAD_TEMPERATURE_FACTOR), rel=1e-3
     )
     runs = record["image"]["history"]
-    assert set(runs) == {"captions", "old_images"} and all(len(r["val_geo_mean_rank"]) >= 1 for r in runs.values())
+    assert set(runs) == {"captions", "old_images"} and all(len(r["val_geo_mean_rank"]) == 3 for r in runs.values())
     assert "pseudo_captions" not in runs["captions"]  # five captions per image: no pseudo-captions join them
-    scores = record["image"]["choice"]["scores"]
-    assert "stage 1" in scores and any(k.startswith("stage 2 (captions") for k in scores)
-    assert any(k.startswith("stage 2 (old_images") for k in scores)
+    scores = record["image"]["choice"]["scores"]  # every epoch scored; each run's end state the candidate
+    assert set(scores) == {"stage 1", "stage 2 (captions, epoch 3)", "stage 2 (old_images, epoch 3)"}
+    assert scores["stage 2 (captions, epoch 3)"] == runs["captions"]["val_geo_mean_rank"][-1]
     kept = record["image"]["choice"]["chosen"]
     assert scores[kept] == min(scores.values())  # the guard keeps the held-out best, stage 1 included
     # the image query runs the bare new tower: the head alone moves it
@@ -104,8 +107,8 @@ def test_without_the_guard_the_last_epoch_of_the_last_run_is_kept(toy_clips, row
     stage2 = {"epochs": 3, "guard": False, "text_head": False}
     adapter = xbt.fit(old, new, xbt.toy.text_corpus(600), pairs=rows_5x40, epochs=1, stage2=stage2, verbose=False)
     choice = adapter.training["metrics"]["stage2"]["image"]["choice"]
-    assert choice["chosen"] == "stage 2 (old_images, epoch 3)"  # every epoch scored, none chosen by its score
-    assert len(choice["scores"]) == 1 + 2 * 3 and adapter.heads["image"] is not adapter.heads["text"]
+    assert choice["chosen"] == "stage 2 (old_images, epoch 3)"  # each run's end state scored, none chosen by it
+    assert len(choice["scores"]) == 1 + 2 and adapter.heads["image"] is not adapter.heads["text"]
 
 
 def test_the_frozen_tower_refuses_a_checkpoint_folder(old_new, captions_400, tmp_path):

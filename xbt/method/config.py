@@ -28,7 +28,7 @@ class TrainingOptions(Options):
             f"lr and temperature must be positive, got {self.lr} and {self.temperature}",
         )
         need(0 <= self.val_fraction < 1, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Stage1Config(TrainingOptions):
 
 #: the image path's training options where the user leaves them unset (None), per image tower
 TOWER_DEFAULTS = {
-    "frozen": {"epochs": 40, "batch_size": 256, "lr": 1e-3, "patience": 5, "temperature": None},
+    "frozen": {"epochs": 40, "batch_size": 256, "lr": 1e-3, "temperature": None},
     "lora": {"epochs": 5, "batch_size": 64, "lr": 5e-4, "patience": 3, "temperature": 0.05},
 }
 #: options of one image tower only, with their defaults: set away from them for the other tower, they are refused
@@ -100,6 +100,7 @@ TOWER_ONLY = {
         "confidence_temperature": None,
         "image_keep_weight": 1.0,
         "precision": "auto",
+        "patience": None,
     },
     "frozen": {
         "image_losses": ("captions", "old_images"),
@@ -151,7 +152,9 @@ class Stage2Config(TrainingOptions):
         "lora, 0.05)",
     )
     patience: int | None = option(
-        None, "image-path epochs without held-out improvement before stopping (default: 5 frozen, 3 lora)"
+        None,
+        "lora: image-path epochs without held-out improvement before stopping (default 3); the frozen head runs its "
+        "whole schedule and offers its end state to the guard",
     )
     # the frozen image tower: a head trained on cached features
     image_losses: tuple[str, ...] = option(
@@ -220,7 +223,6 @@ class Stage2Config(TrainingOptions):
     # the guard
     val_fraction: float = option(0.2, "share of the pairs held out to choose each path's state (none below 20 pairs)")
     guard: bool = option(True, "keep, per path, the held-out-best state, stage 1 included; off: keep the last epoch")
-    patience: int = option(3, "image-path epochs without held-out improvement before stopping")
     precision: str = option(
         "auto",
         "lora: auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16",

@@ -5,8 +5,8 @@ the new model ranks their new ones and finds each pair caption's own image among
 kept, stage 1 included. The losses and why: docs/method.md.
 
 **The image head** (``train_image_head``): a copy of the stage-1 head trained on frozen NEW image features against
-the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, every epoch of every run a candidate of
-the guard. Both heads run on frozen towers: merged, a query costs what the bare new model's does.
+the pairs' OLD vectors, one run per loss of ``Stage2Config.image_losses``, each run's end state a candidate of the
+guard. Both heads run on frozen towers: merged, a query costs what the bare new model's does.
 """
 
 from __future__ import annotations
@@ -342,11 +342,11 @@ def train_image_head(
 
 
 def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):
-    """Train ``head`` with loss ``name``; ``(state, ranks)`` when one of its epochs became the chosen state."""
+    """Train ``head`` with loss ``name`` through its whole schedule; ``(state, ranks)`` when its end state became the
+    chosen one. Every epoch's held-out score is recorded; only the end state is a candidate (docs/method.md)."""
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * math.ceil(len(x.train) / cfg.batch_size))
-    kept, bad = None, 0
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"stage 2 (image head, {name})", disable=not verbose, leave=False)
     for epoch in bar:
         order = x.train[torch.randperm(len(x.train), generator=gen)]
@@ -375,9 +375,9 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):
                     loss = loss + cfg.text_prior_weight * stage1_loss(
                         head(noised), x.texts_old[t], x.text_temperature, 0.5
                     )
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss):  # diverged: this run offers no candidate
                 record["diverged_at_epoch"] = epoch
-                return kept
+                return None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -391,10 +391,8 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):
         score = geometric_mean_rank(epoch_ranks)
         record["val_geo_mean_rank"].append(score)
         bar.set_postfix(val=f"{score:.3f}")
-        if choice.add(f"stage 2 ({name}, epoch {epoch})", score, eligible=cfg.guard):  # guard off: scored only
-            kept, bad = (copy.deepcopy(head).eval(), epoch_ranks), 0
-        elif cfg.guard:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    return kept
+    if choice is None or not record["train_loss"]:
+        return None
+    if choice.add(f"stage 2 ({name}, epoch {epoch})", score, eligible=cfg.guard):  # guard off: scored only
+        return copy.deepcopy(head).eval(), epoch_ranks
+    return None
