@@ -94,12 +94,30 @@ def test_default_stage2_groups_by_image_holds_out_by_image_and_trains_a_frozen_h
     assert set(scores) == {"stage 1", "stage 2 (captions, epoch 3)", "stage 2 (old_images, epoch 3)"}
     assert scores["stage 2 (captions, epoch 3)"] == runs["captions"]["val_geo_mean_rank"][-1]
     kept = record["image"]["choice"]["chosen"]
-    assert scores[kept] == min(scores.values())  # the guard keeps the held-out best, stage 1 included
+    clear = {f"stage 2 ({n}, epoch 3)" for n, r in runs.items() if r["gain_over_stage1"][0] > r["gain_over_stage1"][1]}
+    assert scores[kept] == min(scores[k] for k in {"stage 1"} | clear)  # the held-out best of stage 1 and clear gains
     # the image query runs the bare new tower: the head alone moves it
     images = [im for im, _ in rows_5x40[:10:5]]
     bare = new.encode_image(images)
     assert torch.allclose(adapter.encode_image(images), adapter.heads["image"](bare), atol=1e-5)
     assert "image" in record["versus_old_model"]
+
+
+def test_an_end_state_replaces_stage_1_only_on_a_clear_paired_gain(toy_clips, monkeypatch):
+    old, new = toy_clips
+    texts, pairs, stage2 = xbt.toy.text_corpus(2000), pair_list(100), {"epochs": 6, "text_head": False}
+
+    def fit():
+        adapter = xbt.fit(old, new, texts, pairs=pairs, epochs=1, stage2=stage2, verbose=False, cache=False)
+        return adapter.training["metrics"]["stage2"]["image"]
+
+    trained = fit()
+    gains = {n: r["gain_over_stage1"] for n, r in trained["history"].items()}
+    assert trained["choice"]["chosen"] != "stage 1" and any(g > se for g, se in gains.values())
+    monkeypatch.setattr("xbt.method.heads.paired_gain", lambda base, logs: (0.0, 1.0))  # no gain is clear
+    unclear = fit()
+    assert unclear["choice"]["scores"] == trained["choice"]["scores"]  # the same runs, scored alike
+    assert unclear["choice"]["chosen"] == "stage 1"  # a lower held-out score alone does not replace stage 1
 
 
 def test_without_the_guard_the_last_epoch_of_the_last_run_is_kept(toy_clips, rows_5x40):

@@ -302,7 +302,7 @@ def train_image_head(
     def ranks(h: Projection) -> torch.Tensor:
         return owned_ranks(h.in_chunks(x.new_img[x.val]), gallery, owner)
 
-    best_state, best_ranks = stage1_head, ranks(stage1_head.eval()) if validate else None
+    best_state, best_ranks = stage1_head, ranks(stage1_head.eval()) if validate else None  # stage 1's, kept below
     if choice is not None:
         choice.add("stage 1", geometric_mean_rank(best_ranks))
     history: dict = {}
@@ -323,9 +323,9 @@ def train_image_head(
         record = history[name] = {"train_loss": [], "val_geo_mean_rank": []}
         if name == "captions" and pseudo is not None:
             record["pseudo_captions"] = pseudo.shape[1]
-        kept = _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo)
+        kept = _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo, best_ranks)
         if kept is not None:
-            best_state, best_ranks = kept
+            best_state = kept
     if not usable:
         history["skipped"] = "no OLD vectors of the pair captions or images to train on"
     if usable and (choice is None or not cfg.guard):  # nothing held out, or the guard off: the last run's last epoch
@@ -341,9 +341,9 @@ def train_image_head(
     return best_state.eval().requires_grad_(False), choice, history, best_ranks, old
 
 
-def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):
-    """Train ``head`` with loss ``name`` through its whole schedule; ``(state, ranks)`` when its end state became the
-    chosen one. Every epoch's held-out score is recorded; only the end state is a candidate (docs/method.md)."""
+def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None, stage1_ranks=None):
+    """Train ``head`` with loss ``name`` through its whole schedule; a copy of it when its end state, the only
+    candidate, became the chosen one (every epoch's held-out score is recorded; docs/method.md)."""
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * math.ceil(len(x.train) / cfg.batch_size))
@@ -393,6 +393,8 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None):
         bar.set_postfix(val=f"{score:.3f}")
     if choice is None or not record["train_loss"]:
         return None
-    if choice.add(f"stage 2 ({name}, epoch {epoch})", score, eligible=cfg.guard):  # guard off: scored only
-        return copy.deepcopy(head).eval(), epoch_ranks
+    gain, se = paired_gain(torch.log(stage1_ranks), torch.log(epoch_ranks))
+    record["gain_over_stage1"] = [gain, se]  # mean per-image log-rank gain and its standard error
+    if choice.add(f"stage 2 ({name}, epoch {epoch})", score, eligible=cfg.guard and gain > se):  # guard off: scored
+        return copy.deepcopy(head).eval()
     return None
