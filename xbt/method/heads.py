@@ -391,7 +391,7 @@ def _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo=None, s
         score = geometric_mean_rank(epoch_ranks)
         record["val_geo_mean_rank"].append(score)
         bar.set_postfix(val=f"{score:.3f}")
-    if choice is None or not record["train_loss"]:
+    if choice is None:
         return None
     gain, se = paired_gain(torch.log(stage1_ranks), torch.log(epoch_ranks))
     record["gain_over_stage1"] = [gain, se]  # mean per-image log-rank gain and its standard error
