@@ -302,9 +302,9 @@ def train_image_head(
     def ranks(h: Projection) -> torch.Tensor:
         return owned_ranks(h.in_chunks(x.new_img[x.val]), gallery, owner)
 
-    best_state, best_ranks = stage1_head, ranks(stage1_head.eval()) if validate else None  # stage 1's, kept below
+    best_state, stage1_ranks = stage1_head, ranks(stage1_head.eval()) if validate else None
     if choice is not None:
-        choice.add("stage 1", geometric_mean_rank(best_ranks))
+        choice.add("stage 1", geometric_mean_rank(stage1_ranks))
     history: dict = {}
     captions_per_image = own_per_image + (pseudo.shape[1] if pseudo is not None else 0)
     usable = [
@@ -323,13 +323,13 @@ def train_image_head(
         record = history[name] = {"train_loss": [], "val_geo_mean_rank": []}
         if name == "captions" and pseudo is not None:
             record["pseudo_captions"] = pseudo.shape[1]
-        kept = _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo, best_ranks)
+        kept = _fit_head(head, name, x, cfg, record, choice, ranks, verbose, pseudo, stage1_ranks)
         if kept is not None:
             best_state = kept
     if not usable:
         history["skipped"] = "no OLD vectors of the pair captions or images to train on"
     if usable and (choice is None or not cfg.guard):  # nothing held out, or the guard off: the last run's last epoch
-        best_state, best_ranks = head, ranks(head.eval()) if validate else None
+        best_state = head
         if choice is not None:
             choice.chosen = f"stage 2 ({usable[-1]}, epoch {len(history[usable[-1]]['train_loss'])})"
     own, mine = x.val_gallery[x.val_owner >= 0], x.val_owner[x.val_owner >= 0]  # the held-out captions and
