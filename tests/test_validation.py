@@ -8,6 +8,7 @@ import torch
 from xbt import XBTError
 from xbt.method.guard import (
     PathChoice,
+    clear_gain_bar,
     geometric_mean_rank,
     i2t_ranks,
     paired_gain,
@@ -91,6 +92,25 @@ def test_paired_gain_is_the_mean_and_standard_error_of_the_per_query_gain():
     # a diverged state (infinite rank) is never a clear gain
     m, s = paired_gain(base, torch.cat([logs[:-1], torch.tensor([math.inf])]))
     assert not (m > s)
+
+
+def test_the_best_of_several_states_on_noise_passes_the_bar_as_rarely_as_one_state_passes_one_se():
+    assert clear_gain_bar(1) == pytest.approx(1.0)
+    bars = [clear_gain_bar(k) for k in (1, 2, 6, 12)]
+    assert bars == sorted(bars) and bars[2] == pytest.approx(1.936, abs=1e-3)
+    with pytest.raises(XBTError, match="at least one candidate"):
+        clear_gain_bar(0)
+    # 4,000 trials of six independent states that gain nothing: how often does the best pass?
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(4000, 1, 200, generator=gen)
+    states = base + 0.5 * torch.randn(4000, 6, 200, generator=gen)
+    gain = base - states
+    z = gain.mean(-1) / (gain.std(-1) / math.sqrt(200))
+    best_passes = lambda bar: float((z.max(1).values > bar).double().mean())  # noqa: E731
+    one_state = float((z[:, 0] > 1.0).double().mean())
+    assert 0.13 < one_state < 0.19  # one state at one standard error: 16 %
+    assert best_passes(1.0) > 0.5  # the best of six at one standard error: most of the time
+    assert best_passes(clear_gain_bar(6)) <= one_state + 0.02
 
 
 def test_versus_old_model_verdict_follows_the_paired_gain():
