@@ -142,7 +142,16 @@ def run_world(name: str, orders: int, adapters: Path, force_adapter: bool = Fals
                         verbose=False,
                         **extra,
                     )
-                    kept.append({"row": label, "fraction": f, "order": seed, "kept": record["kept"]})
+                    kept.append(
+                        {
+                            "row": label,
+                            "fraction": f,
+                            "order": seed,
+                            "kept": record["kept"],
+                            "gain_and_se": record["gain_and_se"],
+                            "clear_gain_bar": record["clear_gain_bar"],
+                        }
+                    )
                     if refreshed is adapter:  # the guard kept the adapter: its calibration stands
                         variants[label] = variants["without refresh"]
                         continue
