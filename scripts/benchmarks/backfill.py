@@ -99,6 +99,12 @@ def main() -> int:
         default=1000,
         help="pair images whose five captions each the score calibration is fitted on",
     )
+    p.add_argument(
+        "--cal-seed",
+        type=int,
+        default=0,
+        help="stream of the calibration's pair images: 0 the pairs the adapter trained on, 1 others",
+    )
     p.add_argument("--out", default="benchmarks/out/backfill")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -118,7 +124,7 @@ def main() -> int:
     pairs = world.pair_list(2000)
     p_imgs, p_caps = [im for im, _ in pairs], [c for _, c in pairs]
     pv, _ = pair_vectors(adapter, old, (p_imgs, p_caps))
-    cal_pairs = world.pair_list(args.cal_images, captions_per_image=5)
+    cal_pairs = world.pair_list(args.cal_images, seed=args.cal_seed, captions_per_image=5)
     cv, cal_ids = pair_vectors(adapter, old, ([im for im, _ in cal_pairs], [c for _, c in cal_pairs]))
     cv_old = {**cv, "ad_img": cv["old_img"], "ad_txt": cv["old_txt"]}  # the old model's queries on the old part
     corpus = world.text_corpus(args.corpus)
