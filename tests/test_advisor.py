@@ -104,6 +104,14 @@ def test_the_verdict_reads_the_guard_record_and_decides_the_old_part(recwarn):
         assert old_part_queries(record, "text", force="adapter")[0] == "adapter"
     with pytest.raises(xbt.XBTError, match="old-part queries are one of"):
         old_part_queries(record, "text", force="old")
+    # a verdict measured on the gallery's own pairs decides instead, and the reason says what the fit's said
+    own = Verdict("text", "backward compatible", 0.2, 0.05, 300, on="queries of the gallery's pairs")
+    path, reason = old_part_queries(record, "text", verdict=own)
+    assert (
+        path == "adapter" and "gallery's pairs; on its fit's held-out pairs: not backward compatible, -0.400" in reason
+    )
+    with pytest.raises(xbt.XBTError, match="cannot decide what image queries search"):
+        old_part_queries(record, "image", verdict=own)
 
 
 def test_xbt_advise_cli(tmp_path, texts, capsys):

@@ -22,6 +22,7 @@ from xbt.evaluation.search import search
 from xbt.gallery import backfill as bf
 from xbt.gallery.calibration import ScoreCalibration, calibration_set, fit_calibration, merge_scores
 from xbt.gallery.mixed import MixedGallery
+from xbt.gallery.pair_vectors import layout_verdict, pair_vectors
 from xbt.gallery.planner import DisagreementModel, budget_count, plan_order
 from xbt.models.embedding import embed_images, embed_texts
 
@@ -426,6 +427,27 @@ def test_the_gallery_cli_builds_backfills_and_searches(world, tmp_path, capsys):
     assert "caption gallery" in capsys.readouterr().err
     assert main(["gallery", "rollback", "--gallery", str(gallery)]) == 0
     assert not bf.open_gallery(gallery).in_new.any()
+
+
+def test_a_gallery_judges_the_adapter_on_pairs_laid_out_as_it_is(world):
+    pairs = xbt.toy.pair_list(60, seed=1, captions_per_image=5)
+    v, ids = pair_vectors(world["adapter"], world["old"], ([im for im, _ in pairs], [c for _, c in pairs]))
+    judged = layout_verdict(v, ids, "image")  # each image query is right on any of its five captions
+    assert judged.modality == "image" and judged.n == 60 and "60 images, 5.0 captions each" in judged.sentence()
+    assert layout_verdict(v, ids, "text").n == 300  # each caption queries the 60 images
+    same = layout_verdict({**v, "ad_img": v["old_img"]}, ids, "image")  # the old model's queries against themselves
+    assert same.gain == 0 and same.verdict == "within noise"
+    noise = np.random.default_rng(0).standard_normal(v["ad_img"].shape).astype(np.float32)
+    bad = layout_verdict({**v, "ad_img": noise / np.linalg.norm(noise, axis=1, keepdims=True)}, ids, "image")
+    assert bad.verdict == "not backward compatible"
+    # the gallery decides on it, and says what the fit's own held-out pairs said (a stage-1 adapter: nothing)
+    g = MixedGallery(ModelRef.of(world["old"]), world["new"].embed_dim, "text")
+    reason = g.use_old_queries(world["adapter"], verdict=bad)
+    assert (
+        g.old_queries == "old model" and "gallery's pairs" in reason and "fit's held-out pairs: not measured" in reason
+    )
+    assert g.use_old_queries(world["adapter"], verdict=same) and g.old_queries == "adapter"
+    assert layout_verdict({k: x[:245] for k, x in v.items()}, ids[:245], "image") is None  # 49 images: too few
 
 
 def test_the_old_part_can_be_searched_with_the_old_models_queries(world, tmp_path, capsys):

@@ -10,16 +10,17 @@ caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
   pairs, the default), ``per-query`` (moment matching on anchor items scored in both spaces, over
   the global map), ``naive`` (raw cosines side by side), ``interleave`` (ranks, in proportion to
   each part's size);
-- the old part is searched with the adapter's queries, or with the OLD model's own where the adapter's
-  held-out verdict says it is not backward compatible (``MixedGallery.use_old_queries``; then the row
+- the old part is searched with the adapter's queries, or with the OLD model's own where the verdict on the
+  calibration pairs (laid out as the gallery is, ``layout_verdict``) says it is not backward compatible
+  (``MixedGallery.use_old_queries``; then the row
   ``adapter forced`` shows what serving the adapter anyway gives, and the curve runs from old->old);
 - orders (calibrated merge): ``random``, ``uncertainty`` (predicted old/adapter disagreement,
   FastFill-style), ``density`` (crowded old-space regions first), ``spread`` (uncertainty
   taken in turns over k-means clusters of the old vectors); each also with the map fitted on the
   mixes its own order makes of the pairs (``plan-calibrated``).
 
-The calibration is fitted on the first ``--cal-images`` pair images with all five captions each
-(the test gallery's layout; the adapter trained on one of those captions per image); the
+The calibration is fitted on ``--cal-images`` pair images with all five captions each (the test gallery's
+layout), by default images the adapter never saw (``--cal-seed 1``; 0: the first of its own pair images); the
 disagreement model on the 2,000 pairs the adapter was trained on and, for captions, the first
 ``--corpus`` texts of the stage-1 corpus; never on the test split. Checks printed: the calibrated curve starts at
 new->old (0 %), ends at
@@ -44,7 +45,7 @@ from xbt.adapters.config import ModelRef
 from xbt.core.files import atomic_path, write_json
 from xbt.gallery.calibration import calibration_set, fit_calibration
 from xbt.gallery.mixed import MixedGallery
-from xbt.gallery.pair_vectors import pair_vectors
+from xbt.gallery.pair_vectors import layout_verdict, pair_vectors
 from xbt.gallery.planner import PLANS, DisagreementModel, plan_order
 from xbt.models.embedding import embed_texts
 
@@ -102,8 +103,8 @@ def main() -> int:
     p.add_argument(
         "--cal-seed",
         type=int,
-        default=0,
-        help="stream of the calibration's pair images: 0 the pairs the adapter trained on, 1 others",
+        default=1,
+        help="stream of the calibration's pair images: 1 pairs the adapter never saw (the default), 0 its own",
     )
     p.add_argument("--out", default="benchmarks/out/backfill")
     args = p.parse_args()
@@ -172,7 +173,8 @@ def main() -> int:
         ref = ModelRef.of(old)
         gallery = MixedGallery(ref, adapter.new.embed_dim, s["modality"])
         gallery.add_old(s["g_old"])
-        gallery.use_old_queries(adapter)  # the adapter's verdict decides what searches the old part
+        # the verdict on the calibration pairs, laid out as the gallery is, decides what searches the old part
+        gallery.use_old_queries(adapter, verdict=layout_verdict(cv, cal_ids, gallery.query_modality))
         randoms = [plan_order(s["g_old"], "random", seed=seed) for seed in range(args.seeds)]
         safe = gallery.old_queries == "old model"
         cal = fit_calibration(*s["cal_old" if safe else "cal"])

@@ -20,9 +20,9 @@ and 100 % re-embedded in a random order (mean of ``--orders``):
 - **the part not re-embedded yet**: new->old R@1 of the queries whose right item is still old, searching only
   the old part, with the adapter and with its refreshed form.
 
-R@1 and R@10; the check: with refresh at or above without, at every fraction, both directions, both K. Where the
-adapter's verdict hands the old part to the OLD model's queries (the safe path) there is nothing to refresh and the
-direction is skipped, unless ``--force-adapter``.
+R@1 and R@10; the check: with refresh at or above without, at every fraction, both directions, both K. Where
+the verdict on the calibration pairs (``layout_verdict``) hands the old part to the OLD model's queries (the safe
+path) there is nothing to refresh and the direction is skipped, unless ``--force-adapter``.
 Prints the tables and writes JSON to ``--out``.
 """
 
@@ -42,7 +42,7 @@ from xbt.cluster.refresh import QUERY_OF, refresh_adapter
 from xbt.core.files import write_json
 from xbt.gallery.calibration import calibration_set, fit_calibration
 from xbt.gallery.mixed import MixedGallery
-from xbt.gallery.pair_vectors import pair_vectors
+from xbt.gallery.pair_vectors import layout_verdict, pair_vectors
 from xbt.gallery.planner import plan_order
 from xbt.models.embedding import embed_texts
 from xbt.toy.worlds import get_world
@@ -75,7 +75,7 @@ def run_world(name: str, orders: int, adapters: Path, force_adapter: bool = Fals
     test, _ = pair_vectors(adapter, old, (images, flat))
     pairs = world.pair_list(2000)
     pv, _ = pair_vectors(adapter, old, ([im for im, _ in pairs], [c for _, c in pairs]))
-    cal_pairs = world.pair_list(1000, captions_per_image=5)
+    cal_pairs = world.pair_list(1000, seed=2, captions_per_image=5)  # neither trained on nor the guard's
     cv, cal_ids = pair_vectors(adapter, old, ([im for im, _ in cal_pairs], [c for _, c in cal_pairs]))
     guard_pairs = world.pair_list(500, seed=1)
     gv, _ = pair_vectors(adapter, old, ([im for im, _ in guard_pairs], [c for _, c in guard_pairs]))
@@ -90,7 +90,7 @@ def run_world(name: str, orders: int, adapters: Path, force_adapter: bool = Fals
         g_old, g_new = test[f"old_{key_g}"], test[f"new_{key_g}"]
         gallery = MixedGallery(ModelRef.of(old), new.embed_dim, items)
         gallery.add_old(g_old)
-        gallery.use_old_queries(adapter)
+        gallery.use_old_queries(adapter, verdict=layout_verdict(cv, cal_ids, gallery.query_modality))
         verdict = gallery.old_queries_reason
         if gallery.old_queries == "old model" and not force_adapter:
             out[direction] = {"skipped": f"the old part is searched with {verdict}"}

@@ -12,6 +12,7 @@ of starting below what the user had).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,9 @@ class Verdict:
             ``"not backward compatible"`` (behind by more than one standard error) or ``"not measured"``
             (fitted without held-out pairs: only the advisor, ``xbt.advise``, can say anything then).
         gain: mean per-query gain in log rank of the right item over the old model's queries (> 0: the
-            adapter ranks it higher); ``standard_error`` its paired standard error; ``n`` held-out queries.
+            adapter ranks it higher); ``standard_error`` its paired standard error; ``n`` queries.
+        on: what the ``n`` queries were: the fit's held-out pairs, or a gallery's own pairs in its layout
+            (``xbt.gallery.pair_vectors.layout_verdict``).
     """
 
     modality: str
@@ -43,6 +46,7 @@ class Verdict:
     gain: float | None = None
     standard_error: float | None = None
     n: int = 0
+    on: str = "held-out pairs"
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -64,7 +68,7 @@ class Verdict:
         lo, hi = self.interval
         return (
             f"{what}: {self.verdict} (log-rank gain over the old model's own queries {self.gain:+.3f}, "
-            f"one-standard-error interval {lo:+.3f} to {hi:+.3f}, {self.n} held-out pairs)"
+            f"one-standard-error interval {lo:+.3f} to {hi:+.3f}, {self.n} {self.on})"
         )
 
 
@@ -85,18 +89,27 @@ def verdicts(training: dict[str, Any] | None) -> dict[str, Verdict]:
 
 
 def old_part_queries(
-    training: dict[str, Any] | None, query_modality: str, force: str | None = None
+    training: dict[str, Any] | None, query_modality: str, force: str | None = None, verdict: Verdict | None = None
 ) -> tuple[str, str]:
     """``(path, reason)``: what a gallery's old part is searched with for ``query_modality`` queries.
 
-    ``"old model"`` where the adapter's own verdict is "not backward compatible" (or ``force="old model"``);
-    else ``"adapter"``. Forcing the adapter against that verdict warns, naming it.
+    ``"old model"`` where the verdict is "not backward compatible" (or ``force="old model"``); else
+    ``"adapter"``. Forcing the adapter against that verdict warns, naming it. The verdict is the adapter's own
+    (from its fit's held-out pairs), or ``verdict`` where the gallery measured one on pairs laid out as it is
+    (``xbt.gallery.pair_vectors.layout_verdict``): an adapter fitted on one caption per image is judged on
+    finding an image's one caption, which can go the other way from finding any of its five.
     """
     if query_modality not in ("text", "image"):
         raise XBTError(f"query modality is 'text' or 'image', got {query_modality!r}")
     if force is not None and force not in QUERY_PATHS:
         raise XBTError(f"old-part queries are one of {list(QUERY_PATHS)}, got {force!r}")
-    v = verdicts(training)[query_modality]
+    own = verdicts(training)[query_modality]
+    v = own if verdict is None else verdict
+    if v.modality != query_modality:
+        raise XBTError(f"a verdict on {v.modality} queries cannot decide what {query_modality} queries search")
+    if verdict is not None:  # say what the fit's held-out pairs said too: the two can differ
+        said = own.verdict + (f", {own.gain:+.3f}" if own.gain is not None else "")
+        v = dataclasses.replace(v, on=f"{v.on}; on its fit's held-out pairs: {said}")
     if force == "old model":
         return force, f"the old model's queries, as asked ({v.sentence()})"
     if v.compatible is False:

@@ -26,7 +26,7 @@ from ..gallery.backfill import BackfillJob, cutover, open_gallery, read_manifest
 from ..gallery.calibration import MERGES, ScoreCalibration, calibration_set, fit_calibration
 from ..gallery.folder import KNOWN_HITS_FILE, glyphs, header_lines, read_known_hits, result_lines, write_known_hits
 from ..gallery.mixed import MixedGallery, read_meta, read_old_vectors
-from ..gallery.pair_vectors import known_hits, load_pairs, pair_vectors, query_key
+from ..gallery.pair_vectors import known_hits, layout_verdict, load_pairs, pair_vectors, query_key
 from ..gallery.planner import PLANS, DisagreementModel, plan_order
 from ..models.embedding import embed_images, embed_texts
 from ..toy.splits import test_split
@@ -235,14 +235,14 @@ def _build(args) -> int:
             raise _rebuild_refused(args.gallery, manifest, "items whose old vectors differ from these (changed files)")
     gallery.add_old(vectors, items=items)
     force = {"auto": None, "adapter": "adapter", "old-model": "old model"}[args.old_queries]
-    print(f"the old part is searched with {gallery.use_old_queries(adapter, force)}")
+    v, ids = pair_vectors(adapter, old, pairs) if pairs is not None else (None, None)
+    judged = layout_verdict(v, ids, gallery.query_modality) if pairs is not None else None  # the gallery's layout
+    print(f"the old part is searched with {gallery.use_old_queries(adapter, force, judged)}")
     hits = None
     if pairs is not None:
-        v, ids = pair_vectors(adapter, old, pairs)
         if gallery.old_queries == "old model":  # the calibration merges the queries the old part is searched with
             v = {**v, "ad_img": v["old_img"], "ad_txt": v["old_txt"]}
-        cal_set = calibration_set(v, ids, modality)
-        gallery.calibration = fit_calibration(*cal_set, verbose=not args.quiet)
+        gallery.calibration = fit_calibration(*calibration_set(v, ids, modality), verbose=not args.quiet)
         hits = known_hits(gallery.item_keys, modality, *pairs)
     elif meta is not None and meta.get("old_model", {}).get("fingerprint") == gallery.old_ref.fingerprint:
         gallery.calibration = ScoreCalibration.from_dict(meta["calibration"])

@@ -184,10 +184,13 @@ class MixedGallery:
                     "query with that new model"
                 )
 
-    def use_old_queries(self, adapter: Any, force: str | None = None) -> str:
-        """Decide what the old part is searched with from ``adapter``'s verdict (``verdict.old_part_queries``;
-        ``force``: ``"old model"`` or ``"adapter"``); returns the reason, also kept in ``gallery.json``."""
-        self.old_queries, self.old_queries_reason = old_part_queries(adapter.training, self.query_modality, force)
+    def use_old_queries(self, adapter: Any, force: str | None = None, verdict: Any = None) -> str:
+        """Decide what the old part is searched with from ``adapter``'s verdict, or ``verdict`` measured on pairs
+        laid out as this gallery is (``verdict.old_part_queries``; ``force``: ``"old model"`` or ``"adapter"``);
+        returns the reason, also kept in ``gallery.json``."""
+        self.old_queries, self.old_queries_reason = old_part_queries(
+            adapter.training, self.query_modality, force, verdict
+        )
         self._anchor_cache = None
         return self.old_queries_reason
 

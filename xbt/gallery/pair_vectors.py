@@ -1,7 +1,8 @@
 """Image-caption pairs for a gallery in migration: read, embedded in every space it needs, matched to its items.
 
 The score calibration (``xbt.gallery.calibration``) and the backfill planner's disagreement model
-(``xbt.gallery.planner``) are fitted on these vectors; ``known_hits`` finds which gallery items the pairs
+(``xbt.gallery.planner``) are fitted on these vectors, and ``layout_verdict`` judges the adapter's queries on
+them, laid out as the gallery is; ``known_hits`` finds which gallery items the pairs
 name as the right answer to a query (``known_hits.json``, the ✓ of ``xbt gallery search``).
 """
 
@@ -11,10 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..adapters.verdict import WORDS, Verdict
 from ..core.errors import XBTError
 from ..core.hashing import image_ids, image_key
 from ..data.pairs import read_pairs_folder
+from ..method.guard import owned_ranks, target_ranks, versus_old_model
 from ..models.embedding import embed_images, embed_texts
 from .folder import item_keys
 
@@ -56,6 +60,48 @@ def query_key(query: Any, modality: str) -> str:
     """The key a query is known by in ``known_hits``: a caption's casefolded words (no final full stop), an image's
     ``image_key``."""
     return image_key(query) if modality == "image" else " ".join(str(query).casefold().split()).rstrip(" .")
+
+
+#: fewer distinct pair images than this and a gallery keeps the adapter's own verdict
+MIN_LAYOUT_IMAGES = 50
+
+
+def layout_verdict(vectors: dict[str, np.ndarray], image_ids: np.ndarray, query_modality: str) -> Verdict | None:
+    """The adapter's ``query_modality`` queries against the old model's own, on pairs laid out as the gallery is.
+
+    ``vectors``, ``image_ids``: ``pair_vectors``' output (one row per caption, all of an image's captions). Image
+    queries (distinct pair images, ``ad_img`` against ``old_img``) search the OLD vectors of all the pairs' captions
+    and are right on any of their own; caption queries (``ad_txt`` against ``old_txt``) search the OLD vectors of
+    the distinct pair images. The paired log-rank gain and its verdict are the fit's (``versus_old_model``), but
+    on the gallery's layout: fitted on one caption per image, image queries were judged on finding that one,
+    which can go the other way from finding any of five (docs/method.md, "Before you fit: the advisor"). Pairs
+    the adapter did not train on are the fair judge. Returns None with fewer than ``MIN_LAYOUT_IMAGES`` distinct
+    images or without OLD vectors.
+    """
+    if query_modality not in ("text", "image"):
+        raise XBTError(f"query modality is 'text' or 'image', got {query_modality!r}")
+    distinct, first, owner = np.unique(np.asarray(image_ids), return_index=True, return_inverse=True)
+    if "old_img" not in vectors or len(distinct) < MIN_LAYOUT_IMAGES:
+        return None
+    t = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in vectors.items()}
+    owner = torch.from_numpy(owner.reshape(-1).astype(np.int64))
+    if query_modality == "image":
+        queries = [t[k][first] for k in ("ad_img", "old_img")]
+        ranks = [owned_ranks(q, t["old_txt"], owner) for q in queries]
+        measure = "I2T: the pairs' images search the OLD vectors of all the pairs' captions"
+    else:
+        ranks = [target_ranks(t[k], t["old_img"][first], owner) for k in ("ad_txt", "old_txt")]
+        measure = "T2I: the pairs' captions search the OLD vectors of the pairs' images"
+    rec = versus_old_model(query_modality, ranks[0], ranks[1], measure)
+    per_image = len(owner) / len(distinct)
+    return Verdict(
+        query_modality,
+        WORDS[rec["verdict"]],
+        rec["mean_log_rank_gain"],
+        rec["standard_error"],
+        rec["n"],
+        on=f"queries of the gallery's pairs ({len(distinct):,} images, {per_image:.1f} captions each)",
+    )
 
 
 def known_hits(
