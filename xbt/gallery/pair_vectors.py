@@ -1,8 +1,8 @@
 """Image-caption pairs for a gallery in migration: read, embedded in every space it needs, matched to its items.
 
 The score calibration (``xbt.gallery.calibration``) and the backfill planner's disagreement model
-(``xbt.gallery.planner``) are fitted on these vectors, and ``layout_verdict`` judges the adapter's queries on
-them, laid out as the gallery is; ``known_hits`` finds which gallery items the pairs
+(``xbt.gallery.planner``) are fitted on these vectors, and ``layout_verdict`` judges the adapter's image queries
+on them, laid out as the caption gallery is; ``known_hits`` finds which gallery items the pairs
 name as the right answer to a query (``known_hits.json``, the ✓ of ``xbt gallery search``).
 """
 
@@ -18,7 +18,7 @@ from ..adapters.verdict import WORDS, Verdict
 from ..core.errors import XBTError
 from ..core.hashing import image_ids, image_key
 from ..data.pairs import read_pairs_folder
-from ..method.guard import owned_ranks, target_ranks, versus_old_model
+from ..method.guard import owned_ranks, versus_old_model
 from ..models.embedding import embed_images, embed_texts
 from .folder import item_keys
 
@@ -67,40 +67,34 @@ MIN_LAYOUT_IMAGES = 50
 
 
 def layout_verdict(vectors: dict[str, np.ndarray], image_ids: np.ndarray, query_modality: str) -> Verdict | None:
-    """The adapter's ``query_modality`` queries against the old model's own, on pairs laid out as the gallery is.
+    """The adapter's image queries against the old model's own, on pairs laid out as the caption gallery is.
 
-    ``vectors``, ``image_ids``: ``pair_vectors``' output (one row per caption, all of an image's captions). Image
-    queries (distinct pair images, ``ad_img`` against ``old_img``) search the OLD vectors of all the pairs' captions
-    and are right on any of their own; caption queries (``ad_txt`` against ``old_txt``) search the OLD vectors of
-    the distinct pair images. The paired log-rank gain and its verdict are the fit's (``versus_old_model``), but
-    on the gallery's layout: fitted on one caption per image, image queries were judged on finding that one,
-    which can go the other way from finding any of five (docs/method.md, "Before you fit: the advisor"). Pairs
-    the adapter did not train on are the fair judge. Returns None with fewer than ``MIN_LAYOUT_IMAGES`` distinct
-    images or without OLD vectors.
+    ``vectors``, ``image_ids``: ``pair_vectors``' output (one row per caption, all of an image's captions). Each
+    distinct pair image queries the OLD vectors of all the pairs' captions (``ad_img`` against ``old_img``) and is
+    right on any of its own; the paired log-rank gain and its verdict are the fit's (``versus_old_model``). Fitted
+    on one caption per image, image queries were judged on finding that one, which can go the other way from
+    finding any of five (docs/method.md, "Before you fit: the advisor"). Caption queries have one right image in
+    any layout, so the fit's held-out check already judged the gallery's search: None for ``"text"``. Pairs the
+    adapter did not train on are the fair judge. None also with fewer than ``MIN_LAYOUT_IMAGES`` distinct images
+    or without OLD vectors.
     """
     if query_modality not in ("text", "image"):
         raise XBTError(f"query modality is 'text' or 'image', got {query_modality!r}")
     distinct, first, owner = np.unique(np.asarray(image_ids), return_index=True, return_inverse=True)
-    if "old_img" not in vectors or len(distinct) < MIN_LAYOUT_IMAGES:
+    if query_modality == "text" or "old_img" not in vectors or len(distinct) < MIN_LAYOUT_IMAGES:
         return None
-    t = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in vectors.items()}
+    t = {k: torch.from_numpy(np.ascontiguousarray(vectors[k], np.float32)) for k in ("ad_img", "old_img", "old_txt")}
     owner = torch.from_numpy(owner.reshape(-1).astype(np.int64))
-    if query_modality == "image":
-        queries = [t[k][first] for k in ("ad_img", "old_img")]
-        ranks = [owned_ranks(q, t["old_txt"], owner) for q in queries]
-        measure = "I2T: the pairs' images search the OLD vectors of all the pairs' captions"
-    else:
-        ranks = [target_ranks(t[k], t["old_img"][first], owner) for k in ("ad_txt", "old_txt")]
-        measure = "T2I: the pairs' captions search the OLD vectors of the pairs' images"
-    rec = versus_old_model(query_modality, ranks[0], ranks[1], measure)
+    ranks = [owned_ranks(t[k][first], t["old_txt"], owner) for k in ("ad_img", "old_img")]
+    rec = versus_old_model("image", ranks[0], ranks[1], "I2T: the pairs' images search all the pairs' captions")
     per_image = len(owner) / len(distinct)
     return Verdict(
-        query_modality,
+        "image",
         WORDS[rec["verdict"]],
         rec["mean_log_rank_gain"],
         rec["standard_error"],
         rec["n"],
-        on=f"queries of the gallery's pairs ({len(distinct):,} images, {per_image:.1f} captions each)",
+        on=f"images of the gallery's pairs ({per_image:.1f} captions each)",
     )
 
 
