@@ -450,6 +450,29 @@ def test_a_gallery_judges_the_adapter_on_pairs_laid_out_as_it_is(world):
     assert layout_verdict({k: x[:245] for k, x in v.items()}, ids[:245], "image") is None  # 49 images: too few
 
 
+def test_the_gallery_cli_judges_image_queries_on_its_own_pairs(world, tmp_path, capsys):
+    from xbt.cli import main
+
+    adapter_dir = world["adapter"].save_pretrained(tmp_path / "adapter")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(world["texts"][:40]) + "\n")
+    pairs = tmp_path / "pairs"
+    xbt.toy.pairs(60, seed=1, captions_per_image=5).save_to_disk(str(pairs))
+    base = ["gallery", "build", "--adapter", str(adapter_dir), "--old", "xbt-toy-old", "--quiet"]
+    assert main([*base, "--gallery", str(tmp_path / "g"), "--texts", str(captions), "--pairs", str(pairs)]) == 0
+    reason = json.loads((tmp_path / "g" / "gallery.json").read_text())["old_queries"]["reason"]
+    assert "60 images of the gallery's pairs (5.0 captions each)" in reason
+    assert "on its fit's held-out pairs: not measured" in reason and reason in capsys.readouterr().out
+    # an image gallery: a caption has one right image in any layout, so the adapter's own verdict stands
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, im in enumerate(world["images"][:20]):
+        im.save(images / f"{i}.png")
+    assert main([*base, "--gallery", str(tmp_path / "gi"), "--images", str(images), "--pairs", str(pairs)]) == 0
+    reason = json.loads((tmp_path / "gi" / "gallery.json").read_text())["old_queries"]["reason"]
+    assert "gallery's pairs" not in reason and "not measured" in reason
+
+
 def test_the_old_part_can_be_searched_with_the_old_models_queries(world, tmp_path, capsys):
     from xbt.cli import main
 
