@@ -48,6 +48,18 @@ class Verdict:
     n: int = 0
     on: str = "held-out pairs"
 
+    @classmethod
+    def from_record(cls, modality: str, record: dict[str, Any], on: str = "held-out pairs") -> Verdict:
+        """The verdict of a ``method.guard.versus_old_model`` record on ``modality`` queries."""
+        return cls(
+            modality,
+            WORDS[record["verdict"]],
+            record["mean_log_rank_gain"],
+            record["standard_error"],
+            int(record["n"]),
+            on,
+        )
+
     @property
     def interval(self) -> tuple[float, float] | None:
         """The gain's one-standard-error interval (about 68 % confidence), the band the verdict is read from."""
@@ -80,9 +92,7 @@ def verdicts(training: dict[str, Any] | None) -> dict[str, Verdict]:
     for modality in ("text", "image"):
         rec = versus.get(modality)
         if isinstance(rec, dict) and rec.get("verdict") in WORDS:
-            out[modality] = Verdict(
-                modality, WORDS[rec["verdict"]], rec["mean_log_rank_gain"], rec["standard_error"], int(rec["n"])
-            )
+            out[modality] = Verdict.from_record(modality, rec)
         else:
             out[modality] = Verdict(modality, NOT_MEASURED)
     return out

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.verdict import WORDS, Verdict
+from ..adapters.verdict import Verdict
 from ..core.errors import XBTError
 from ..core.hashing import image_ids, image_key
 from ..data.pairs import read_pairs_folder
@@ -88,14 +88,7 @@ def layout_verdict(vectors: dict[str, np.ndarray], image_ids: np.ndarray, query_
     ranks = [owned_ranks(t[k][first], t["old_txt"], owner) for k in ("ad_img", "old_img")]
     rec = versus_old_model("image", ranks[0], ranks[1], "I2T: the pairs' images search all the pairs' captions")
     per_image = len(owner) / len(distinct)
-    return Verdict(
-        "image",
-        WORDS[rec["verdict"]],
-        rec["mean_log_rank_gain"],
-        rec["standard_error"],
-        rec["n"],
-        on=f"images of the gallery's pairs ({per_image:.1f} captions each)",
-    )
+    return Verdict.from_record("image", rec, on=f"images of the gallery's pairs ({per_image:.1f} captions each)")
 
 
 def known_hits(
