@@ -625,3 +625,28 @@ def test_the_text_head_learns_from_the_pair_captions_where_the_teacher_knows_not
         )
     with pytest.raises(XBTError, match="text_pair_weight must be >= 0"):
         Stage2Config(text_pair_weight=-1.0)
+
+
+def test_the_distillation_temperature_follows_the_spread_of_the_old_image_vectors():
+    """Unset, the student's temperature is DISTILL_TEMPERATURE_FACTOR x the spread of the OLD image vectors'
+    cosines: the head trained so equals the one given that value explicitly, and differs from a fixed 0.05."""
+    from xbt.method.config import DISTILL_TEMPERATURE_FACTOR, Stage2Config
+    from xbt.method.heads import distill_text_head
+    from xbt.method.losses import spread_temperature
+    from xbt.models.head import Projection
+
+    gen = torch.Generator().manual_seed(1)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    old_img = unit(torch.randn(200, 16, generator=gen) + 2.0)  # packed close: a small spread, a sharp softmax
+    new_img, corpus = unit(torch.randn(200, 24, generator=gen)), unit(torch.randn(600, 24, generator=gen))
+    derived = spread_temperature(old_img, DISTILL_TEMPERATURE_FACTOR)
+    assert 0 < derived < 0.02
+    heads, stage1 = {}, Projection(24, 16, hidden=32)
+    for t in (None, derived, 0.05):
+        cfg = Stage2Config(text_epochs=1, text_batch_size=128, guard=False, seed=0, distill_temperature=t)
+        head, _, history = distill_text_head(stage1, corpus, new_img, old_img, 0.05, cfg, verbose=False)
+        heads[t] = torch.cat([p.flatten() for p in head.parameters()])
+        assert history["distill_temperature"] == pytest.approx(t or derived)
+    assert torch.equal(heads[None], heads[derived]) and not torch.allclose(heads[None], heads[0.05])
+    with pytest.raises(XBTError, match="distill_temperature None or > 0"):
+        Stage2Config(distill_temperature=0.0)

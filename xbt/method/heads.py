@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..core.errors import XBTError
 from ..data.pairs import rows_of
 from ..models.head import Projection
-from .config import TEXT_PAIR_TEMPERATURE_FACTOR, Stage2Config
+from .config import DISTILL_TEMPERATURE_FACTOR, TEXT_PAIR_TEMPERATURE_FACTOR, Stage2Config
 from .guard import T2I_MEASURE, PathChoice, geometric_mean_rank, owned_ranks, paired_gain, t2i_ranks
 from .losses import (
     agreed_texts,
@@ -93,10 +93,10 @@ def distill_text_head(
     if paired and (pair_owner is None or len(pair_owner) != len(pair_texts_new)):
         raise XBTError("pair_owner must give one image row per pair caption")
     pair_temperature = cfg.text_pair_temperature or spread_temperature(images_old, TEXT_PAIR_TEMPERATURE_FACTOR)
+    distill_temperature = cfg.distill_temperature or spread_temperature(images_old, DISTILL_TEMPERATURE_FACTOR)
 
     def log_ranks(h: Projection, state: int) -> torch.Tensor:
-        """float64: the held-out queries' log ranks under ``h``, then the other folds' at the same state (0: stage
-        1)."""
+        """float64: the held-out queries' log ranks under ``h``, then the other folds' at this state (0: stage 1)."""
         own = torch.log(t2i_ranks(h.in_chunks(val_texts_new), val_images_old))
         if not other_folds:
             return own
@@ -118,6 +118,7 @@ def distill_text_head(
     choice = PathChoice("text", measure) if validate else None
     best = copy.deepcopy(head.state_dict())
     history: dict = {"train_loss": [], "pair_temperature": pair_temperature if paired else None}
+    history.update(distill_temperature=distill_temperature)
     if other_folds:
         history.update(
             own_geo_mean_rank=[],
@@ -139,7 +140,7 @@ def distill_text_head(
             idx = order[s : s + cfg.text_batch_size]
             x = texts_new[idx]
             z = head(x)
-            loss = ranking_distillation(z, images_old, cfg.distill_temperature, x, images_new, teacher_temperature)
+            loss = ranking_distillation(z, images_old, distill_temperature, x, images_new, teacher_temperature)
             if cfg.text_anchor_weight:
                 loss = loss + cfg.text_anchor_weight * cosine_gap(z, anchors[idx])
             if paired:  # as many pair captions, each to find its own image's OLD vector among all of them
@@ -191,8 +192,7 @@ def fold_scores(
     config: Stage2Config,
     verbose: bool = True,
 ) -> list[list[torch.Tensor]]:
-    """The text head's held-out log ranks on each fold but the first: [fold][stage 1, epoch 1, ...] of float64
-    [fold size].
+    """The text head's held-out log ranks on each fold but the first: [fold][stage 1, epoch 1, ...], float64.
 
     ``images_new`` / ``images_old`` / ``captions_new`` hold ALL pairs, one row each ([n, d]); ``folds`` are disjoint
     index sets of them. For each fold after the first, a head is trained on the pairs outside it, every epoch
