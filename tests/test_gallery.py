@@ -20,7 +20,8 @@ from xbt.adapters.config import ModelRef
 from xbt.core.hashing import image_ids
 from xbt.evaluation.search import search
 from xbt.gallery import backfill as bf
-from xbt.gallery.calibration import ScoreCalibration, calibration_set, fit_calibration, merge_scores
+from xbt.gallery.calibration import ScoreCalibration, merge_scores
+from xbt.gallery.calibration_fit import FUSE_WEIGHTS, calibration_set, fit_calibration
 from xbt.gallery.mixed import MixedGallery
 from xbt.gallery.pair_vectors import layout_verdict, pair_vectors
 from xbt.gallery.planner import DisagreementModel, budget_count, plan_order
@@ -123,11 +124,37 @@ def test_the_fraction_aware_normalised_merge_equals_its_formula_over_the_whole_g
     np.testing.assert_allclose(np.take_along_axis(full, ids, 1), scores, atol=1e-4)
 
 
+def test_a_backfilled_item_adds_its_old_space_score_where_the_calibration_fuses(world):
+    """Until cutover a backfilled item keeps its old vector: with ``fuse`` weight w its merged score is
+    (1 - w) x its new score + w x its mapped old score (the same map as the old part's), and the result changes."""
+    points = [[0.2, 0.5, 0.1, 0.0], [0.6, 0.5, 0.1, 0.0]]
+    chosen = plan_order(world["old_img"], "random", seed=3)[: N // 2]
+    in_new = np.zeros(N, bool)
+    in_new[chosen] = True
+    s_new, s_old = world["new_txt"] @ world["new_img"].T, world["ad_txt"] @ world["old_img"].T
+    found = {}
+    for w in (0.0, 0.4):
+        g = image_gallery(world, calibration=ScoreCalibration(points=points, fuse=[[0.2, w], [0.6, w]]))
+        g.set_new(chosen, world["new_img"][chosen])
+        scores, ids = g.search(world["new_txt"], world["ad_txt"], k=5)
+        mapped = 0.5 * s_old + 0.1
+        full = np.where(in_new, (1 - w) * s_new + w * mapped, mapped)
+        np.testing.assert_allclose(np.take_along_axis(full, ids, 1), scores, atol=1e-4)  # each id, its formula
+        found[w] = ids
+    assert (found[0.0] != found[0.4]).any()
+
+
 def test_bad_calibration_points_are_refused():
     with pytest.raises(xbt.XBTError, match="calibration point"):
         ScoreCalibration(points=[[0.5, -1.0, 0.0, 0.5]])
     with pytest.raises(xbt.XBTError, match="increasing order"):
         ScoreCalibration(points=[[0.5, 1.0, 0.0, 0.5], [0.2, 1.0, 0.0, 0.5]])
+    with pytest.raises(xbt.XBTError, match=r"fuse weight is \[fraction in \[0, 1\], weight in \[0, 1\]\]"):
+        ScoreCalibration(fuse=[[0.5, 1.5]])
+    with pytest.raises(xbt.XBTError, match="fuse weights must have distinct fractions"):
+        ScoreCalibration(fuse=[[0.5, 0.2], [0.5, 0.3]])
+    saved = {k: v for k, v in ScoreCalibration(points=[[0.5, 1.0, 0.0, 0.5]]).to_dict().items() if k != "fuse"}
+    assert ScoreCalibration.from_dict(saved).fuse_at(0.5) == 0.0  # a file saved before fusion: none
 
 
 def test_fit_calibration_beats_its_starting_map_on_the_pairs_it_was_fitted_on(world):
@@ -136,6 +163,7 @@ def test_fit_calibration_beats_its_starting_map_on_the_pairs_it_was_fitted_on(wo
     args = (world["new_txt"], world["ad_txt"], world["new_img"], world["old_img"], target)
     cal = fit_calibration(*args, fractions=(0.25, 0.5), mixes=4)
     assert [p[0] for p in cal.points] == [0.25, 0.5] and cal.temperature_new > 0 and cal.temperature_old > 0
+    assert [f for f, _ in cal.fuse] == [0.25, 0.5] and all(w in FUSE_WEIGHTS for _, w in cal.fuse)
     s_new, s_old = args[0] @ args[2].T, args[1] @ args[3].T
 
     def in_new_of(mask):

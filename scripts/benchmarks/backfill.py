@@ -43,7 +43,7 @@ import xbt
 from xbt import toy
 from xbt.adapters.config import ModelRef
 from xbt.core.files import atomic_path, write_json
-from xbt.gallery.calibration import calibration_set, fit_calibration
+from xbt.gallery.calibration_fit import calibration_set, fit_calibration
 from xbt.gallery.mixed import MixedGallery
 from xbt.gallery.pair_vectors import layout_verdict, pair_vectors
 from xbt.gallery.planner import PLANS, DisagreementModel, plan_order

@@ -40,7 +40,7 @@ from scripts.benchmarks.backfill import FRACTIONS, KS, recall
 from xbt.adapters.config import ModelRef
 from xbt.cluster.refresh import QUERY_OF, refresh_adapter
 from xbt.core.files import write_json
-from xbt.gallery.calibration import calibration_set, fit_calibration
+from xbt.gallery.calibration_fit import calibration_set, fit_calibration
 from xbt.gallery.mixed import MixedGallery
 from xbt.gallery.pair_vectors import layout_verdict, pair_vectors
 from xbt.gallery.planner import plan_order

@@ -22,8 +22,8 @@ from ..adapters.registry import load_adapter
 from ..cluster.engine import open_lance_gallery, rollback_table
 from ..core.errors import XBTError
 from ..data.sources import LazyImages
+from ..gallery import MERGES, ScoreCalibration, calibration_set, fit_calibration
 from ..gallery.backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
-from ..gallery.calibration import MERGES, ScoreCalibration, calibration_set, fit_calibration
 from ..gallery.folder import KNOWN_HITS_FILE, glyphs, header_lines, read_known_hits, result_lines, write_known_hits
 from ..gallery.mixed import MixedGallery, read_meta, read_old_vectors
 from ..gallery.pair_vectors import known_hits, layout_verdict, load_pairs, pair_vectors, query_key

@@ -54,7 +54,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "store": ("vectordb.interface", "vectordb.faiss_index"),
     "gallery.store": ("vectordb.interface", "vectordb.faiss_index"),
     "gallery.qdrant": ("vectordb.qdrant",),
-    "calibration": ("gallery.calibration",),
+    "calibration": ("gallery.calibration", "gallery.calibration_fit"),
     "planner": ("gallery.planner",),
     "backfill": ("gallery.backfill",),
     "gallery_commands": ("cli.gallery", "gallery.pair_vectors", "data.sources"),

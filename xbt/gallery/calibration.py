@@ -16,11 +16,15 @@ space's scale before merging:
   ``norm = 1`` each part's scores become the log-probability of a softmax over that part (CLIP's
   own loss): a query whose new part holds one clear winner pushes the old part down, one whose new
   part is flat lets it in. ``norm = 0`` is the plain affine map.
-- ``fit_calibration`` chooses these on image–caption pairs (never the gallery's own queries), laid
-  out by ``calibration_set`` as the gallery's search is: for random mixes of the pairs at each
-  fraction, the map whose merged search stays furthest above the straight line between not
-  backfilling (the adapter's search) and a full backfill (the new model's), at Recall@1 and
-  Recall@10 alike.
+- ``fuse``: until cutover a backfilled item keeps its OLD vector, so it can be scored in both spaces:
+  ``(1 - w) * s_new + w * map(s_old)``, with ``w`` per backfilled fraction (0: its new score alone). The two
+  searches differ in what they get wrong, so the sum ranks better than either (on shapes' image queries
+  the merged curve lies above the straight line only with it: BENCHMARKS.md). After ``cutover`` every item
+  is new and searched with the new query alone.
+- ``calibration_fit.fit_calibration`` chooses these on image–caption pairs (never the gallery's own queries),
+  laid out by ``calibration_fit.calibration_set`` as the gallery's search is: for random mixes of the pairs at
+  each fraction, the map and fusion weight whose merged search stays furthest above the straight line between
+  not backfilling (the adapter's search) and a full backfill (the new model's), at Recall@1 and Recall@10 alike.
 - per query from anchors (``per_query=True``, an option): items scored in BOTH spaces (backfilled
   items keep their old vectors until cutover; the gallery hands a sample of them, the anchors)
   give each query its own affine map, matching the mean and spread of the anchors' old-space
@@ -33,12 +37,10 @@ union of each part's own top-k: a merged search needs ``max(k, depth)`` results 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..core.errors import XBTError, need
 
@@ -58,6 +60,8 @@ class ScoreCalibration:
         temperature_new, temperature_old: each space's softmax temperature for the per-query
             normalisation (fitted on the pairs by likelihood).
         depth: top scores per part in each query's log-sum-exp (the gallery fetches that many).
+        fuse: ``[[fraction, w], ...]`` in increasing fraction: the weight of a backfilled item's mapped old-space
+            score beside its new one (linear in between; empty, as in files saved before it: 0).
         per_query: also use per-query anchor statistics (see module docstring).
         min_anchors: below this many anchors only the global map is used; the per-query map gets
             full weight from ``4 * min_anchors`` anchors on.
@@ -73,6 +77,7 @@ class ScoreCalibration:
     temperature_new: float = 1.0
     temperature_old: float = 1.0
     depth: int = _DEPTH
+    fuse: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         need(
@@ -95,16 +100,27 @@ class ScoreCalibration:
                 len(p) == 4 and 0 <= p[0] <= 1 and p[1] > 0 and np.isfinite(p[2]) and 0 <= p[3] <= 1,
                 f"each calibration point is [fraction in [0, 1], scale > 0, shift, norm in [0, 1]], got {p!r}",
             )
-        need(
-            [p[0] for p in self.points] == sorted({p[0] for p in self.points}),
-            "calibration points must have distinct fractions in increasing order",
-        )
+        self.fuse = [[float(x) for x in p] for p in self.fuse]
+        for rows, what in ((self.points, "points"), (self.fuse, "fuse weights")):
+            need(
+                [p[0] for p in rows] == sorted({p[0] for p in rows}),
+                f"calibration {what} must have distinct fractions in increasing order",
+            )
+        for p in self.fuse:
+            need(
+                len(p) == 2 and 0 <= p[0] <= 1 and 0 <= p[1] <= 1,
+                f"each fuse weight is [fraction in [0, 1], weight in [0, 1]], got {p!r}",
+            )
 
     def summary(self) -> str:
         """One line for logs: the map at each fitted fraction, or the global one."""
         if not self.points:
             return f"scale {self.scale:.3f}, shift {self.shift:+.3f}"
-        return "; ".join(f"{f:.0%}: scale {sc:.3f} shift {sh:+.3f} norm {n:.2f}" for f, sc, sh, n in self.points)
+        fuse = dict((f, w) for f, w in self.fuse)
+        return "; ".join(
+            f"{f:.0%}: scale {sc:.3f} shift {sh:+.3f} norm {n:.2f}" + (f" fuse {fuse[f]:.2f}" if f in fuse else "")
+            for f, sc, sh, n in self.points
+        )
 
     def at(self, fraction: float | None) -> tuple[float, float, float]:
         """``(scale, shift, norm)`` at a backfilled ``fraction`` (None: the global map, no normalisation)."""
@@ -112,6 +128,12 @@ class ScoreCalibration:
             return self.scale, self.shift, 0.0
         fs = [p[0] for p in self.points]
         return tuple(float(np.interp(fraction, fs, [p[i] for p in self.points])) for i in (1, 2, 3))
+
+    def fuse_at(self, fraction: float | None) -> float:
+        """The weight of a backfilled item's mapped old-space score at a backfilled ``fraction`` (0 without one)."""
+        if not self.fuse or fraction is None:
+            return 0.0
+        return float(np.interp(fraction, [p[0] for p in self.fuse], [p[1] for p in self.fuse]))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``from_dict`` reads it back)."""
@@ -187,6 +209,7 @@ def merge_scores(
     anchor_new: np.ndarray | None = None,
     n_old: int | None = None,
     n_new: int | None = None,
+    old_of_new: np.ndarray | None = None,
 ) -> np.ndarray:
     """One merged score per candidate: float32 [n_queries, m] (higher is better).
 
@@ -196,7 +219,9 @@ def merge_scores(
 
     - ``"naive"``: the raw cosines side by side.
     - ``"calibrated"``: old scores mapped by ``calibration.old_to_new`` at the gallery's backfilled
-      fraction (anchors as there). Candidates must hold each part's top ``max(k, depth)``.
+      fraction (anchors as there). Candidates must hold each part's top ``max(k, depth)``. ``old_of_new``
+      [n_queries, m]: where ``in_new``, the candidate's OLD-space score (kept until cutover), fused with its new
+      score by ``calibration.fuse_at`` (module docstring); ``None``: no fusion.
     - ``"interleave"``: rank interleaving: a candidate's score is minus its rank in its own part
       divided by that part's size, so the parts alternate in proportion to their sizes (strict
       alternation at a 50 % backfill). Candidates must be given in each part's rank order.
@@ -210,179 +235,12 @@ def merge_scores(
         fraction = n_new / (n_old + n_new) if n_old is not None and n_new is not None and n_old + n_new else None
         shift = cal.query_shift(old_scores, new_scores, in_new) if cal.at(fraction)[2] else None
         mapped = cal.old_to_new(old_scores, fraction, shift, anchor_old, anchor_new)
+        w = cal.fuse_at(fraction) if old_of_new is not None else 0.0
+        if w:
+            fused = cal.old_to_new(np.where(in_new, old_of_new, 0.0), fraction, shift, anchor_old, anchor_new)
+            new_scores = (1.0 - w) * np.asarray(new_scores, np.float32) + w * fused
         return np.where(in_new, new_scores, mapped).astype(np.float32)
     rank_new = np.cumsum(in_new, axis=1) - 1
     rank_old = np.cumsum(~in_new, axis=1) - 1
     pos = np.where(in_new, (rank_new + 0.5) / max(n_new or 1, 1), (rank_old + 0.5) / max(n_old or 1, 1))
     return (-pos).astype(np.float32)
-
-
-def calibration_set(
-    vectors: dict[str, np.ndarray], image_ids: np.ndarray, modality: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``fit_calibration``'s ``(new_q, adapted_q, new_g, old_g, target)`` from image-caption pair rows,
-    shaped like a gallery of ``modality`` ("image" or "text").
-
-    ``vectors``: float32 [n_rows, d] per row under ``new_img``, ``ad_img``, ``old_img``, ``new_txt``,
-    ``ad_txt``, ``old_txt``; ``image_ids``: int [n_rows], rows with the same image share an id
-    (``fusion.image_ids``). A gallery holds each image once, so the image side keeps one row per
-    distinct image, and a caption answers the image it was written for (as in the evaluation): in
-    an image gallery every caption row is a query and each image one item; in a caption gallery
-    each image is one query and every caption row an item. With COCO's layout (one row per caption,
-    five per image) an image query then has five right captions, as in the caption gallery the map
-    is fitted for; pairs with one caption per image would fit it to a search with one right answer.
-    """
-    if modality not in ("image", "text"):
-        raise XBTError(f"modality is 'image' or 'text' (what the gallery holds), got {modality!r}")
-    image_ids = np.asarray(image_ids)
-    if image_ids.shape != (len(vectors["new_txt"]),):
-        raise XBTError(f"image_ids needs one id per pair row ({len(vectors['new_txt'])}), got shape {image_ids.shape}")
-    ids, first = np.unique(image_ids, return_index=True)
-    img = {k: np.asarray(vectors[f"{k}_img"])[first] for k in ("new", "ad", "old")}
-    txt = {k: np.asarray(vectors[f"{k}_txt"]) for k in ("new", "ad", "old")}
-    if modality == "image":
-        return txt["new"], txt["ad"], img["new"], img["old"], image_ids[:, None] == ids[None, :]
-    return img["new"], img["ad"], txt["new"], txt["old"], ids[:, None] == image_ids[None, :]
-
-
-def fit_temperature(scores: np.ndarray, target: np.ndarray) -> float:
-    """The softmax temperature under which the pairs' right items are likeliest (a grid, 0.003-0.5).
-
-    ``scores`` float [n_q, n_g], ``target`` bool [n_q, n_g]; a query with several right items counts
-    their summed probability.
-    """
-    s = np.asarray(scores, np.float64)
-    grid = np.exp(np.linspace(np.log(0.003), np.log(0.5), 60))
-
-    def loglik(t: float) -> float:
-        return float((part_lse(np.where(target, s, -np.inf), t, s.shape[1]) - part_lse(s, t, s.shape[1])).mean())
-
-    return float(max(grid, key=loglik))
-
-
-def _first_rank(merged: np.ndarray, hit: np.ndarray, miss: int) -> np.ndarray:
-    """0-based merged rank of each row's best right candidate (ties against it); ``miss`` where none is there."""
-    best = np.where(hit, merged, -np.inf).max(1, keepdims=True)
-    return np.where(hit.any(1), (merged > best).sum(1), miss)
-
-
-def fit_calibration(
-    new_q: np.ndarray,
-    adapted_q: np.ndarray,
-    new_g: np.ndarray,
-    old_g: np.ndarray,
-    target: np.ndarray,
-    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75),
-    seed: int = 0,
-    per_query: bool = False,
-    order: np.ndarray | None = None,
-    mixes: int = 6,
-    norms: tuple[float, ...] = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0),
-    verbose: bool = False,
-) -> ScoreCalibration:
-    """The maps, one per backfilled fraction, that merge best on held-out pairs.
-
-    Args:
-        new_q: float32 [n_q, d_new] bare new-model queries; adapted_q [n_q, d_old] the adapter's.
-        new_g, old_g: float32 [n_g, d_new] / [n_g, d_old] the same gallery items in both spaces.
-        target: bool [n_q, n_g], True where the gallery item answers the query.
-        fractions: backfilled shares to fit a map at (``mixes`` random masks each).
-        order: a backfill order of the gallery items (``planner.plan_order`` on their old
-            vectors): each fraction's mix is its prefix instead of random masks, so the maps fit
-            the mixes that order makes (a planned backfill is not a random sample).
-        norms: the per-query normalisation weights tried (``ScoreCalibration``).
-        verbose: a progress bar over the fractions.
-
-    Returns:
-        ``ScoreCalibration`` with one point per fraction: the (scale, shift, norm) whose merged
-        Recall@1 and Recall@10 on the mixes stay furthest above the straight line between the
-        pairs' own new->old and new->new (the worst of the two, ties by their mean), searched
-        coarse to fine around matching the spread and mean of both spaces' scores. The global
-        ``scale``/``shift`` is that starting map.
-    """
-    s_new = np.asarray(new_q, np.float32) @ np.asarray(new_g, np.float32).T
-    s_old = np.asarray(adapted_q, np.float32) @ np.asarray(old_g, np.float32).T
-    target = np.asarray(target, bool)
-    if target.shape != s_new.shape or not target.any(1).all():
-        raise XBTError(f"target must be bool [n_queries, n_gallery] = {s_new.shape} with a match in every row")
-    if not fractions or not all(0 < f < 1 for f in fractions):
-        raise XBTError(f"fractions must be backfilled shares strictly between 0 and 1, got {fractions!r}")
-    n_g = s_new.shape[1]
-    depth = min(_DEPTH, n_g)
-    cal = ScoreCalibration(
-        temperature_new=fit_temperature(s_new, target),
-        temperature_old=fit_temperature(s_old, target),
-        depth=depth,
-        per_query=per_query,
-    )
-    ends = {k: [float((_first_rank(s, target, n_g) < k).mean()) for s in (s_old, s_new)] for k in (1, 10)}
-    in_new = np.repeat([False, True], depth)[
-        None, :
-    ]  # each mix's candidates: the old part's top-depth, then the new part's
-    rng = np.random.default_rng(seed)
-    start_scale = float(s_new.std() / max(s_old.std(), 1e-6))
-    start_shift = float(s_new.mean() - start_scale * s_old.mean())
-    points = []
-    for f in tqdm(sorted(fractions), desc="fit score calibration", unit="fraction", disable=not verbose):
-        if order is None:
-            masks = [rng.random(n_g) < f for _ in range(mixes)]
-        else:
-            masks = [np.zeros(n_g, bool)]
-            masks[0][np.asarray(order)[: int(round(f * n_g))]] = True
-        # per mix, each part's top-``depth`` candidates: a merged rank below ``depth`` only depends
-        # on them, so every map is scored on [n_q, 2 * depth] arrays
-        parts = []
-        for mask in masks:
-            cand = []
-            for scores, member in ((s_old, ~mask), (s_new, mask)):
-                masked = np.where(member[None, :], scores, -np.inf)
-                top = np.argpartition(-masked, depth - 1, axis=1)[:, :depth]
-                cand.append((np.take_along_axis(masked, top, 1), np.take_along_axis(target, top, 1)))
-            (o_s, o_t), (n_s, n_t) = cand
-            both_s = np.concatenate([o_s, n_s], 1)
-            parts.append(
-                (
-                    o_s,
-                    n_s,
-                    np.concatenate([o_t, n_t], 1) & np.isfinite(both_s),
-                    cal.query_shift(both_s, both_s, in_new),
-                )
-            )
-        lines = {k: ends[k][0] + f * (ends[k][1] - ends[k][0]) for k in ends}
-
-        def score(scale: float, shift: float, norm: float) -> tuple[float, float]:
-            gaps = {k: 0.0 for k in lines}
-            for o_s, n_s, hit, q_shift in parts:
-                ranks = _first_rank(
-                    np.concatenate([scale * o_s + shift + norm * q_shift[:, None], n_s], 1), hit, 2 * depth
-                )
-                for k in gaps:
-                    gaps[k] += (float((ranks < k).mean()) - lines[k]) / len(parts)
-            return min(gaps.values()), sum(gaps.values()) / len(gaps)
-
-        best = None
-        for norm in norms:
-            cur = (*score(start_scale, start_shift, norm), start_scale, start_shift)
-            log_step, shift_step = np.log(2.0) / 3, 0.05
-            for _ in range(3):  # coarse to fine: a 7 x 13 grid around the best so far, each round 3x finer
-                sc0, sh0 = cur[2], cur[3]
-                for log_mult in np.linspace(-3, 3, 7) * log_step:
-                    sc = sc0 * float(np.exp(log_mult))
-                    centre = sh0 + (sc0 - sc) * float(s_old.mean())  # keep the bulk's mean where it was
-                    for sh in centre + np.linspace(-6, 6, 13) * shift_step:
-                        cand = (*score(sc, float(sh), norm), sc, float(sh))
-                        if cand[:2] > cur[:2]:
-                            cur = cand
-                log_step, shift_step = log_step / 3, shift_step / 3
-            if best is None or cur[:2] > best[0][:2]:
-                best = (cur, norm)
-        (_, _, sc, sh), norm = best
-        points.append([f, sc, sh, norm])
-    return dataclasses.replace(
-        cal,
-        scale=start_scale,
-        shift=start_shift,
-        points=points,
-        source=f"fitted on {s_new.shape[0]} queries x {n_g} items at fractions {list(sorted(fractions))}, "
-        f"{len(masks)} {'planned' if order is not None else 'random'} mix(es) each",
-    )

@@ -11,7 +11,8 @@ real vector database) and answers a query with both halves of an adapter:
 - the two top-k lists are merged on a calibrated score (``calibration``): old-space scores are
   mapped to the new space's scale by a map fitted on image–caption pairs for the gallery's
   backfilled fraction, normalised per query by each part's top scores (optionally also from
-  anchor items scored in both spaces).
+  anchor items scored in both spaces); a backfilled candidate's old vector, kept until cutover,
+  adds its mapped old-space score to its new one where the calibration fuses them.
 
 An adapter made for another old model is refused by fingerprint. The gallery's own files
 (``gallery.json`` and ``old.safetensors``, with each item's content hash: ``folder``) are written by ``save``;
@@ -252,7 +253,12 @@ class MixedGallery:
         if merge == "calibrated" and self.calibration.per_query and n_old and n_new:
             vo, vn = self._anchor_vectors()
             a_old, a_new = qa @ vo.T, qn @ vn.T
-        merged = merge_scores(raw, raw, in_new, merge, self.calibration, a_old, a_new, n_old, n_new)
+        both = None  # until cutover a backfilled candidate also has its old vector: scored in both spaces
+        if merge == "calibrated" and n_old and n_new and self.calibration.fuse_at(n_new / self.size):
+            uniq, where = np.unique(np.clip(inn, 0, None), return_inverse=True)  # each stored vector read once
+            vo = self.store.vectors("old", uniq)[where.reshape(inn.shape)]
+            both = np.concatenate([np.zeros_like(so), np.einsum("qd,qkd->qk", qa, vo)], 1)
+        merged = merge_scores(raw, raw, in_new, merge, self.calibration, a_old, a_new, n_old, n_new, both)
         merged = np.where(ids >= 0, merged, -np.inf).astype(np.float32)
         order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -merged), axis=-1)[:, :k]
         return np.take_along_axis(merged, order, 1), np.take_along_axis(ids, order, 1)
