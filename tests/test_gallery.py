@@ -17,6 +17,7 @@ import torch
 
 import xbt
 from xbt.adapters.config import ModelRef
+from xbt.cli.gallery import explain
 from xbt.core.hashing import image_ids
 from xbt.evaluation.search import search
 from xbt.gallery import backfill as bf
@@ -141,6 +142,7 @@ def test_a_backfilled_item_adds_its_old_space_score_where_the_calibration_fuses(
         full = np.where(in_new, (1 - w) * s_new + w * mapped, mapped)
         np.testing.assert_allclose(np.take_along_axis(full, ids, 1), scores, atol=1e-4)  # each id, its formula
         found[w] = ids
+        assert ("their kept old vectors too" in explain(g)[1]) == (w > 0)  # search --explain says so
     assert (found[0.0] != found[0.4]).any()
 
 

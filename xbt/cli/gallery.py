@@ -177,10 +177,8 @@ def _adapter(args, old=None):
 
 
 def _earlier_build(folder: str, spec: dict[str, Any]) -> tuple[dict | None, dict | None]:
-    """``(gallery.json, backfill manifest)`` of an earlier build in ``folder`` of the same items (``None``s: none).
-
-    Refused when the folder's backfill has started for other items, or cannot be compared.
-    """
+    """``(gallery.json, backfill manifest)`` of an earlier build of the same items in ``folder`` (``None``s: none);
+    refused when the folder's backfill has started for other items, or cannot be compared."""
     if Path(folder).exists() and not Path(folder).is_dir():
         raise XBTError(f"--gallery {folder} is a file; give a folder (new, or one xbt gallery build wrote)")
     manifest = read_manifest(folder)  # an unreadable one names rollback as the fix
@@ -387,7 +385,8 @@ def _search(args) -> int:
 
 def explain(gallery: MixedGallery) -> list[str]:
     """What ``search --explain`` prints: each part's share, what searches it and why, how the parts merge."""
-    n_new = int(gallery.in_new.sum())
+    n_new, fused = int(gallery.in_new.sum()), any(w for _, w in gallery.calibration.fuse)
+    also = ", their kept old vectors too (weight in the calibration's 'fuse')" if fused else ""
     old_part = (
         "the OLD model's own queries (one old-model encode per query, besides the new model's)"
         if gallery.old_queries == "old model"
@@ -395,6 +394,6 @@ def explain(gallery: MixedGallery) -> list[str]:
     )
     return [
         f"explain: {gallery.size - n_new} old-space items searched with {old_part}: {gallery.old_queries_reason}",
-        f"explain: {n_new} backfilled items searched with the bare new model's queries",
+        f"explain: {n_new} backfilled items searched with the bare new model's queries{also}",
         f"explain: both parts' top hits merged on the score calibration ({gallery.calibration.summary()})",
     ]
