@@ -116,7 +116,7 @@ class ScoreCalibration:
         """One line for logs: the map at each fitted fraction, or the global one."""
         if not self.points:
             return f"scale {self.scale:.3f}, shift {self.shift:+.3f}"
-        fuse = dict((f, w) for f, w in self.fuse)
+        fuse = dict(self.fuse)
         return "; ".join(
             f"{f:.0%}: scale {sc:.3f} shift {sh:+.3f} norm {n:.2f}" + (f" fuse {fuse[f]:.2f}" if f in fuse else "")
             for f, sc, sh, n in self.points
