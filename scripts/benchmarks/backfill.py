@@ -9,7 +9,8 @@ caption gallery) and the fractions 0, 10, 25, 50, 75, 100 %, R@1 and R@10 of:
 - merges (random order, mean of ``--seeds`` orders): ``calibrated`` (the global map fitted on the
   pairs, the default), ``per-query`` (moment matching on anchor items scored in both spaces, over
   the global map), ``naive`` (raw cosines side by side), ``interleave`` (ranks, in proportion to
-  each part's size);
+  each part's size); ``calibrated without fusion`` (the same maps, a backfilled item scored by its new
+  vector alone), with the search time of both at 50 % (median of alternating rounds, as a ratio);
 - the old part is searched with the adapter's queries, or with the OLD model's own where the verdict on the
   calibration pairs (laid out as the gallery is, ``layout_verdict``) says it is not backward compatible
   (``MixedGallery.use_old_queries``; then the row
@@ -200,6 +201,13 @@ def main() -> int:
             spread[f"{merge} / random"] = [
                 {k: float(np.std([r[i][k] for r in runs])) for k in KS} for i in range(len(FRACTIONS))
             ]
+        # the fusion of a backfilled item's two scores, one at a time: the same maps without it, and its search time
+        gallery.calibration = dataclasses.replace(cal, fuse=[])
+        runs = [curve(gallery, vec, order, "calibrated", s["g_owner"], s["q_owner"]) for order in randoms]
+        rows["calibrated without fusion / random"] = [
+            {k: float(np.mean([r[i][k] for r in runs])) for k in KS} for i in range(len(FRACTIONS))
+        ]
+        fusion_time = fusion_search_time(gallery, cal, vec, randoms[0])
         for plan in PLANS[1:]:
             order = plan_order(s["g_old"], plan, model=model)
             gallery.calibration = cal
@@ -215,6 +223,7 @@ def main() -> int:
             "rows": rows,
             "random_order_std": spread,
             "calibration": cal.to_dict(),
+            "fusion_search_time": fusion_time,
             "disagreement_holdout_spearman": model.holdout_spearman,
             "seconds": round(time.perf_counter() - t1, 1),
         }
@@ -222,6 +231,10 @@ def main() -> int:
         print(
             f"(calibration {cal.summary()}; disagreement model "
             f"held-out Spearman {model.holdout_spearman:.3f}; {time.perf_counter() - t1:.0f} s)"
+        )
+        print(
+            f"search time at 50 % with the fusion / without, median of {fusion_time['rounds']} alternating rounds: "
+            f"{fusion_time['ratio']:.2f}x ({fusion_time['fused_s']:.3f} s / {fusion_time['plain_s']:.3f} s)"
         )
         print("| merge / order | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " |  (R@1 / R@10)")
         print("|---" * (len(FRACTIONS) + 1) + "|")
@@ -241,6 +254,25 @@ def main() -> int:
     plot(results, out / f"backfill_{args.world}.png")
     print(f"\nwrote {out / f'backfill_{args.world}.json'} and .png ({results['seconds']:.0f} s)")
     return 0
+
+
+def fusion_search_time(gallery: MixedGallery, cal, vec, order: np.ndarray, rounds: int = 7) -> dict:
+    """Seconds of one calibrated search of all queries at 50 % backfilled, with the calibration's fusion and
+    without it, alternating (the median of each, and their ratio): what reading the backfilled candidates' old
+    vectors costs a query."""
+    gallery.rollback()
+    half = order[: gallery.size // 2]
+    gallery.set_new(half, vec["g_new"][half])
+    times: dict[str, list[float]] = {"fused": [], "plain": []}
+    for _ in range(rounds):
+        for name, c in (("fused", cal), ("plain", dataclasses.replace(cal, fuse=[]))):
+            gallery.calibration = c
+            t = time.perf_counter()
+            gallery.search(vec["q_new"], vec["q_ad"], k=max(KS), merge="calibrated")
+            times[name].append(time.perf_counter() - t)
+    gallery.calibration = cal
+    fused, plain = float(np.median(times["fused"])), float(np.median(times["plain"]))
+    return {"fused_s": fused, "plain_s": plain, "ratio": fused / plain, "rounds": rounds}
 
 
 def checks(rows: dict, old_old: dict[int, float]) -> dict:
