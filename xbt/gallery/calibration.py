@@ -45,7 +45,7 @@ import numpy as np
 from ..core.errors import XBTError, need
 
 MERGES = ("calibrated", "naive", "interleave")
-_DEPTH = 20  # candidates per part when fitting: R@1 and MRR@20 are exact
+CANDIDATE_DEPTH = 20  # candidates per part when fitting: R@1 and MRR@20 are exact
 
 
 @dataclass
@@ -76,7 +76,7 @@ class ScoreCalibration:
     points: list = field(default_factory=list)
     temperature_new: float = 1.0
     temperature_old: float = 1.0
-    depth: int = _DEPTH
+    depth: int = CANDIDATE_DEPTH
     fuse: list = field(default_factory=list)
 
     def __post_init__(self) -> None:

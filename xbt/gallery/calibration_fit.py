@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..core.errors import XBTError
-from .calibration import _DEPTH, ScoreCalibration, part_lse
+from .calibration import CANDIDATE_DEPTH, ScoreCalibration, part_lse
 
 #: fusion weights of a backfilled item's old-space score tried per fraction (0: its new score alone)
 FUSE_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -114,7 +114,7 @@ def fit_calibration(
     if not fractions or not all(0 < f < 1 for f in fractions):
         raise XBTError(f"fractions must be backfilled shares strictly between 0 and 1, got {fractions!r}")
     n_g = s_new.shape[1]
-    depth = min(_DEPTH, n_g)
+    depth = min(CANDIDATE_DEPTH, n_g)
     cal = ScoreCalibration(
         temperature_new=fit_temperature(s_new, target),
         temperature_old=fit_temperature(s_old, target),
