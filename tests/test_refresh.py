@@ -33,11 +33,12 @@ def world():
     }
 
 
-def refresh(w, n: int = 240, items: str = "image", old=None, new=None, **kwargs):
+def refresh(w, n: int = 240, items: str = "image", old=None, new=None, val_queries=None, **kwargs):
     """``refresh_adapter`` of the world's adapter from the first ``n`` test images (or the ``old``/``new`` given)."""
     old = w["old_img"][:n] if old is None else old
     new = w["new_img"][:n] if new is None else new
-    return refresh_adapter(w["adapter"], items, old, new, w["texts_new"], *w["guard"], verbose=False, **kwargs)
+    guard = w["guard"] if val_queries is None else val_queries
+    return refresh_adapter(w["adapter"], items, old, new, w["texts_new"], *guard, verbose=False, **kwargs)
 
 
 def r1_on_the_old_part(adapter, w, rest) -> float:
@@ -96,6 +97,23 @@ def test_the_items_own_captions_teach_the_head_more_than_their_vectors_alone(wor
     assert (after.argmax(1) == right).mean() > (before.argmax(1) == right).mean()
     with pytest.raises(xbt.XBTError, match="a row of old_vectors"):
         refresh(world, item_queries_new=own, item_of_query=np.full(len(own), 240))
+
+
+def test_the_guard_leaves_out_queries_whose_text_the_refresh_trained_on(world):
+    # captions repeat: a guard caption that is one the refresh trains on with its item would score a trained label
+    images, caps = xbt.toy.test_split(N)
+    flat = [c for cs in caps[:240] for c in cs]
+    own = embed_texts(world["new"], flat, verbose=False).numpy()
+    mine = dict(item_queries_new=own, item_of_query=np.repeat(np.arange(240), 5))
+    guard_q, guard_t = world["guard"]
+    _, plain = refresh(world, **mine)
+    extra_q, extra_t = own[::5][:40], world["old_img"][:40]  # the first caption of the first 40 items
+    _, record = refresh(world, **mine, val_queries=(np.vstack([guard_q, extra_q]), np.vstack([guard_t, extra_t])))
+    dropped = record["held_out"]["dropped_as_trained_on"] - plain["held_out"]["dropped_as_trained_on"]
+    assert 20 <= dropped <= 40  # the 40 added, less those of items the guard holds out (20 % of them)
+    assert record["held_out"]["labelled_queries"] == len(guard_q) + 40 - record["held_out"]["dropped_as_trained_on"]
+    with pytest.raises(xbt.XBTError, match="not among the items' own queries"):
+        refresh(world, **mine, val_queries=(own[::5][:10], world["old_img"][:10]), config={"val_fraction": 0.05})
 
 
 def test_the_mixed_gallery_records_which_adapter_version_served_each_search(world):

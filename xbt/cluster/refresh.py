@@ -9,7 +9,9 @@ The items are the training signal, so they need no caption.
 
 The guard reads labelled pairs the refresh never trains on (``val_queries_new`` and the OLD vectors of their
 right items, ``val_targets_old``: held-out pair captions and their images for an image gallery, pair images
-and their captions for a caption gallery): each query searches its right item among the OLD vectors of a
+and their captions for a caption gallery; a guard query that is the very text of one of the items' own
+queries the refresh trains on is left out, since captions repeat and it would score recall of a trained
+label): each query searches its right item among the OLD vectors of a
 held-out share of the re-embedded items, through the head; a head's score is the geometric-mean rank of the
 right item. A refreshed head (its best state) replaces the current one only if its paired per-query log-rank
 gain over it is clear and it puts at least as many right items first; otherwise the adapter is returned
@@ -146,6 +148,19 @@ def refresh_adapter(
         )
     items_order = torch.randperm(len(old), generator=gen)
     val_items, train_items = items_order[:n_val_items], items_order[n_val_items:]
+    trained_on = 0  # guard queries that are one of the captions trained on with their item (texts repeat)
+    if item_queries_new is not None:
+        owner = row[given]
+        in_train = torch.isin(owner, train_items)  # a held-out (or unsampled) item's captions are never trained on
+        if in_train.any():
+            seen = _among(val_q, caps[in_train])
+            trained_on = int(seen.sum())
+            val_q, val_t = val_q[~seen], val_t[~seen]
+            if len(val_q) < 5:
+                raise XBTError(
+                    f"only {len(val_q)} of the guard's labelled queries are not among the items' own queries the "
+                    "refresh trains on; give guard pairs whose captions differ from the re-embedded items'"
+                )
     gallery = torch.cat([val_t, old[val_items]])  # each query's right item among held-out re-embedded items
     right = torch.arange(len(val_q))
 
@@ -177,8 +192,6 @@ def refresh_adapter(
         on_state=lambda h: states.append((log_ranks(h), copy.deepcopy(h.state_dict()))),
     )
     if item_queries_new is not None:
-        owner = row[given]
-        in_train = torch.isin(owner, train_items)  # a held-out (or unsampled) item's captions are never trained on
         states += _supervised(current, caps[in_train], old, owner[in_train], cfg, log_ranks)
     base = states[0][0]  # the distillation's first state is the current head
     gains = [paired_gain(base, logs) for logs, _ in states[1:]]
@@ -191,7 +204,7 @@ def refresh_adapter(
         "query_modality": modality,
         "n_items": len(old),
         "n_queries": len(queries),
-        "held_out": {"items": n_val_items, "labelled_queries": len(val_q)},
+        "held_out": {"items": n_val_items, "labelled_queries": len(val_q), "dropped_as_trained_on": trained_on},
         "measure": "labelled queries search their right item's OLD vector among the held-out items' OLD vectors",
         "current_geo_mean_rank": math.exp(float(base.mean())),
         "epochs_geo_mean_rank": [math.exp(float(logs.mean())) for logs, _ in states[1:]],
@@ -223,6 +236,14 @@ def refresh_adapter(
         new_ref=adapter.new_ref,
     )
     return refreshed, record
+
+
+def _among(queries: torch.Tensor, trained: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """bool [n]: which ``queries`` (float32 [n, d] unit rows) equal one of ``trained`` ([m, d]): the same text."""
+    out = torch.zeros(len(queries), dtype=torch.bool)
+    for s in range(0, len(trained), chunk):
+        out |= (queries @ trained[s : s + chunk].T).max(1).values > 1.0 - 1e-5
+    return out
 
 
 def _supervised(current, caps: torch.Tensor, old: torch.Tensor, owner: torch.Tensor, cfg: RefreshConfig, log_ranks):
