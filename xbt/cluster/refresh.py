@@ -13,11 +13,13 @@ and their captions for a caption gallery; a guard query that is the very text of
 queries the refresh trains on is left out, since captions repeat and it would score recall of a trained
 label): each query searches its right item among the OLD vectors of a
 held-out share of the re-embedded items, through the head; a head's score is the geometric-mean rank of the
-right item. A refreshed head (its best state) replaces the current one only if its paired per-query log-rank
-gain over it is clear and it puts at least as many right items first; otherwise the adapter is returned
-unchanged. The record says which. A refresh offers several states (each epoch of each run) and a backfill
-refreshes again and again, so "clear" is the bar for the best of that many (``method.guard.clear_gain_bar``:
-1.94 standard errors for six states) rather than stage 2's one standard error for one.
+right item. The labelled queries are split in two halves. On the first, the refreshed states (each epoch of
+each run) compete: the best one's paired per-query log-rank gain over the current head must clear the bar for
+the best of that many (``method.guard.clear_gain_bar``: 1.94 standard errors for six states) while putting at
+least as many right items first. The second half, which took no part in the choice, must then confirm it: a
+gain of one standard error, as many right items first. Only then does it replace the current head; otherwise
+the adapter is returned unchanged, and the record says which. Why two halves: a backfill refreshes at every
+checkpoint, and the best of several states is measured too well on the queries that picked it.
 Why labelled pairs, and why the right items ranked first count too: BENCHMARKS.md, "Backfill past one machine".
 """
 
@@ -115,9 +117,9 @@ def refresh_adapter(
     queries = torch.from_numpy(as_vectors(queries_new, adapter.new.embed_dim, "the query examples' new vectors"))
     val_q = torch.from_numpy(as_vectors(val_queries_new, adapter.new.embed_dim, "the guard's queries"))
     val_t = torch.from_numpy(as_vectors(val_targets_old, adapter.embed_dim, "the guard's right items"))
-    if len(val_q) != len(val_t) or len(val_q) < 5:
+    if len(val_q) != len(val_t) or len(val_q) < 10:
         raise XBTError(
-            f"the guard needs at least 5 labelled queries, one right item each; got {len(val_q)} queries and "
+            f"the guard needs at least 10 labelled queries, one right item each; got {len(val_q)} queries and "
             f"{len(val_t)} items"
         )
     if len(old) != len(new):
@@ -156,7 +158,7 @@ def refresh_adapter(
             seen = _among(val_q, caps[in_train])
             trained_on = int(seen.sum())
             val_q, val_t = val_q[~seen], val_t[~seen]
-            if len(val_q) < 5:
+            if len(val_q) < 10:
                 raise XBTError(
                     f"only {len(val_q)} of the guard's labelled queries are not among the items' own queries the "
                     "refresh trains on; give guard pairs whose captions differ from the re-embedded items'"
@@ -194,11 +196,15 @@ def refresh_adapter(
     if item_queries_new is not None:
         states += _supervised(current, caps[in_train], old, owner[in_train], cfg, log_ranks)
     base = states[0][0]  # the distillation's first state is the current head
-    gains = [paired_gain(base, logs) for logs, _ in states[1:]]
-    first = [int((logs < math.log(1.5)).sum()) for logs, _ in states]  # right items ranked first
+    halves = torch.randperm(len(val_q), generator=torch.Generator().manual_seed(cfg.seed + 2))
+    pick, check = halves[: len(halves) // 2], halves[len(halves) // 2 :]
+    gains = [paired_gain(base[pick], logs[pick]) for logs, _ in states[1:]]
+    first = [[int((logs[h] < math.log(1.5)).sum()) for logs, _ in states] for h in (pick, check)]  # ranked first
     bar = clear_gain_bar(len(gains))  # the best of len(gains) states is taken
-    eligible = [i for i, (g, se) in enumerate(gains) if g > bar * se and first[i + 1] >= first[0]]
+    eligible = [i for i, (g, se) in enumerate(gains) if g > bar * se and first[0][i + 1] >= first[0][0]]
     best = max(eligible, key=lambda i: gains[i][0] - bar * gains[i][1], default=None)
+    confirm = paired_gain(base[check], states[best + 1][0][check]) if best is not None else (math.nan, math.nan)
+    confirmed = best is not None and confirm[0] > confirm[1] and first[1][best + 1] >= first[1][0]
     record = {
         "items": items,
         "query_modality": modality,
@@ -209,15 +215,19 @@ def refresh_adapter(
         "current_geo_mean_rank": math.exp(float(base.mean())),
         "epochs_geo_mean_rank": [math.exp(float(logs.mean())) for logs, _ in states[1:]],
         "supervised_epochs": cfg.epochs if item_queries_new is not None else 0,
-        "gain_and_se": [[round(g, 4), round(s, 4)] for g, s in gains],
-        "clear_gain_bar": round(bar, 3),  # standard errors the kept state's gain must exceed
-        "right_first": first,
+        "gain_and_se": [[round(g, 4), round(s, 4)] for g, s in gains],  # on the half that picks
+        "clear_gain_bar": round(bar, 3),  # standard errors the picked state's gain must exceed
+        "confirm_gain_and_se": [round(x, 4) for x in confirm],  # the picked state on the other half
+        "right_first": first,  # [picking half, confirming half], the current head first
         "config": cfg.to_dict(),
     }
-    if best is None:
+    if not confirmed:
         record["kept"] = (
             f"current head (no refreshed state gains more than {bar:.2f} standard errors in log rank while "
             "putting as many right items first)"
+            if best is None
+            else f"current head (candidate {best + 1} of {len(gains)} cleared the bar on the picking half but not "
+            "one standard error, with as many right items first, on the confirming half)"
         )
         return adapter, record
     record["kept"] = f"refreshed head (candidate {best + 1} of {len(gains)})"
