@@ -12,6 +12,7 @@ from xbt.method.guard import (
     geometric_mean_rank,
     i2t_ranks,
     paired_gain,
+    pick_and_confirm,
     t2i_ranks,
     target_ranks,
     versus_old_model,
@@ -111,6 +112,25 @@ def test_the_best_of_several_states_on_noise_passes_the_bar_as_rarely_as_one_sta
     assert 0.13 < one_state < 0.19  # one state at one standard error: 16 %
     assert best_passes(1.0) > 0.5  # the best of six at one standard error: most of the time
     assert best_passes(clear_gain_bar(6)) <= one_state + 0.02
+
+
+def test_a_state_picked_on_one_half_and_confirmed_on_the_other_keeps_noise_rarely_and_a_real_gain_often():
+    gen = torch.Generator().manual_seed(1)
+    kept = {"noise": 0, "gain": 0}
+    for t in range(300):
+        base = 1 + 3 * torch.rand(200, generator=gen)  # log ranks of 200 queries' right items
+        noise = [base + 0.5 * torch.randn(200, generator=gen) for _ in range(6)]
+        better = [noise[0] - 0.12, *noise[1:]]  # one state truly gains 0.12 in log rank (about 3.4 standard errors)
+        for name, states in (("noise", noise), ("gain", better)):
+            choice = pick_and_confirm(base, states, seed=t)
+            kept[name] += choice["chosen"] is not None
+            if choice["chosen"] is not None:
+                g, se = choice["gain_and_se"][choice["chosen"]]
+                assert g > choice["clear_gain_bar"] * se and choice["confirm_gain_and_se"][0] > 0
+    assert kept["noise"] / 300 < 0.06  # the bar alone keeps noise about one time in six (the test above)
+    assert kept["gain"] / 300 > 0.5
+    with pytest.raises(XBTError, match="at least 10 queries"):
+        pick_and_confirm(torch.zeros(8), [torch.zeros(8)])
 
 
 def test_versus_old_model_verdict_follows_the_paired_gain():

@@ -13,13 +13,10 @@ and their captions for a caption gallery; a guard query that is the very text of
 queries the refresh trains on is left out, since captions repeat and it would score recall of a trained
 label): each query searches its right item among the OLD vectors of a
 held-out share of the re-embedded items, through the head; a head's score is the geometric-mean rank of the
-right item. The labelled queries are split in two halves. On the first, the refreshed states (each epoch of
-each run) compete: the best one's paired per-query log-rank gain over the current head must clear the bar for
-the best of that many (``method.guard.clear_gain_bar``: 1.94 standard errors for six states) while putting at
-least as many right items first. The second half, which took no part in the choice, must then confirm it: a
-gain of one standard error, as many right items first. Only then does it replace the current head; otherwise
-the adapter is returned unchanged, and the record says which. Why two halves: a backfill refreshes at every
-checkpoint, and the best of several states is measured too well on the queries that picked it.
+right item. A refreshed state (each epoch of each run) replaces the current head only if it is picked on one
+half of the labelled queries and confirmed on the other (``method.guard.pick_and_confirm``: a clear log-rank
+gain and at least as many right items first on both); otherwise the adapter is returned unchanged, and the
+record says which.
 Why labelled pairs, and why the right items ranked first count too: BENCHMARKS.md, "Backfill past one machine".
 """
 
@@ -38,7 +35,7 @@ from ..adapters.adapter import Adapter
 from ..core.errors import XBTError, need
 from ..core.options import Options, option
 from ..method.config import Stage2Config
-from ..method.guard import clear_gain_bar, paired_gain, target_ranks
+from ..method.guard import pick_and_confirm, target_ranks
 from ..method.heads import distill_text_head
 from ..method.losses import cosine_gap, multi_positive_nce
 from ..vectordb.interface import as_vectors
@@ -196,15 +193,8 @@ def refresh_adapter(
     if item_queries_new is not None:
         states += _supervised(current, caps[in_train], old, owner[in_train], cfg, log_ranks)
     base = states[0][0]  # the distillation's first state is the current head
-    halves = torch.randperm(len(val_q), generator=torch.Generator().manual_seed(cfg.seed + 2))
-    pick, check = halves[: len(halves) // 2], halves[len(halves) // 2 :]
-    gains = [paired_gain(base[pick], logs[pick]) for logs, _ in states[1:]]
-    first = [[int((logs[h] < math.log(1.5)).sum()) for logs, _ in states] for h in (pick, check)]  # ranked first
-    bar = clear_gain_bar(len(gains))  # the best of len(gains) states is taken
-    eligible = [i for i, (g, se) in enumerate(gains) if g > bar * se and first[0][i + 1] >= first[0][0]]
-    best = max(eligible, key=lambda i: gains[i][0] - bar * gains[i][1], default=None)
-    confirm = paired_gain(base[check], states[best + 1][0][check]) if best is not None else (math.nan, math.nan)
-    confirmed = best is not None and confirm[0] > confirm[1] and first[1][best + 1] >= first[1][0]
+    choice = pick_and_confirm(base, [logs for logs, _ in states[1:]], seed=cfg.seed + 2)
+    best, n_states, bar = choice["picked"], len(states) - 1, choice["clear_gain_bar"]
     record = {
         "items": items,
         "query_modality": modality,
@@ -215,22 +205,20 @@ def refresh_adapter(
         "current_geo_mean_rank": math.exp(float(base.mean())),
         "epochs_geo_mean_rank": [math.exp(float(logs.mean())) for logs, _ in states[1:]],
         "supervised_epochs": cfg.epochs if item_queries_new is not None else 0,
-        "gain_and_se": [[round(g, 4), round(s, 4)] for g, s in gains],  # on the half that picks
-        "clear_gain_bar": round(bar, 3),  # standard errors the picked state's gain must exceed
-        "confirm_gain_and_se": [round(x, 4) for x in confirm],  # the picked state on the other half
-        "right_first": first,  # [picking half, confirming half], the current head first
+        # method.guard.pick_and_confirm: gains on the picking half, the bar, the confirmation, right items first
+        **{k: v for k, v in choice.items() if k not in ("chosen", "picked")},
         "config": cfg.to_dict(),
     }
-    if not confirmed:
+    if choice["chosen"] is None:
         record["kept"] = (
             f"current head (no refreshed state gains more than {bar:.2f} standard errors in log rank while "
             "putting as many right items first)"
             if best is None
-            else f"current head (candidate {best + 1} of {len(gains)} cleared the bar on the picking half but not "
+            else f"current head (candidate {best + 1} of {n_states} cleared the bar on the picking half but not "
             "one standard error, with as many right items first, on the confirming half)"
         )
         return adapter, record
-    record["kept"] = f"refreshed head (candidate {best + 1} of {len(gains)})"
+    record["kept"] = f"refreshed head (candidate {best + 1} of {n_states})"
     head = copy.deepcopy(current)
     head.load_state_dict(states[best + 1][1])
     heads = {m: (head if m == modality else h) for m, h in adapter.heads.items()}
