@@ -226,6 +226,7 @@ def test_the_cli_backfills_on_ray_into_lancedb_searches_it_and_rolls_it_back(set
     out = capsys.readouterr().out
     assert "40 re-embedded items, 30 query examples" in out
     assert ("saved to" in out) == (tmp_path / "r" / "xbt_config.json").exists()
+    assert ("calibration was fitted for the adapter this one replaces" in out) == ("saved to" in out)
     assert main(["gallery", "cutover", "--gallery", str(gallery)]) == 0
     assert "now searches its new vectors only" in capsys.readouterr().out
     assert not opened(gallery / "lancedb").has_old

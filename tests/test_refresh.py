@@ -131,3 +131,37 @@ def test_the_mixed_gallery_records_which_adapter_version_served_each_search(worl
     g.search_with(refreshed, ["a red circle"], k=3)
     assert [s["queries"] for s in g.served] == [2, 1] and g.served[0]["fraction_new"] == 0.25
     assert g.served[0]["adapter"] == world["adapter"].adapter_id() != g.served[1]["adapter"] == refreshed.adapter_id()
+
+
+def test_xbt_gallery_refresh_saves_a_kept_refresh_and_says_the_calibration_is_the_former_heads(
+    world, tmp_path, capsys
+):
+    from xbt.cli import main
+
+    images, _ = xbt.toy.test_split(N)
+    (tmp_path / "images").mkdir()
+    for i, image in enumerate(images):
+        image.save(tmp_path / "images" / f"{i:03d}.png")
+    adapter = str(world["adapter"].save_pretrained(tmp_path / "adapter"))
+    (tmp_path / "texts.txt").write_text("\n".join(xbt.toy.text_corpus(3000, seed=7)) + "\n")
+    xbt.toy.pairs(300, seed=1).save_to_disk(str(tmp_path / "guard"))
+    base = ["--gallery", str(tmp_path / "g"), "--adapter", adapter, "--quiet"]
+    assert main(["gallery", "build", *base, "--old", "xbt-toy-old", "--images", str(tmp_path / "images")]) == 0
+    assert main(["gallery", "backfill", *base, "--budget", "240"]) == 0
+    capsys.readouterr()
+    out_dir = tmp_path / "refreshed"
+    refresh = [
+        "gallery",
+        "refresh",
+        *base,
+        "--queries",
+        str(tmp_path / "texts.txt"),
+        "--pairs",
+        str(tmp_path / "guard"),
+    ]
+    assert main([*refresh, "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "240 re-embedded items, 3000 query examples" in out and "refreshed head" in out
+    assert (out_dir / "xbt_config.json").exists()
+    assert "calibration was fitted for the adapter this one replaces" in out and f"--adapter {out_dir}" in out
+    assert xbt.load_adapter(out_dir, new=world["new"]).training["refreshes"][-1]["n_items"] == 240

@@ -195,6 +195,11 @@ def _refresh(args) -> int:
         return 0
     refreshed.save_pretrained(args.out)
     print(f"refresh: {record['kept']} saved to {args.out}; serve it with xbt gallery search --adapter {args.out}")
+    print(
+        "refresh: the gallery's score calibration was fitted for the adapter this one replaces; to fit it for this "
+        f"one, build the gallery again from the same items and models with --adapter {args.out} --pairs <pairs> "
+        "(a backfill in progress is kept)"
+    )
     return 0
 
 
