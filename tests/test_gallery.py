@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from xbt.core.hashing import image_ids
 from xbt.evaluation.search import search
 from xbt.gallery import backfill as bf
 from xbt.gallery.calibration import ScoreCalibration, merge_scores
-from xbt.gallery.calibration_fit import FUSE_WEIGHTS, calibration_set, fit_calibration
+from xbt.gallery.calibration_fit import FUSE_WEIGHTS, calibration_set, fit_calibration, fit_gallery_calibration
 from xbt.gallery.mixed import MixedGallery
 from xbt.gallery.pair_vectors import layout_verdict, pair_vectors
 from xbt.gallery.planner import DisagreementModel, budget_count, plan_order
@@ -539,3 +540,29 @@ def test_the_old_part_can_be_searched_with_the_old_models_queries(world, tmp_pat
     with pytest.raises(SystemExit):
         main([*build, "--old-queries", "sometimes"])
     assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
+def test_a_calibration_fitted_for_another_adapters_queries_warns_when_served(world, tmp_path):
+    pairs = xbt.toy.pair_list(40, seed=2, captions_per_image=5)
+    v, ids = pair_vectors(world["adapter"], world["old"], ([im for im, _ in pairs], [c for _, c in pairs]))
+    g = image_gallery(world)
+    g.calibration = fit_gallery_calibration(g, world["adapter"], v, ids)
+    assert g.calibration.fitted_for == world["adapter"].adapter_id()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the adapter the map was fitted for: no warning
+        g.search_with(world["adapter"], ["a red circle"], k=3)
+    other = xbt.fit(world["old"], world["new"], xbt.toy.text_corpus(300), epochs=1, verbose=False)
+    with pytest.warns(UserWarning, match="fitted for the queries of adapter .* not of this one"):
+        g.search_with(other, ["a red circle"], k=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # merges that read no map say nothing
+        g.search_with(other, ["a red circle"], k=3, merge="interleave")
+    # the record survives a save, and a gallery.json from before it (no fitted_for) loads and never warns
+    folder = g.save(tmp_path / "g")
+    assert bf.open_gallery(folder).calibration.fitted_for == world["adapter"].adapter_id()
+    older = ScoreCalibration.from_dict({k: x for k, x in g.calibration.to_dict().items() if k != "fitted_for"})
+    assert older.fitted_for is None
+    older.warn_if_fitted_for_other(other.adapter_id())  # nothing recorded: nothing to say
+    # where the old part is searched with the OLD model's own queries, the map is fitted for those
+    g.use_old_queries(world["adapter"], force="old model")
+    assert fit_gallery_calibration(g, world["adapter"], v, ids).fitted_for == "old model"

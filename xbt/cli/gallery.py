@@ -22,7 +22,7 @@ from ..adapters.registry import load_adapter
 from ..cluster.engine import open_lance_gallery, rollback_table
 from ..core.errors import XBTError
 from ..data.sources import LazyImages
-from ..gallery import MERGES, ScoreCalibration, calibration_set, fit_calibration
+from ..gallery import MERGES, ScoreCalibration, fit_gallery_calibration
 from ..gallery.backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
 from ..gallery.folder import KNOWN_HITS_FILE, glyphs, header_lines, read_known_hits, result_lines, write_known_hits
 from ..gallery.mixed import MixedGallery, read_meta, read_old_vectors
@@ -238,9 +238,7 @@ def _build(args) -> int:
     print(f"the old part is searched with {gallery.use_old_queries(adapter, force, judged)}")
     hits = None
     if pairs is not None:
-        if gallery.old_queries == "old model":  # the calibration merges the queries the old part is searched with
-            v = {**v, "ad_img": v["old_img"], "ad_txt": v["old_txt"]}
-        gallery.calibration = fit_calibration(*calibration_set(v, ids, modality), verbose=not args.quiet)
+        gallery.calibration = fit_gallery_calibration(gallery, adapter, v, ids, verbose=not args.quiet)
         hits = known_hits(gallery.item_keys, modality, *pairs)
     elif meta is not None and meta.get("old_model", {}).get("fingerprint") == gallery.old_ref.fingerprint:
         gallery.calibration = ScoreCalibration.from_dict(meta["calibration"])

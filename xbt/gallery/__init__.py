@@ -8,7 +8,7 @@ re-embeds in planned order, resumably. May import ``core``, ``data``, ``vectordb
 
 from .backfill import BackfillJob, cutover, open_gallery, read_manifest, rollback
 from .calibration import MERGES, ScoreCalibration, merge_scores
-from .calibration_fit import calibration_set, fit_calibration
+from .calibration_fit import calibration_set, fit_calibration, fit_gallery_calibration
 from .mixed import GALLERY_FORMAT, ITEM_MODALITIES, MixedGallery
 from .pair_vectors import pair_vectors
 from .planner import PLANS, DisagreementModel, budget_count, plan_order
@@ -28,6 +28,7 @@ __all__ = [
     "calibration_set",
     "cutover",
     "fit_calibration",
+    "fit_gallery_calibration",
     "merge_scores",
     "open_gallery",
     "pair_vectors",

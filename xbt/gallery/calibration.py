@@ -37,6 +37,7 @@ union of each part's own top-k: a merged search needs ``max(k, depth)`` results 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ class ScoreCalibration:
         min_anchors: below this many anchors only the global map is used; the per-query map gets
             full weight from ``4 * min_anchors`` anchors on.
         source: how the global map was obtained (JSON, for the gallery's record).
+        fitted_for: whose queries the map was fitted for: an adapter's ``adapter_id()``, or ``"old model"`` where
+            the old part is searched with the old model's own queries (None: not recorded, as in files saved
+            before it). A map merges one query path's scores; another path (a refreshed head) is warned about.
     """
 
     scale: float = 1.0
@@ -78,6 +82,7 @@ class ScoreCalibration:
     temperature_old: float = 1.0
     depth: int = CANDIDATE_DEPTH
     fuse: list = field(default_factory=list)
+    fitted_for: str | None = None
 
     def __post_init__(self) -> None:
         need(
@@ -134,6 +139,17 @@ class ScoreCalibration:
         if not self.fuse or fraction is None:
             return 0.0
         return float(np.interp(fraction, [p[0] for p in self.fuse], [p[1] for p in self.fuse]))
+
+    def warn_if_fitted_for_other(self, adapter_id: str) -> None:
+        """Warn where the map was fitted for another adapter's queries than those of ``adapter_id``."""
+        if self.fitted_for not in (None, "old model", adapter_id):
+            warnings.warn(
+                f"the score calibration was fitted for the queries of adapter {self.fitted_for}, not of this one "
+                f"({adapter_id}, e.g. a refreshed head): the two parts may merge off balance. Fit it for this "
+                "adapter: xbt gallery build again with --adapter and --pairs (a backfill in progress is kept), or "
+                "gallery.calibration = fit_gallery_calibration(gallery, adapter, *pair_vectors(adapter, old, pairs))",
+                stacklevel=3,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``from_dict`` reads it back)."""

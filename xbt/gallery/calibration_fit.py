@@ -197,3 +197,17 @@ def fit_calibration(
         source=f"fitted on {s_new.shape[0]} queries x {n_g} items at fractions {list(sorted(fractions))}, "
         f"{len(masks)} {'planned' if order is not None else 'random'} mix(es) each",
     )
+
+
+def fit_gallery_calibration(gallery, adapter, vectors: dict, image_ids: np.ndarray, verbose: bool = False):
+    """``fit_calibration`` for ``gallery``'s merge, from pair rows' vectors (``pair_vectors(adapter, old, pairs)``).
+
+    The old part's queries are the adapter's, or the OLD model's own where ``gallery.old_queries`` is ``"old
+    model"``; the map records which (``ScoreCalibration.fitted_for``), so that serving it with another adapter
+    warns.
+    """
+    old_model = gallery.old_queries == "old model"
+    if old_model:  # the calibration merges the queries the old part is searched with
+        vectors = {**vectors, "ad_img": vectors["old_img"], "ad_txt": vectors["old_txt"]}
+    cal = fit_calibration(*calibration_set(vectors, image_ids, gallery.modality), verbose=verbose)
+    return dataclasses.replace(cal, fitted_for="old model" if old_model else adapter.adapter_id())

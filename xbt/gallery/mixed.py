@@ -304,6 +304,8 @@ class MixedGallery:
         The adapter must have been fitted for this gallery's old model (``check_adapter``).
         """
         self.check_adapter(adapter, check_fingerprint)
+        if merge == "calibrated" and self.old_queries != "old model":
+            self.calibration.warn_if_fitted_for_other(adapter.adapter_id())
         new, adapted = self.encode_queries(adapter, queries, old)
         self.served.append({"adapter": adapter.adapter_id(), "queries": len(new), "fraction_new": self.fraction_new})
         return self.search(new, adapted, k, merge)
