@@ -147,6 +147,36 @@ def test_a_backfilled_item_adds_its_old_space_score_where_the_calibration_fuses(
     assert (found[0.0] != found[0.4]).any()
 
 
+def test_every_item_backfilled_before_cutover_still_fuses_where_the_calibration_has_a_weight_at_100(world):
+    points = [[0.5, 0.5, 0.1, 0.0]]
+    s_new, s_old = world["new_txt"] @ world["new_img"].T, world["ad_txt"] @ world["old_img"].T
+    everything = np.arange(N)
+    for fuse, w in (([[0.5, 0.3], [1.0, 0.4]], 0.4), ([[0.5, 0.3]], 0.0)):  # the second: a map saved before
+        g = image_gallery(world, calibration=ScoreCalibration(points=points, fuse=fuse))
+        g.set_new(everything, world["new_img"])
+        scores, ids = g.search(world["new_txt"], world["ad_txt"], k=5)
+        full = (1 - w) * s_new + w * (0.5 * s_old + 0.1)
+        np.testing.assert_allclose(np.take_along_axis(full, ids, 1), scores, atol=1e-4)
+        assert np.array_equal(ids, search(world["new_txt"], world["new_img"], 5)[1]) == (w == 0)
+        g.cutover()  # the old vectors are gone: the new model alone, whatever the weight
+        assert np.array_equal(
+            g.search(world["new_txt"], None, k=5)[1], search(world["new_txt"], world["new_img"], 5)[1]
+        )
+
+
+def test_a_gallery_searched_with_the_old_models_queries_needs_no_old_model_once_nothing_is_old(world):
+    g = image_gallery(world, calibration=ScoreCalibration(fuse=[[0.5, 0.3]]))
+    g.use_old_queries(world["adapter"], force="old model")
+    with pytest.raises(xbt.XBTError, match="pass old="):
+        g.search_with(world["adapter"], ["a red circle"], k=3)
+    g.set_new(np.arange(N), world["new_img"])
+    assert g.search_with(world["adapter"], ["a red circle"], k=3)[1].shape == (1, 3)  # nothing old, no fusion
+    g.calibration = ScoreCalibration(fuse=[[0.5, 0.3], [1.0, 0.2]])  # the old model's scores fused at 100 %
+    with pytest.raises(xbt.XBTError, match="pass old="):
+        g.search_with(world["adapter"], ["a red circle"], k=3)
+    assert g.search_with(world["adapter"], ["a red circle"], k=3, old=world["old"])[1].shape == (1, 3)
+
+
 def test_bad_calibration_points_are_refused():
     with pytest.raises(xbt.XBTError, match="calibration point"):
         ScoreCalibration(points=[[0.5, -1.0, 0.0, 0.5]])
@@ -166,7 +196,7 @@ def test_fit_calibration_beats_its_starting_map_on_the_pairs_it_was_fitted_on(wo
     args = (world["new_txt"], world["ad_txt"], world["new_img"], world["old_img"], target)
     cal = fit_calibration(*args, fractions=(0.25, 0.5), mixes=4)
     assert [p[0] for p in cal.points] == [0.25, 0.5] and cal.temperature_new > 0 and cal.temperature_old > 0
-    assert [f for f, _ in cal.fuse] == [0.25, 0.5] and all(w in FUSE_WEIGHTS for _, w in cal.fuse)
+    assert [f for f, _ in cal.fuse] == [0.25, 0.5, 1.0] and all(w in FUSE_WEIGHTS for _, w in cal.fuse)
     s_new, s_old = args[0] @ args[2].T, args[1] @ args[3].T
 
     def in_new_of(mask):

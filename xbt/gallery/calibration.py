@@ -19,8 +19,10 @@ space's scale before merging:
 - ``fuse``: until cutover a backfilled item keeps its OLD vector, so it can be scored in both spaces:
   ``(1 - w) * s_new + w * map(s_old)``, with ``w`` per backfilled fraction (0: its new score alone). The two
   searches differ in what they get wrong, so the sum ranks better than either (on shapes' image queries
-  the merged curve lies above the straight line only with it: BENCHMARKS.md). After ``cutover`` every item
-  is new and searched with the new query alone.
+  the merged curve lies above the straight line only with it: BENCHMARKS.md). That holds at 100 % too, with
+  every item re-embedded but the old vectors still kept (a weight fitted there; a map saved before it had one
+  does not fuse at 100 %). After ``cutover`` the old vectors are gone and every item is searched with the new
+  query alone.
 - ``calibration_fit.fit_calibration`` chooses these on image–caption pairs (never the gallery's own queries),
   laid out by ``calibration_fit.calibration_set`` as the gallery's search is: for random mixes of the pairs at
   each fraction, the map and fusion weight whose merged search stays furthest above the straight line between
@@ -136,8 +138,8 @@ class ScoreCalibration:
 
     def fuse_at(self, fraction: float | None) -> float:
         """The weight of a backfilled item's mapped old-space score at a backfilled ``fraction`` (0 without one)."""
-        if not self.fuse or fraction is None:
-            return 0.0
+        if not self.fuse or fraction is None or (fraction >= 1.0 and self.fuse[-1][0] < 1.0):
+            return 0.0  # a map without a weight at 100 % (fitted before it had one) does not fuse there
         return float(np.interp(fraction, [p[0] for p in self.fuse], [p[1] for p in self.fuse]))
 
     def warn_if_fitted_for_other(self, adapter_id: str) -> None:

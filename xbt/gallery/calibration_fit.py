@@ -100,7 +100,9 @@ def fit_calibration(
         verbose: a progress bar over the fractions.
 
     Returns:
-        ``ScoreCalibration`` with one point and one fusion weight per fraction: the (scale, shift, norm) whose merged
+        ``ScoreCalibration`` with one point and one fusion weight per fraction, and one more fusion weight at 100 %
+        (every item re-embedded, before cutover; on the last map, 0 unless fusing beats the new model alone on the
+        pairs at R@1 and R@10): the (scale, shift, norm) whose merged
         Recall@1 and Recall@10 on the mixes stay furthest above the straight line between the
         pairs' own new->old and new->new (the worst of the two, ties by their mean), searched
         coarse to fine around matching the spread and mean of both spaces' scores. The global
@@ -129,8 +131,10 @@ def fit_calibration(
     start_scale = float(s_new.std() / max(s_old.std(), 1e-6))
     start_shift = float(s_new.mean() - start_scale * s_old.mean())
     points, fuse = [], []
-    for f in tqdm(sorted(fractions), desc="fit score calibration", unit="fraction", disable=not verbose):
-        if order is None:
+    for f in tqdm([*sorted(fractions), 1.0], desc="fit score calibration", unit="fraction", disable=not verbose):
+        if f == 1.0:  # every item re-embedded, before cutover: only the fusion weight is left to choose
+            masks = [np.ones(n_g, bool)]
+        elif order is None:
             masks = [rng.random(n_g) < f for _ in range(mixes)]
         else:
             masks = [np.zeros(n_g, bool)]
@@ -168,24 +172,25 @@ def fit_calibration(
                     gaps[k] += (float((ranks < k).mean()) - lines[k]) / len(parts)
             return min(gaps.values()), sum(gaps.values()) / len(gaps)
 
-        best = None
-        for norm in norms:
-            cur = (*score(start_scale, start_shift, norm), start_scale, start_shift)
-            log_step, shift_step = np.log(2.0) / 3, 0.05
-            for _ in range(3):  # coarse to fine: a 7 x 13 grid around the best so far, each round 3x finer
-                sc0, sh0 = cur[2], cur[3]
-                for log_mult in np.linspace(-3, 3, 7) * log_step:
-                    sc = sc0 * float(np.exp(log_mult))
-                    centre = sh0 + (sc0 - sc) * float(s_old.mean())  # keep the bulk's mean where it was
-                    for sh in centre + np.linspace(-6, 6, 13) * shift_step:
-                        cand = (*score(sc, float(sh), norm), sc, float(sh))
-                        if cand[:2] > cur[:2]:
-                            cur = cand
-                log_step, shift_step = log_step / 3, shift_step / 3
-            if best is None or cur[:2] > best[0][:2]:
-                best = (cur, norm)
-        (_, _, sc, sh), norm = best
-        points.append([f, sc, sh, norm])
+        if f < 1.0:  # the map at this fraction (at 100 %: the last one's)
+            best = None
+            for norm in norms:
+                cur = (*score(start_scale, start_shift, norm), start_scale, start_shift)
+                log_step, shift_step = np.log(2.0) / 3, 0.05
+                for _ in range(3):  # coarse to fine: a 7 x 13 grid around the best so far, each round 3x finer
+                    sc0, sh0 = cur[2], cur[3]
+                    for log_mult in np.linspace(-3, 3, 7) * log_step:
+                        sc = sc0 * float(np.exp(log_mult))
+                        centre = sh0 + (sc0 - sc) * float(s_old.mean())  # keep the bulk's mean where it was
+                        for sh in centre + np.linspace(-6, 6, 13) * shift_step:
+                            cand = (*score(sc, float(sh), norm), sc, float(sh))
+                            if cand[:2] > cur[:2]:
+                                cur = cand
+                    log_step, shift_step = log_step / 3, shift_step / 3
+                if best is None or cur[:2] > best[0][:2]:
+                    best = (cur, norm)
+            (_, _, sc, sh), norm = best
+            points.append([f, sc, sh, norm])
         # then how much of a backfilled item's old-space score joins its new one (ties: the smaller weight)
         fuse.append([f, max(fuse_weights, key=lambda w: (*score(sc, sh, norm, w), -w))])
     return dataclasses.replace(

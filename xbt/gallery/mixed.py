@@ -14,10 +14,9 @@ real vector database) and answers a query with both halves of an adapter:
   anchor items scored in both spaces); a backfilled candidate's old vector, kept until cutover,
   adds its mapped old-space score to its new one where the calibration fuses them.
 
-An adapter made for another old model is refused by fingerprint. The gallery's own files
-(``gallery.json`` and ``old.safetensors``, with each item's content hash: ``folder``) are written by ``save``;
-the backfilled vectors live in the backfill job's batch files (``xbt.backfill``), so a gallery folder always says
-which items are in which space.
+An adapter made for another old model is refused by fingerprint. ``save`` writes the gallery's own files
+(``gallery.json``, ``old.safetensors`` with each item's content hash: ``folder``); the backfilled vectors live in
+the backfill job's batch files (``gallery.backfill``), so a gallery folder always says which items are in which space.
 """
 
 from __future__ import annotations
@@ -217,7 +216,9 @@ class MixedGallery:
 
         Args:
             new_queries: float32 [n_q, d_new] bare new-model queries (search the backfilled part).
-            adapted_queries: float32 [n_q, d_old] the adapter's queries (search the old part).
+            adapted_queries: float32 [n_q, d_old] the adapter's queries (search the old part, and score the
+                backfilled items' kept old vectors where the calibration fuses; None where no item is old: then
+                the new scores alone).
             merge: ``"calibrated"`` (default), ``"naive"`` (raw cosines) or ``"interleave"`` (ranks).
         """
         if merge not in MERGES:
@@ -231,7 +232,9 @@ class MixedGallery:
         n_q = qn.shape[0]
         n_new = int(self.store.in_new.sum())
         n_old = self.size - n_new
-        qa = as_vectors(adapted_queries, self.store.widths["old"], "adapter queries") if n_old else None
+        fusing = merge == "calibrated" and n_new and self.store.has_old and adapted_queries is not None
+        fusing = fusing and self.calibration.fuse_at(n_new / self.size) > 0
+        qa = as_vectors(adapted_queries, self.store.widths["old"], "adapter queries") if n_old or fusing else None
         if qa is not None and qa.shape[0] != n_q:
             raise XBTError(f"{n_q} new-model queries but {qa.shape[0]} adapter queries; give both for each query")
         # the calibrated map normalises each query by its parts' top-``depth`` scores: fetch at least that many
@@ -254,7 +257,7 @@ class MixedGallery:
             vo, vn = self._anchor_vectors()
             a_old, a_new = qa @ vo.T, qn @ vn.T
         both = None  # until cutover a backfilled candidate also has its old vector: scored in both spaces
-        if merge == "calibrated" and n_old and n_new and self.calibration.fuse_at(n_new / self.size):
+        if fusing:
             uniq, where = np.unique(np.clip(inn, 0, None), return_inverse=True)  # each stored vector read once
             vo = self.store.vectors("old", uniq)[where.reshape(inn.shape)]
             both = np.concatenate([np.zeros_like(so), np.einsum("qd,qkd->qk", qa, vo)], 1)
@@ -265,8 +268,8 @@ class MixedGallery:
 
     def encode_queries(
         self, adapter: Any, queries: Sequence[Any] | torch.Tensor, old: Any = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(bare new-model queries [n, d_new], old-part queries [n, d_old]) of texts or PIL images.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(bare new-model queries [n, d_new], old-part queries [n, d_old] or None) of texts or PIL images.
 
         The old-part queries are the adapter's, or the ``old`` model's own where ``old_queries`` says so.
         """
@@ -275,6 +278,8 @@ class MixedGallery:
         else:
             new = adapter.new.encode_image(queries)
         if self.old_queries == "old model":
+            if old is None and self.fraction_new >= 1 and not self.calibration.fuse_at(1.0):
+                return new, None  # nothing old to search, no old-space score to fuse
             if old is None:
                 raise XBTError(
                     f"this gallery searches its old part with the old model's queries ({self.old_queries_reason}); "
