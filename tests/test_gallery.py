@@ -158,6 +158,7 @@ def test_every_item_backfilled_before_cutover_still_fuses_where_the_calibration_
         full = (1 - w) * s_new + w * (0.5 * s_old + 0.1)
         np.testing.assert_allclose(np.take_along_axis(full, ids, 1), scores, atol=1e-4)
         assert np.array_equal(ids, search(world["new_txt"], world["new_img"], 5)[1]) == (w == 0)
+        assert ("100% (before cutover): fuse 0.40" in g.calibration.summary()) == (w > 0)  # explain prints it
         g.cutover()  # the old vectors are gone: the new model alone, whatever the weight
         assert np.array_equal(
             g.search(world["new_txt"], None, k=5)[1], search(world["new_txt"], world["new_img"], 5)[1]

@@ -125,8 +125,11 @@ class ScoreCalibration:
             return f"scale {self.scale:.3f}, shift {self.shift:+.3f}"
         fuse = dict(self.fuse)
         return "; ".join(
-            f"{f:.0%}: scale {sc:.3f} shift {sh:+.3f} norm {n:.2f}" + (f" fuse {fuse[f]:.2f}" if f in fuse else "")
-            for f, sc, sh, n in self.points
+            [
+                f"{f:.0%}: scale {sc:.3f} shift {sh:+.3f} norm {n:.2f}" + (f" fuse {fuse[f]:.2f}" if f in fuse else "")
+                for f, sc, sh, n in self.points
+            ]
+            + ([f"100% (before cutover): fuse {fuse[1.0]:.2f}"] if 1.0 in fuse else [])
         )
 
     def at(self, fraction: float | None) -> tuple[float, float, float]:
