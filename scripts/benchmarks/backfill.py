@@ -218,7 +218,7 @@ def main() -> int:
             pair_order = plan_order(s["cal"][3], plan, model=model)
             gallery.calibration = fit_calibration(*s["cal_old" if safe else "cal"], order=pair_order)
             rows[f"plan-calibrated / {plan}"] = curve(gallery, vec, order, "calibrated", s["g_owner"], s["q_owner"])
-        old_old = recall(gallery.store.search("old", s["q_old"], max(KS))[1], s["g_owner"], s["q_owner"])
+        old_old = recall(search(s["q_old"], s["g_old"], max(KS))[1], s["g_owner"], s["q_owner"])  # no backfill
         new_new = recall(search(s["q_new"], s["g_new"], max(KS))[1], s["g_owner"], s["q_owner"])  # after cutover
         results[direction] = {
             "old_queries": {"path": gallery.old_queries, "reason": gallery.old_queries_reason},
