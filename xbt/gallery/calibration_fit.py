@@ -200,7 +200,8 @@ def fit_calibration(
         points=points,
         fuse=fuse,
         source=f"fitted on {s_new.shape[0]} queries x {n_g} items at fractions {list(sorted(fractions))}, "
-        f"{len(masks)} {'planned' if order is not None else 'random'} mix(es) each",
+        f"{1 if order is not None else mixes} {'planned' if order is not None else 'random'} mix(es) each; the "
+        "fusion at 100 % too",
     )
 
 
