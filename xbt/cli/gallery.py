@@ -372,7 +372,7 @@ def _search(args) -> int:
         queries, labels = _query_images(args.query_image), args.query_image
     adapter = _adapter(args)
     old = None
-    if gallery.old_queries == "old model" and (gallery.fraction_new < 1 or gallery.calibration.fuse_at(1.0)):
+    if gallery.old_queries == "old model" and gallery.reads_old_part_queries:
         old = load_model(gallery.old_ref.name, gallery.old_ref.pretrained, args.device, gallery.old_ref.revision)
     if args.explain:
         print("\n".join(explain(gallery)))

@@ -1,22 +1,20 @@
 """A gallery in migration: some items searched with OLD vectors, the backfilled ones with NEW vectors.
 
-``MixedGallery`` records each item's space and the two models (``ModelRef``, with fingerprints),
-holds the vectors in a store (``store.FaissStore`` by default, ``vectordb.QdrantStore`` for a
-real vector database) and answers a query with both halves of an adapter:
+``MixedGallery`` records each item's space and the two models (``ModelRef``, with fingerprints), holds the vectors in a
+store (``xbt.vectordb``: FAISS by default, Qdrant or LanceDB) and answers a query with both halves of an adapter:
 
 - the re-embedded part is searched with the bare NEW query (``adapter.new``),
-- the old part with the adapter's query (new model mapped into the old space), or with the OLD model's own
-  query where the adapter's verdict is "not backward compatible" (``use_old_queries``, ``adapters.verdict``),
-  so the curve runs from old->old to new->new and never starts below what the user had,
-- the two top-k lists are merged on a calibrated score (``calibration``): old-space scores are
-  mapped to the new space's scale by a map fitted on image–caption pairs for the gallery's
-  backfilled fraction, normalised per query by each part's top scores (optionally also from
-  anchor items scored in both spaces); a backfilled candidate's old vector, kept until cutover,
-  adds its mapped old-space score to its new one where the calibration fuses them.
+- the old part with the adapter's query (new model mapped into the old space), or with the OLD model's own query where
+  the adapter's verdict is "not backward compatible" (``use_old_queries``, ``adapters.verdict``), so the curve runs
+  from old->old to new->new and never starts below what the user had,
+- the two top-k lists are merged on a calibrated score (``calibration``): old-space scores are mapped to the new
+  space's scale by a map fitted on image–caption pairs for the gallery's backfilled fraction, normalised per query by
+  each part's top scores (optionally also from anchor items scored in both spaces); a backfilled candidate's old
+  vector, kept until cutover, adds its mapped old-space score to its new one where the calibration fuses them.
 
 An adapter made for another old model is refused by fingerprint. ``save`` writes the gallery's own files
-(``gallery.json``, ``old.safetensors`` with each item's content hash: ``folder``); the backfilled vectors live in
-the backfill job's batch files (``gallery.backfill``), so a gallery folder always says which items are in which space.
+(``gallery.json``, ``old.safetensors`` with each item's content hash: ``folder``); the backfilled vectors live in the
+backfill job's batch files (``gallery.backfill``), so a gallery folder always says which items are in which space.
 """
 
 from __future__ import annotations
@@ -57,8 +55,7 @@ class MixedGallery:
         new_width: the new model's embedding width.
         modality: what the items are: ``"image"`` (text queries, T2I) or ``"text"`` (image queries, I2T).
         store: ``"faiss"``, ``"qdrant"``, ``"lancedb"`` (``xbt.vectordb``) or a ``VectorStore``.
-        calibration: how old-space scores are put on the new scale (default: the identity, i.e. raw
-            cosines, until one is fitted with ``calibration.fit_calibration``).
+        calibration: how old-space scores are put on the new scale (default: the identity, raw cosines).
         new_ref: the new model, once known (the backfill records it).
         n_anchors: at most this many backfilled items are scored in both spaces per query.
         items: a JSON description of where the items come from (the backfill re-reads them).
@@ -116,6 +113,11 @@ class MixedGallery:
     @property
     def fraction_new(self) -> float:
         return float(self.store.in_new.mean()) if self.size else 0.0
+
+    @property
+    def reads_old_part_queries(self) -> bool:
+        """Whether a search needs old-part queries: an item is still old, or the fusion at 100 % reads their scores."""
+        return self.fraction_new < 1 or self.calibration.fuse_at(1.0) > 0
 
     @property
     def query_modality(self) -> str:
@@ -216,9 +218,8 @@ class MixedGallery:
 
         Args:
             new_queries: float32 [n_q, d_new] bare new-model queries (search the backfilled part).
-            adapted_queries: float32 [n_q, d_old] the adapter's queries (search the old part, and score the
-                backfilled items' kept old vectors where the calibration fuses; None where no item is old: then
-                the new scores alone).
+            adapted_queries: float32 [n_q, d_old] the adapter's queries: they search the old part and score the kept
+                old vectors of backfilled items where the calibration fuses (None with no old item: new scores alone).
             merge: ``"calibrated"`` (default), ``"naive"`` (raw cosines) or ``"interleave"`` (ranks).
         """
         if merge not in MERGES:
@@ -278,8 +279,8 @@ class MixedGallery:
         else:
             new = adapter.new.encode_image(queries)
         if self.old_queries == "old model":
-            if old is None and self.fraction_new >= 1 and not self.calibration.fuse_at(1.0):
-                return new, None  # nothing old to search, no old-space score to fuse
+            if old is None and not self.reads_old_part_queries:
+                return new, None
             if old is None:
                 raise XBTError(
                     f"this gallery searches its old part with the old model's queries ({self.old_queries_reason}); "
@@ -352,7 +353,7 @@ class MixedGallery:
 
     @classmethod
     def load(cls, folder: str | Path, store: str | None = None, store_path: str | None = None) -> MixedGallery:
-        """The all-old gallery saved in ``folder`` (``xbt.backfill.open_gallery`` adds the backfilled part)."""
+        """The all-old gallery saved in ``folder`` (``gallery.backfill.open_gallery`` adds the backfilled part)."""
         folder = Path(folder)
         meta_file, meta = folder / GALLERY_FILE, read_meta(folder)
         if gallery_kind(meta) == STATIC_GALLERY:
@@ -364,9 +365,7 @@ class MixedGallery:
             raise XBTError(f"{meta_file} has format {meta.get('format')!r}; this xbt reads format {GALLERY_FORMAT}")
         missing = [key for key in META_KEYS if key not in meta]
         if missing:
-            raise XBTError(
-                f"{meta_file} lacks {missing}; it was not written by MixedGallery.save: rebuild the gallery"
-            )
+            raise XBTError(f"{meta_file} lacks {missing}: not written by MixedGallery.save; rebuild the gallery")
         gallery = cls(
             ModelRef.from_dict(meta["old_model"]),
             meta["new_width"],
