@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +91,9 @@ def distill_text_head(
     paired = pair_texts_new is not None and len(pair_texts_new) > 0 and cfg.text_pair_weight > 0
     if paired and (pair_owner is None or len(pair_owner) != len(pair_texts_new)):
         raise XBTError("pair_owner must give one image row per pair caption")
-    pair_temperature = cfg.text_pair_temperature or spread_temperature(images_old, TEXT_PAIR_TEMPERATURE_FACTOR)
-    distill_temperature = cfg.distill_temperature or spread_temperature(images_old, DISTILL_TEMPERATURE_FACTOR)
+    spread = spread_temperature(images_old, 1.0)  # the OLD image vectors' cosine spread, read once for both
+    pair_temperature = cfg.text_pair_temperature or TEXT_PAIR_TEMPERATURE_FACTOR * spread
+    distill_temperature = cfg.distill_temperature or DISTILL_TEMPERATURE_FACTOR * spread
 
     def log_ranks(h: Projection, state: int) -> torch.Tensor:
         """float64: the held-out queries' log ranks under ``h``, then the other folds' at this state (0: stage 1)."""
@@ -233,7 +233,7 @@ IMAGE_LOSSES = ("captions", "old_images")  #: the image head's losses by name (`
 MIN_CAPTIONS_PER_IMAGE = 2.0
 
 
-@dataclass
+@dataclasses.dataclass
 class ImageHeadInputs:
     """What the frozen-tower image head trains and is judged on, prepared by stage 2.
 
